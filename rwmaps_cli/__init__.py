@@ -8,11 +8,11 @@ The kernels are pure functions on arrays::
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .maps import ENGINES, KINDS, class_codes, compute_maps, compute_maps_batch
+from .maps import ENGINES, KINDS, class_codes, compute_maps, compute_maps_batch, unique_labels
 
 try:
     __version__ = version("rwmaps_cli")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["ENGINES", "KINDS", "class_codes", "compute_maps", "compute_maps_batch", "__version__"]
+__all__ = ["ENGINES", "KINDS", "class_codes", "compute_maps", "compute_maps_batch", "unique_labels", "__version__"]

@@ -46,6 +46,7 @@ def compute_maps(
     dtype: np.dtype | type = np.float32,
     ignore_label: int | None = None,
     threads: int = 1,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Compute the region-wise maps of one label array.
 
@@ -76,6 +77,10 @@ def compute_maps(
         every distance.  It gets no channel.
     threads : int
         Threads for the ``edt`` engine.
+    out : (C, *labels.shape) float array, optional
+        Write the maps here (e.g. a reused buffer or a memory-mapped ``.npy``) instead of
+        a new array; ``dtype`` is then ignored.  Filling fresh memory costs page faults
+        worth a third of the EDT, so a data loader may want to reuse one buffer.
 
     Returns
     -------
@@ -88,7 +93,13 @@ def compute_maps(
         in ``classes`` nor ``ignore_label``; or if an argument is invalid.
     """
     labels = np.asarray(labels)
-    out = np.empty((len(classes), *labels.shape), dtype=_check_dtype(dtype))
+    shape = (len(classes), *labels.shape)
+    if out is None:
+        out = np.empty(shape, dtype=_check_dtype(dtype))
+    elif out.shape != shape:
+        raise ValueError(f"out has shape {out.shape}; expected {shape}")
+    else:
+        _check_dtype(out.dtype)
     _compute_into(out, labels, classes, kind, spacing, slice_axis, engine, ignore_label, threads)
     return out
 
@@ -170,8 +181,7 @@ def class_codes(labels: np.ndarray, classes: Sequence[int], ignore_label: int | 
     known = class_values if ignore_label is None else class_values + [int(ignore_label)]
     code_dtype = np.min_scalar_type(len(known))
     if labels.size and labels.min() < 0:
-        negatives = np.unique(labels[labels < 0])
-        raise ValueError(f"negative label values: {_preview(negatives)}")
+        raise ValueError(f"negative label values: {_preview(np.unique(labels[labels < 0]))}")
     top = int(labels.max()) if labels.size else 0
     if max(top, max(known, default=0)) < _LUT_MAX_LABEL:
         lut = np.zeros(max(top, max(known, default=0)) + 1, dtype=code_dtype)
@@ -187,6 +197,22 @@ def class_codes(labels: np.ndarray, classes: Sequence[int], ignore_label: int | 
         unknown = np.unique(labels[codes == 0])
         raise ValueError(f"label values not in the class list {class_values}: {_preview(unknown)}")
     return codes
+
+
+def unique_labels(labels: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of a label array, as int64.
+
+    Raises
+    ------
+    ValueError
+        Naming the offending values when labels are not integers or are negative.
+    """
+    labels = _as_integer_labels(np.asarray(labels))
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"negative label values: {_preview(np.unique(labels[labels < 0]))}")
+    if labels.dtype.itemsize <= 2:  # a histogram beats sorting for small integer types
+        return np.flatnonzero(np.bincount(labels.ravel(), minlength=1)).astype(np.int64)
+    return np.unique(labels).astype(np.int64)
 
 
 def _as_integer_labels(labels: np.ndarray) -> np.ndarray:
@@ -213,7 +239,9 @@ def _preview(values: np.ndarray, limit: int = 8) -> str:
 
 def _field_maps(out, codes, n_classes, kind, spacing, engine, threads) -> None:
     """Fill ``out`` (C, *codes.shape) from one field (a whole volume or one slice)."""
-    counts = np.bincount(codes.ravel(), minlength=n_classes + 2)
+    # One count_nonzero per code is several times faster than np.bincount, which first
+    # casts the whole array to intp.
+    counts = [0] + [np.count_nonzero(codes == code) for code in range(1, n_classes + 2)]
     n_voxels = codes.size
     ignored = codes == n_classes + 1 if counts[n_classes + 1] else None
     needs_inside = kind != "ac" and any(0 < counts[c + 1] < n_voxels for c in range(n_classes))

@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import ndimage as ndi
 
-from rwmaps_cli import KINDS, compute_maps, compute_maps_batch
+from rwmaps_cli import KINDS, compute_maps, compute_maps_batch, unique_labels
+from helpers import blobs
 from reference import edt_brute, edt_scipy, liviaets_one_hot2dist, reference_maps, seed_rrw
 
 ENGINES = ("edt", "scipy")
@@ -17,13 +18,6 @@ TOL = dict(rtol=1e-5, atol=1e-5)  # float32 output against a float64 reference
 def assert_maps_equal(actual, expected):
     assert actual.shape == expected.shape
     np.testing.assert_allclose(actual, expected, **TOL)
-
-
-def blobs(shape, n_classes, seed=0, sigma=2.0):
-    """Smooth random regions: the shape of real segmentations, with touching classes."""
-    rng = np.random.default_rng(seed)
-    noise = ndi.gaussian_filter(rng.normal(size=(n_classes, *shape)), sigma)
-    return noise.argmax(axis=0).astype(np.uint8)
 
 
 # ---------------------------------------------------------------------------------------
@@ -249,3 +243,25 @@ def test_bad_labels_name_the_offending_values(labels, message):
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         compute_maps(np.zeros((3, 3), np.uint8), [0, 1], **kwargs)
+
+
+def test_out_buffer_is_filled_and_returned():
+    labels = blobs((8, 9, 7), 3, seed=12)
+    buffer = np.full((3, 8, 9, 7), np.nan, dtype=np.float32)
+    result = compute_maps(labels, [0, 1, 2], kind="kervadec", out=buffer)
+    assert result is buffer
+    assert_maps_equal(buffer, reference_maps(labels, [0, 1, 2], "kervadec"))
+    with pytest.raises(ValueError, match="out has shape"):
+        compute_maps(labels, [0, 1], out=buffer)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.float64])
+def test_unique_labels(dtype):
+    labels = np.array([[0, 5, 5], [2, 0, 9]], dtype=dtype)
+    np.testing.assert_array_equal(unique_labels(labels), [0, 2, 5, 9])
+
+
+@pytest.mark.parametrize("labels, message", [(np.array([0.5, 1.0]), "not integers"), (np.array([-2, 1]), "negative")])
+def test_unique_labels_rejects_bad_values(labels, message):
+    with pytest.raises(ValueError, match=message):
+        unique_labels(labels)

@@ -1,0 +1,245 @@
+"""Speed and memory of rwmaps against the seed's formula, measured in one run.
+
+Prints medians and, above all, ratios (the machines are shared and noisy):
+
+1. kernel: the seed's per-class scipy loop vs ``compute_maps(kind="rrw")``, and one raw
+   multi-label ``edt.edt`` call vs ``compute_maps`` (the cost of the per-class steps);
+2. peak memory of one ``compute_maps`` call, in float32 volumes beyond its output;
+3. end to end: ``rwmaps compute --jobs 2 --format npy`` on synthetic cases vs a naive
+   loop (nibabel load, seed formula, nibabel save);
+4. an 83-class whole-brain-sized volume: time and peak memory vs the seed formula.
+
+Run from the repository root (takes several minutes on 2 cores)::
+
+    python benchmarks/bench_maps.py            # everything
+    python benchmarks/bench_maps.py --quick    # small sizes, a smoke test of the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import distance_transform_edt
+
+BENCH = Path(__file__).resolve().parent
+
+
+# ---------------------------------------------------------------------------------------
+# Inputs and the seed's formula
+
+
+def synthetic_labels(shape, n_classes=4, seed=0) -> np.ndarray:
+    """Background plus ``n_classes - 1`` overlapping ellipsoids: organ-like regions."""
+    rng = np.random.default_rng(seed)
+    grid = np.ogrid[tuple(slice(0, s) for s in shape)]
+    labels = np.zeros(shape, dtype=np.uint8)
+    for label in range(1, n_classes):
+        centre = rng.uniform(0.3, 0.7, size=3) * shape
+        radii = rng.uniform(0.08, 0.3, size=3) * shape
+        inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) < 1
+        labels[inside] = label
+    return labels
+
+
+def brain_like_labels(shape=(180, 180, 200), n_classes=83, seed=0) -> np.ndarray:
+    """A whole-brain-sized volume with 83 labels: Voronoi cells inside an ellipsoid."""
+    rng = np.random.default_rng(seed)
+    seeds = rng.uniform(0.15, 0.85, size=(n_classes - 1, 3)) * shape
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"), axis=-1)
+    nearest = np.zeros(shape, dtype=np.uint8)
+    best = np.full(shape, np.inf, dtype=np.float32)
+    for label, point in enumerate(seeds, start=1):
+        d = ((grid - point.astype(np.float32)) ** 2).sum(axis=-1)
+        closer = d < best
+        best[closer], nearest[closer] = d[closer], label
+    centre, radii = np.array(shape) / 2, np.array(shape) * 0.42
+    head = (((grid - centre) / radii) ** 2).sum(axis=-1) < 1
+    return np.where(head, nearest, 0).astype(np.uint8)
+
+
+def seed_formula(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """The seed README's per-class scipy loop, on the one-hot ground truth."""
+    Y = np.stack([labels == c for c in range(n_classes)])[None].astype(np.float32)
+    rrwmap = np.zeros_like(Y)
+    for b in range(rrwmap.shape[0]):  # Batch dim
+        for c in range(rrwmap.shape[1]):  # Channel dim
+            rrwmap[b, c] = distance_transform_edt(Y[b, c])
+            rrwmap[b, c] = -1 * (rrwmap[b, c] / (np.max(rrwmap[b, c] + 1e-15)))
+    rrwmap[rrwmap == 0] = 1
+    return rrwmap[0]
+
+
+def median_time(functions: dict, repeats: int) -> dict:
+    """Median seconds of each function, calls interleaved so noise hits all alike."""
+    times = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# 1. Kernel
+
+
+def bench_kernel(shape, repeats: int, seed_repeats: int) -> None:
+    import edt
+
+    from rwmaps_cli import compute_maps
+
+    labels = synthetic_labels(shape)
+    classes = [0, 1, 2, 3]
+    print(f"\n## kernel, 4 classes, {shape[0]}x{shape[1]}x{shape[2]} ({labels.size / 1e6:.0f} M voxels)")
+    seed_t = median_time({"seed": lambda: seed_formula(labels, 4)}, seed_repeats)["seed"]
+    buffer = np.empty((4, *shape), dtype=np.float32)
+    for threads in (1, 2):
+        t = median_time({
+            "edt": lambda: edt.edt(labels + 1, black_border=False, parallel=threads),
+            "maps": lambda: compute_maps(labels, classes, threads=threads),
+            "maps_out": lambda: compute_maps(labels, classes, threads=threads, out=buffer),
+        }, repeats)
+        print(f"threads={threads}: seed formula {seed_t:.2f} s (1 thread, median of {seed_repeats}) | "
+              f"raw edt.edt {t['edt']:.2f} s | compute_maps {t['maps']:.2f} s | with out= buffer {t['maps_out']:.2f} s"
+              f" (medians of {repeats})")
+        print(f"  seed / compute_maps = {seed_t / t['maps']:.1f}x faster   (target >= 20x at 200x256x256)")
+        print(f"  compute_maps / raw edt = {t['maps'] / t['edt']:.2f}   with out= {t['maps_out'] / t['edt']:.2f}"
+              "   (target <= 1.5)")
+    ours = compute_maps(labels, classes)
+    theirs = seed_formula(labels, 4)
+    print(f"  max |compute_maps - seed formula| = {np.abs(ours - theirs).max():.2e}")
+
+
+# ---------------------------------------------------------------------------------------
+# 2. Peak memory, measured in a fresh process (Linux: VmHWM after resetting it)
+
+_MEMORY_PROBE = r"""
+import json, sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+from bench_maps import synthetic_labels, brain_like_labels, seed_formula
+from rwmaps_cli import compute_maps
+shape, n_classes, what, kind = json.loads(sys.argv[2])
+labels = brain_like_labels(shape, n_classes) if n_classes > 4 else synthetic_labels(shape, n_classes)
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current RSS
+before = status("VmRSS:")
+if what == "seed":
+    seed_formula(labels, n_classes)
+else:
+    compute_maps(labels, list(range(n_classes)), kind=kind)
+print(json.dumps({"peak": status("VmHWM:") - before}))
+"""
+
+
+def peak_memory(shape, n_classes: int, what: str, kind: str = "rrw") -> int:
+    """Bytes the call adds to the process's peak resident memory."""
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(BENCH), json.dumps([shape, n_classes, what, kind])],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["peak"]
+
+
+def bench_memory(shape) -> None:
+    print(f"\n## peak memory of one compute_maps call, 4 classes, {shape[0]}x{shape[1]}x{shape[2]}")
+    volume = np.prod(shape) * 4  # one float32 volume
+    output = 4 * volume
+    for kind in ("rrw", "boundary"):
+        peak = peak_memory(shape, 4, "maps", kind)
+        print(f"kind={kind}: peak {peak / 2**20:.0f} MiB = output {output / 2**20:.0f} MiB "
+              f"+ {(peak - output) / volume:.2f} float32 volumes   (target: <= output + 3 volumes)")
+
+
+# ---------------------------------------------------------------------------------------
+# 3. End to end
+
+
+def naive_loop(inputs, out_dir: Path, n_classes: int) -> None:
+    import nibabel as nib
+
+    for path in inputs:
+        image = nib.load(path)
+        maps = seed_formula(np.asarray(image.dataobj), n_classes)
+        nib.save(nib.Nifti1Image(np.moveaxis(maps, 0, -1), image.affine), out_dir / path.name.replace(".nii.gz", ".nii"))
+
+
+def bench_end_to_end(shape, n_cases: int) -> None:
+    import nibabel as nib
+
+    print(f"\n## end to end, {n_cases} cases of {shape[0]}x{shape[1]}x{shape[2]}, 4 classes, 2 cores")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        labels_dir = tmp / "labels"
+        labels_dir.mkdir()
+        inputs = []
+        for i in range(n_cases):
+            path = labels_dir / f"case_{i:03d}.nii.gz"
+            nib.save(nib.Nifti1Image(synthetic_labels(shape, seed=i), np.diag([0.8, 0.8, 2.5, 1])), path)
+            inputs.append(path)
+        rwmaps = [sys.executable, "-m", "rwmaps_cli", "compute", "--input", str(labels_dir), "--quiet",
+                  "--classes", "0,1,2,3", "--overwrite"]
+        naive_dir = tmp / "naive"
+        naive_dir.mkdir()
+        t = median_time({
+            "naive": lambda: naive_loop(inputs, naive_dir, 4),
+            "npy": lambda: subprocess.run([*rwmaps, "--output", str(tmp / "npy"), "--format", "npy", "--jobs", "2"],
+                                          check=True),
+            "niigz": lambda: subprocess.run([*rwmaps, "--output", str(tmp / "gz"), "--format", "nii.gz",
+                                             "--jobs", "2"], check=True),
+        }, 1)
+        print(f"naive loop (nibabel load, seed formula, nibabel save .nii): {t['naive']:.1f} s")
+        print(f"rwmaps compute --jobs 2 --format npy: {t['npy']:.1f} s  -> {t['naive'] / t['npy']:.1f}x faster")
+        print(f"rwmaps compute --jobs 2 --format nii.gz: {t['niigz']:.1f} s  -> {t['naive'] / t['niigz']:.1f}x faster")
+
+
+# ---------------------------------------------------------------------------------------
+# 4. Many classes
+
+
+def bench_many_classes(shape, n_classes: int) -> None:
+    from rwmaps_cli import compute_maps
+
+    labels = brain_like_labels(shape, n_classes)
+    print(f"\n## {n_classes} classes, {shape[0]}x{shape[1]}x{shape[2]} (whole-brain sized)")
+    t = median_time({"seed": lambda: seed_formula(labels, n_classes),
+                     "maps": lambda: compute_maps(labels, list(range(n_classes)))}, 1)
+    seed_peak, maps_peak = peak_memory(shape, n_classes, "seed"), peak_memory(shape, n_classes, "maps")
+    output = n_classes * np.prod(shape) * 4
+    print(f"seed formula: {t['seed']:.1f} s, peak +{seed_peak / 2**30:.2f} GiB")
+    print(f"compute_maps: {t['maps']:.1f} s, peak +{maps_peak / 2**30:.2f} GiB (output alone {output / 2**30:.2f} GiB)")
+    print(f"  seed / compute_maps = {t['seed'] / t['maps']:.1f}x faster, "
+          f"{seed_peak / maps_peak:.2f}x the memory")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: checks the script runs")
+    parser.add_argument("--only", choices=["kernel", "memory", "e2e", "classes"], help="run one section")
+    args = parser.parse_args()
+    print(f"rwmaps benchmark on {os.cpu_count()} cores; times are medians, compare the ratios")
+    sizes = [(40, 64, 64)] if args.quick else [(200, 256, 256), (300, 512, 512)]
+    if args.only in (None, "kernel"):
+        for shape in sizes:
+            big = shape[1] >= 512
+            bench_kernel(shape, repeats=3 if big else 5, seed_repeats=1 if big else 3)
+    if args.only in (None, "memory"):
+        bench_memory(sizes[0])
+    if args.only in (None, "e2e"):
+        bench_end_to_end((32, 48, 48) if args.quick else (96, 160, 160), 4 if args.quick else 20)
+    if args.only in (None, "classes"):
+        bench_many_classes((40, 40, 44) if args.quick else (180, 180, 200), 83)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""The ``rwmaps`` command: a thin shell around the kernels, the readers and the runner."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from . import __version__
+from .dataset import Case, find_dataset, read_dataset_json, union_of_values
+from .errors import UsageError
+from .io import OUTPUT_DTYPES, OUTPUT_FORMATS, clean_temporaries
+from .manifest import MANIFEST_NAME, Manifest
+from .maps import ENGINES, KINDS
+from .run import (
+    Settings,
+    available_memory,
+    case_memory_need,
+    process_case,
+    run_local,
+    scan_case,
+    threads_per_case,
+)
+
+
+class _Usage(click.ClickException):
+    """A usage error found before any work: one line, exit code 2."""
+
+    exit_code = 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="rwmaps")
+def cli() -> None:
+    """Precompute Region-wise loss maps for a dataset of segmentation label volumes."""
+
+
+@cli.command()
+@click.option("--input", "input_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder of label files, searched recursively; or an nnU-Net dataset / labelsTr folder.")
+@click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder for the maps; mirrors the input tree.")
+@click.option("--kind", type=click.Choice(KINDS), default="rrw", show_default=True,
+              help="rrw: rectified RW map; boundary: signed distance; kervadec: LIVIAETS Boundary-loss map; "
+                   "ac: Active-Contour RW map.")
+@click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="nii.gz", show_default=True,
+              help="Output format. nii.gz/nii: X*Y*Z*C NIfTI with the input affine; npz/npy: (C, *spatial). "
+                   "npy and nii are the fastest (no compression).")
+@click.option("--classes", "classes_text", metavar="V,V,...",
+              help="Label values, one channel each, in this order (e.g. 0,1,2,4).  "
+                   "[default: dataset.json's labels, else every value found in the inputs]")
+@click.option("--num-classes", type=click.IntRange(min=1), help="Shorthand for --classes 0,1,...,N-1.")
+@click.option("--spacing", type=click.Choice(["voxel", "physical"]), default="voxel", show_default=True,
+              help="Distances in voxels (as the paper), or in mm from the voxel sizes in each file header.")
+@click.option("--slice-axis", type=int, default=None,
+              help="Compute 2D maps on each slice along this array axis (what a 2D network sees).  "
+                   "[default: 3D maps]")
+@click.option("--engine", type=click.Choice(ENGINES), default="edt", show_default=True,
+              help="edt: one multi-label distance transform for all classes; scipy: one per class (reference).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Data type of the maps.")
+@click.option("--ignore-label", type=int, default=None,
+              help="Label value that gets 0 in every channel and no channel of its own.  "
+                   "[default: dataset.json's 'ignore' entry, if any]")
+@click.option("--max-classes", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Refuse an automatic class list longer than this (an image mistaken for labels).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Cases computed in parallel.  [default: all cores]")
+@click.option("--overwrite", is_flag=True, help="Recompute every case, even those already done.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary; errors are still printed.")
+@click.option("--debug", is_flag=True, help="Print a traceback for internal errors.")
+def compute(input_dir, output_dir, kind, fmt, classes_text, num_classes, spacing, slice_axis, engine, dtype,
+            ignore_label, max_classes, jobs, overwrite, quiet, debug) -> None:
+    """Compute the maps of every label file under --input into --output.
+
+    \b
+    Example:
+        rwmaps compute --input labels/ --output maps/
+        rwmaps compute --input Dataset001_Liver/ --output maps/ --kind boundary --format npy
+
+    A rerun skips the cases already done (see rwmaps.json in the output folder).
+    Exit code: 0 when every case succeeded, 1 when any failed, 2 for a usage error.
+    """
+    start = time.perf_counter()
+    if np.dtype(dtype) not in OUTPUT_DTYPES[fmt]:
+        raise _Usage(f"--dtype {dtype} cannot be stored as {fmt} (NIfTI has no float16); use --format npz or npy")
+    try:
+        dataset = find_dataset(input_dir, output_dir, fmt)
+        _check_writable(output_dir)
+        classes, ignore_label, failed = _settle_classes(dataset, classes_text, num_classes, ignore_label,
+                                                        max_classes, jobs, quiet)
+    except UsageError as error:
+        raise _Usage(str(error)) from None
+    settings = Settings(tuple(classes), kind, spacing, slice_axis, dtype, fmt, engine, ignore_label)
+    manifest = _open_manifest(output_dir, settings, overwrite)
+    removed = clean_temporaries(output_dir)
+    todo, skipped = [], []
+    for case in dataset.cases:
+        if case.name in failed:
+            manifest.record(case, failed[case.name])
+        elif not overwrite and manifest.is_done(case):
+            skipped.append(case)
+        else:
+            todo.append(case)
+    manifest.write()
+    outcome = _compute_cases(todo, settings, manifest, jobs, quiet, debug)
+    outcome["failed"] += len(failed)
+    for name, record in failed.items():
+        _report_failure(dataset.labels_dir / name, record, debug)
+    if not quiet:
+        seconds = time.perf_counter() - start
+        click.echo(
+            f"rwmaps: {outcome['done']} done, {len(skipped)} skipped (already done), {outcome['failed']} failed, "
+            f"{len(dataset.skipped_files)} non-label files ignored"
+            + (f", {removed} stale temporary files removed" if removed else "")
+            + f"; {len(classes)} channels {list(classes)}; {seconds:.1f} s; manifest {manifest.path}",
+            err=True,
+        )
+    sys.exit(1 if outcome["failed"] else 0)
+
+
+def _check_writable(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".rwmaps-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"{output_dir}: output folder cannot be written ({error.strerror or error})") from None
+
+
+def _settle_classes(dataset, classes_text, num_classes, ignore_label, max_classes, jobs, quiet):
+    """(class list, ignore label, {case name: failed record}) from the options or the data."""
+    if classes_text and num_classes:
+        raise UsageError("give --classes or --num-classes, not both")
+    json_ignore = None
+    if dataset.dataset_json is not None:
+        json_classes, json_ignore = read_dataset_json(dataset.dataset_json)
+    ignore_label = json_ignore if ignore_label is None else ignore_label
+    if classes_text:
+        classes = _parse_classes(classes_text)
+    elif num_classes:
+        classes = list(range(num_classes))
+    elif dataset.dataset_json is not None:
+        classes = json_classes
+    else:
+        return _scan_classes(dataset, ignore_label, max_classes, jobs, quiet)
+    if ignore_label is not None and ignore_label in classes:
+        raise UsageError(f"the ignore label {ignore_label} is also in the class list {classes}")
+    return classes, ignore_label, {}
+
+
+def _parse_classes(text: str) -> list[int]:
+    try:
+        classes = [int(v) for v in text.replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise UsageError(f"--classes {text!r}: expected comma-separated integers such as 0,1,2,4") from None
+    if not classes or len(set(classes)) != len(classes) or min(classes) < 0:
+        raise UsageError(f"--classes {text!r}: expected distinct non-negative integers")
+    return classes
+
+
+def _scan_classes(dataset, ignore_label, max_classes, jobs, quiet):
+    """The union of the label values of every case (the cases that cannot be read fail)."""
+    cases = dataset.cases
+    values, failed = [], {}
+    bar = _progress(len(cases), "scanning labels", quiet)
+    for record in run_local(cases, scan_case, _jobs(jobs, len(cases)), max_classes=max_classes):
+        bar.update()
+        if record["status"] == "failed":
+            failed[record["name"]] = record
+        else:
+            values.append(record["values"])
+    bar.close()
+    classes = [v for v in union_of_values(values) if v != ignore_label]
+    if len(classes) > max_classes:
+        raise UsageError(f"the inputs hold {len(classes)} distinct label values, more than --max-classes "
+                         f"{max_classes}: are some of them images? Pass --classes, or raise --max-classes")
+    if not classes:
+        raise UsageError("no label file could be read, so there is no class list: "
+                         + "; ".join(f"{name}: {r['error']}" for name, r in list(failed.items())[:3]))
+    return classes, ignore_label, failed
+
+
+def _open_manifest(output_dir: Path, settings: Settings, overwrite: bool) -> Manifest:
+    header = {"tool": "rwmaps", "version": __version__, "parameters": settings.manifest_parameters(),
+              "classes": list(settings.classes), "engine": settings.engine}
+    previous = Manifest.load(output_dir)
+    if previous is None or overwrite:
+        return Manifest(output_dir, header)
+    if previous.header.get("parameters") != header["parameters"]:
+        changed = _changed(previous.header.get("parameters") or {}, header["parameters"])
+        raise _Usage(f"{output_dir} holds maps made with other parameters ({changed}); "
+                     "use another --output, or --overwrite to recompute them all")
+    return Manifest(output_dir, header, previous.cases)
+
+
+def _changed(before: dict, now: dict) -> str:
+    keys = sorted(set(before) | set(now), key=str)
+    return ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k))
+
+
+def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, jobs, quiet, debug) -> dict:
+    outcome = {"done": 0, "failed": 0}
+    if not todo:
+        return outcome
+    jobs = _jobs(jobs, len(todo))
+    itemsize = np.dtype(settings.dtype).itemsize
+    need = {case.name: case_memory_need(case, len(settings.classes), itemsize) for case in todo}
+    budget = available_memory()
+    too_big = {case.name for case in todo if need[case.name] > budget}
+    by_name = {case.name: case for case in todo}
+    runnable = [case for case in todo if case.name not in too_big]
+    results = run_local(runnable, process_case, jobs, memory_need=lambda case: need[case.name],
+                        settings=settings, threads=threads_per_case(jobs))
+    too_big_results = ({"name": name, "status": "failed", "seconds": None,
+                        "error": f"needs about {need[name] / 2**30:.1f} GiB of memory, more than the "
+                                 f"{budget / 2**30:.1f} GiB available"} for name in too_big)
+    bar = _progress(len(todo), "computing maps", quiet)
+    for record in itertools.chain(too_big_results, results):  # lazily: the bar moves as cases finish
+        case = by_name[record["name"]]
+        manifest.record(case, record)
+        outcome[record["status"]] += 1
+        bar.update()
+        if record["status"] == "failed":
+            with tqdm.external_write_mode(file=sys.stderr):  # keeps the bar intact
+                _report_failure(case.input, record, debug)
+    bar.close()
+    return outcome
+
+
+def _report_failure(path: Path, record: dict, debug: bool) -> None:
+    click.echo(f"rwmaps: {path}: {record['error']}", err=True)
+    if debug and record.get("traceback"):
+        click.echo(record["traceback"], err=True)
+
+
+def _progress(total: int, description: str, quiet: bool) -> tqdm:
+    return tqdm(total=total, desc=description, unit="case", file=sys.stderr,
+                disable=quiet or not sys.stderr.isatty(), leave=False)
+
+
+def _jobs(jobs: int | None, n_cases: int) -> int:
+    return max(1, min(jobs or os.cpu_count() or 1, n_cases))
+
+
+def main() -> None:
+    cli(prog_name="rwmaps")
+
+
+__all__ = ["cli", "main", "MANIFEST_NAME"]

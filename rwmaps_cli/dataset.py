@@ -1,0 +1,129 @@
+"""A dataset on disk: its label files, where their maps go, and its class list."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UsageError
+from .io import label_suffix, output_path
+
+
+@dataclass(frozen=True)
+class Case:
+    """One label file and the map file it becomes."""
+
+    input: Path
+    output: Path
+    name: str  # the input's path relative to the input root, POSIX style: the case's key
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The label files found under an input folder."""
+
+    labels_dir: Path  # where the label files are (``labelsTr`` for an nnU-Net dataset)
+    cases: list[Case]
+    skipped_files: list[Path]  # files that are not label files (ignored, counted)
+    dataset_json: Path | None  # nnU-Net's dataset.json, when there is one
+
+
+def find_dataset(input_dir: Path, output_dir: Path, fmt: str) -> Dataset:
+    """Find every label file under ``input_dir`` and the map path each one gets.
+
+    An nnU-Net raw dataset folder (with ``dataset.json`` and ``labelsTr/``) or its
+    ``labelsTr`` folder reads only ``labelsTr``: the tree mirrored into ``output_dir`` is
+    the one under ``labelsTr``.
+
+    Raises
+    ------
+    UsageError
+        When the input is not a folder or holds no label file, when the output folder
+        is inside the input folder, or when two inputs would write the same map.
+    """
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not input_dir.is_dir():
+        raise UsageError(f"{input_dir}: input folder does not exist or is not a folder")
+    labels_dir, dataset_json = _nnunet_layout(input_dir)
+    if _is_inside(output_dir, labels_dir):
+        raise UsageError(f"{output_dir}: output folder is inside the input folder {labels_dir}; choose another")
+    cases, skipped = [], []
+    for path in sorted(p for p in labels_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        if label_suffix(path) is None:
+            skipped.append(path)
+        else:
+            name = path.relative_to(labels_dir).as_posix()
+            cases.append(Case(path, output_path(path, labels_dir, output_dir, fmt), name))
+    if not cases:
+        raise UsageError(f"{labels_dir}: no label files found (looked for .nii.gz, .nii, .mha, .nrrd, .npy, .png, ...)")
+    _refuse_collisions(cases)
+    return Dataset(labels_dir, cases, skipped, dataset_json)
+
+
+def _nnunet_layout(input_dir: Path) -> tuple[Path, Path | None]:
+    """(folder holding the labels, dataset.json or None) for a plain or nnU-Net input."""
+    if (input_dir / "dataset.json").is_file() and (input_dir / "labelsTr").is_dir():
+        return input_dir / "labelsTr", input_dir / "dataset.json"
+    if input_dir.name == "labelsTr" and (input_dir.parent / "dataset.json").is_file():
+        return input_dir, input_dir.parent / "dataset.json"
+    return input_dir, None
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def _refuse_collisions(cases: list[Case]) -> None:
+    seen: dict[Path, Case] = {}
+    for case in cases:
+        other = seen.setdefault(case.output, case)
+        if other is not case:
+            raise UsageError(f"{case.input} and {other.input} would both write {case.output}; rename one")
+
+
+def read_dataset_json(path: Path) -> tuple[list[int], int | None]:
+    """The class list and ignore label of an nnU-Net ``dataset.json``.
+
+    Both nnU-Net v2 (``{"background": 0, "liver": 1}``) and v1 (``{"0": "background"}``)
+    label maps are read; v2's ``"ignore"`` entry becomes the ignore label.  Region-based
+    labels (lists of values) have no single label value per channel and are refused.
+    """
+    try:
+        labels = json.loads(Path(path).read_text())["labels"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"{path}: cannot read the 'labels' of this dataset.json ({error})") from None
+    ignore = None
+    values = []
+    for key, value in labels.items():
+        if isinstance(value, str) and _is_int(key):  # nnU-Net v1: {"1": "liver"}
+            key, value = value, int(key)
+        if isinstance(value, list) or not _is_int(value):
+            raise UsageError(f"{path}: label {key!r} is {value!r}; region-based labels are not supported, "
+                             "pass --classes")
+        if key == "ignore":
+            ignore = int(value)
+        else:
+            values.append(int(value))
+    if len(set(values)) != len(values):
+        raise UsageError(f"{path}: two labels share a value: {labels}")
+    return sorted(values), ignore
+
+
+def _is_int(value) -> bool:
+    try:
+        return int(value) == float(value)
+    except (TypeError, ValueError):
+        return False
+
+
+def union_of_values(value_sets: Iterable[np.ndarray]) -> list[int]:
+    """Sorted union of the label values found in each case."""
+    found: set[int] = set()
+    for values in value_sets:
+        found.update(int(v) for v in values)
+    return sorted(found)

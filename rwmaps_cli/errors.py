@@ -1,0 +1,14 @@
+"""Exceptions shared by the rwmaps modules."""
+
+
+class InputError(Exception):
+    """A user-facing problem with one input file.
+
+    The message is a single line and does not contain the file path: the caller
+    prefixes it (``f"{path}: {err}"``), so the same error reads well in a terminal
+    and in the manifest.
+    """
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called, found before any work (exit code 2)."""

@@ -1,0 +1,18 @@
+"""Fixtures: real label files written to a temporary folder."""
+
+from pathlib import Path
+
+import pytest
+
+from helpers import blobs, write_nifti
+
+
+@pytest.fixture
+def labels_dir(tmp_path) -> Path:
+    """Three 3D NIfTI cases in a tree, anisotropic, one without class 3."""
+    root = tmp_path / "labels"
+    write_nifti(root / "case_000.nii.gz", blobs((20, 24, 12), 4, seed=1), zooms=(0.8, 0.8, 2.5))
+    write_nifti(root / "sub" / "case_001.nii.gz", blobs((18, 22, 10), 4, seed=2), zooms=(0.7, 0.7, 3.0))
+    no_three = blobs((16, 16, 8), 3, seed=3)
+    write_nifti(root / "sub" / "case_002.nii.gz", no_three, zooms=(1.0, 1.0, 1.0))
+    return root

@@ -1,0 +1,42 @@
+"""Helpers shared by the tests: real label files and the real ``rwmaps`` command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage as ndi
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = REPO / "sample_data"
+
+
+def blobs(shape, n_classes, seed=0, sigma=2.0):
+    """Smooth random regions with touching classes, like a real segmentation."""
+    rng = np.random.default_rng(seed)
+    noise = ndi.gaussian_filter(rng.normal(size=(n_classes, *shape)), sigma)
+    return noise.argmax(axis=0).astype(np.uint8)
+
+
+def write_nifti(path: Path, labels: np.ndarray, zooms=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)) -> Path:
+    affine = np.diag([*zooms, 1.0])
+    affine[:3, 3] = origin
+    image = nib.Nifti1Image(labels, affine)
+    image.header.set_zooms(zooms[: labels.ndim])
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, path)
+    return path
+
+
+def run_rwmaps(*args, check=None, timeout=300) -> subprocess.CompletedProcess:
+    """Run ``rwmaps ARGS`` as a user would; ``check`` is the expected exit code."""
+    result = subprocess.run([sys.executable, "-m", "rwmaps_cli", *map(str, args)], capture_output=True,
+                            text=True, timeout=timeout)
+    if check is not None:
+        assert result.returncode == check, f"exit {result.returncode}\nstdout:{result.stdout}\nstderr:{result.stderr}"
+    return result
