@@ -113,6 +113,9 @@ def compute(input_dir, output_dir, kind, fmt, classes_text, num_classes, spacing
     outcome["failed"] += len(failed)
     for name, record in failed.items():
         _report_failure(dataset.labels_dir / name, record, debug)
+    if outcome["outside_classes"] and dataset.dataset_json is not None and not (classes_text or num_classes):
+        click.echo(f"rwmaps: hint: the class list {list(classes)} comes from {dataset.dataset_json}; "
+                   "fix its 'labels' or pass --classes", err=True)
     if not quiet:
         seconds = time.perf_counter() - start
         click.echo(
@@ -207,7 +210,7 @@ def _changed(before: dict, now: dict) -> str:
 
 
 def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, jobs, quiet, debug) -> dict:
-    outcome = {"done": 0, "failed": 0}
+    outcome = {"done": 0, "failed": 0, "outside_classes": 0}
     if not todo:
         return outcome
     jobs = _jobs(jobs, len(todo))
@@ -229,6 +232,7 @@ def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, job
         outcome[record["status"]] += 1
         bar.update()
         if record["status"] == "failed":
+            outcome["outside_classes"] += "not in the class list" in record["error"]
             with tqdm.external_write_mode(file=sys.stderr):  # keeps the bar intact
                 _report_failure(case.input, record, debug)
     bar.close()

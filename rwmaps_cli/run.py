@@ -53,8 +53,8 @@ def process_case(case: Case, settings: Settings, threads: int = 1) -> dict:
     or None), ``shape`` (of the map, channels first), ``seconds`` and, for failures that
     are bugs rather than bad input, ``traceback``.
     """
-    start = time.perf_counter()
-    try:
+
+    def compute() -> dict:
         volume = read_labels(case.input)
         maps = compute_maps(
             volume.array,
@@ -68,27 +68,36 @@ def process_case(case: Case, settings: Settings, threads: int = 1) -> dict:
             threads=threads,
         )
         write_map(case.output, maps, volume, settings.classes, settings.kind)
-        return _record(case, start, "done", shape=list(maps.shape))
-    except (InputError, ValueError) as error:  # bad input: the message says it all
-        return _record(case, start, "failed", error=str(error))
-    except MemoryError:
-        return _record(case, start, "failed", error="out of memory; run with fewer --jobs or on a bigger machine")
-    except Exception as error:  # a bug: keep the traceback for --debug
-        return _record(case, start, "failed", error=f"internal error: {type(error).__name__}: {error}",
-                       traceback=traceback.format_exc())
+        return {"status": "done", "shape": list(maps.shape)}
+
+    return _contained(case, compute)
 
 
 def scan_case(case: Case, max_classes: int) -> dict:
     """Read one case and list its label values (for the automatic class list)."""
-    start = time.perf_counter()
-    try:
+
+    def scan() -> dict:
         values = unique_labels(read_labels(case.input).array)
         if len(values) > max_classes:
             raise InputError(f"{len(values)} distinct values (more than --max-classes {max_classes}); "
                              "is this an image rather than a label map?")
-        return _record(case, start, "scanned", values=[int(v) for v in values])
-    except (InputError, ValueError) as error:
+        return {"status": "scanned", "values": [int(v) for v in values]}
+
+    return _contained(case, scan)
+
+
+def _contained(case: Case, body: Callable[[], dict]) -> dict:
+    """Run ``body`` for one case and turn every failure into a failed record."""
+    start = time.perf_counter()
+    try:
+        return _record(case, start, **body())
+    except (InputError, ValueError) as error:  # bad input: the message says it all
         return _record(case, start, "failed", error=str(error))
+    except MemoryError:
+        return _record(case, start, "failed", error="out of memory: this case needs more memory than is available")
+    except Exception as error:  # a bug: keep the traceback for --debug
+        return _record(case, start, "failed", error=f"internal error: {type(error).__name__}: {error}",
+                       traceback=traceback.format_exc())
 
 
 def _record(case: Case, start: float, status: str, **fields) -> dict:

@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from helpers import SAMPLE_DATA, blobs, run_rwmaps, write_nifti
+
 from rwmaps_cli import __version__, compute_maps
 
 
@@ -160,3 +160,22 @@ def test_usage_errors_exit_2(labels_dir, tmp_path, args, message):
     result = run_rwmaps("compute", "--input", labels_dir, "--output", tmp_path / "maps", *args, check=2)
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_ignore_label_from_dataset_json_and_from_the_option(tmp_path):
+    labels = blobs((16, 18, 8), 3, seed=5)
+    labels[4:8, :, 2:5] = 255
+    root = tmp_path / "Dataset002_Ignore"
+    write_nifti(root / "labelsTr" / "case.nii.gz", labels)
+    (root / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "a": 1, "b": 2, "ignore": 255}}))
+    run_rwmaps("compute", "--input", root, "--output", tmp_path / "maps", "--format", "npy", "--kind", "boundary",
+               check=0)
+    maps = np.load(tmp_path / "maps" / "case.npy")
+    assert maps.shape == (3, 16, 18, 8)  # the ignore label has no channel
+    assert (maps[:, labels == 255] == 0).all()
+    np.testing.assert_array_equal(maps, compute_maps(labels, [0, 1, 2], kind="boundary", ignore_label=255))
+    plain = tmp_path / "plain"
+    write_nifti(plain / "case.nii.gz", labels)
+    run_rwmaps("compute", "--input", plain, "--output", tmp_path / "maps2", "--format", "npy", "--kind", "boundary",
+               "--ignore-label", "255", check=0)
+    np.testing.assert_array_equal(np.load(tmp_path / "maps2" / "case.npy"), maps)

@@ -2,14 +2,14 @@
 
 import numpy as np
 import pytest
+from helpers import blobs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from reference import edt_brute, edt_scipy, liviaets_one_hot2dist, reference_maps, seed_rrw
 from scipy import ndimage as ndi
 
 from rwmaps_cli import KINDS, compute_maps, compute_maps_batch, unique_labels
-from helpers import blobs
-from reference import edt_brute, edt_scipy, liviaets_one_hot2dist, reference_maps, seed_rrw
 
 ENGINES = ("edt", "scipy")
 TOL = dict(rtol=1e-5, atol=1e-5)  # float32 output against a float64 reference

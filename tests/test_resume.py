@@ -1,0 +1,184 @@
+"""Dataset-scale robustness: the manifest, resume, atomic writes, a killed run, a dying worker."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import blobs, run_rwmaps, write_nifti
+
+from rwmaps_cli import __version__
+from rwmaps_cli.dataset import Case
+from rwmaps_cli.io import TMP_MARKER
+from rwmaps_cli.run import WORKER_DIED, run_local
+
+
+def compute(labels_dir, out, *args, check=0):
+    return run_rwmaps("compute", "--input", labels_dir, "--output", out, "--format", "npy", *args, check=check)
+
+
+def manifest(out) -> dict:
+    return json.loads((out / "rwmaps.json").read_text())
+
+
+def test_manifest_records_parameters_and_every_case(labels_dir, tmp_path):
+    out = tmp_path / "maps"
+    compute(labels_dir, out, "--kind", "boundary")
+    data = manifest(out)
+    assert data["tool"] == "rwmaps" and data["version"] == __version__
+    assert data["classes"] == [0, 1, 2, 3]
+    assert data["parameters"] == {"classes": [0, 1, 2, 3], "kind": "boundary", "spacing": "voxel", "slice_axis": None,
+                                  "dtype": "float32", "fmt": "npy", "ignore_label": None}
+    assert sorted(data["cases"]) == ["case_000.nii.gz", "sub/case_001.nii.gz", "sub/case_002.nii.gz"]
+    entry = data["cases"]["sub/case_001.nii.gz"]
+    assert entry["status"] == "done" and entry["error"] is None
+    assert entry["input"] == str(labels_dir / "sub" / "case_001.nii.gz")
+    assert entry["output"] == str(out / "sub" / "case_001.npy")
+    assert entry["shape"] == [4, 18, 22, 10]
+    assert entry["fingerprint"]["size"] == (labels_dir / "sub" / "case_001.nii.gz").stat().st_size
+    assert entry["bytes"] == (out / "sub" / "case_001.npy").stat().st_size
+    assert entry["seconds"] >= 0
+
+
+def test_rerun_redoes_only_changed_missing_failed_or_corrupted_cases(labels_dir, tmp_path):
+    out = tmp_path / "maps"
+    bad = labels_dir / "bad.npy"
+    np.save(bad, np.array([[0.5, 1.0]]))
+    compute(labels_dir, out, "--classes", "0,1,2,3", check=1)
+    np.save(bad, np.array([[0, 1]], dtype=np.uint8))  # fixed: the failed case is redone
+    write_nifti(labels_dir / "case_000.nii.gz", blobs((20, 24, 12), 4, seed=9))  # changed input
+    (out / "sub" / "case_001.npy").unlink()  # missing output
+    corrupted = out / "sub" / "case_002.npy"
+    corrupted.write_bytes(corrupted.read_bytes()[:-100])  # truncated output
+    result = compute(labels_dir, out, "--classes", "0,1,2,3")
+    assert "4 done, 0 skipped" in result.stderr
+    result = compute(labels_dir, out, "--classes", "0,1,2,3")
+    assert "0 done, 4 skipped" in result.stderr
+    assert all(case["status"] == "done" for case in manifest(out)["cases"].values())
+
+
+def test_rerun_with_other_parameters_is_refused_unless_overwrite(labels_dir, tmp_path):
+    out = tmp_path / "maps"
+    compute(labels_dir, out)
+    refused = compute(labels_dir, out, "--kind", "ac", check=2)
+    assert "holds maps made with other parameters (kind: 'rrw' -> 'ac')" in refused.stderr
+    assert "--overwrite" in refused.stderr
+    compute(labels_dir, out, "--kind", "ac", "--overwrite")
+    assert manifest(out)["parameters"]["kind"] == "ac"
+    assert np.load(out / "case_000.npy").min() == 0  # ac maps now
+
+
+def test_temporaries_of_a_killed_run_are_removed(labels_dir, tmp_path):
+    out = tmp_path / "maps"
+    compute(labels_dir, out)
+    stale = out / "sub" / f".case_001{TMP_MARKER}12345-deadbeef.npy"
+    stale.write_bytes(b"half a map")
+    result = compute(labels_dir, out)
+    assert not stale.exists()
+    assert "1 stale temporary files removed" in result.stderr
+
+
+def test_sigkill_mid_run_then_rerun_gives_a_clean_runs_maps(tmp_path):
+    labels_dir = tmp_path / "labels"
+    for i in range(16):
+        write_nifti(labels_dir / f"case_{i:02d}.nii.gz", blobs((64, 64, 48), 4, seed=i, sigma=3))
+    out, clean = tmp_path / "maps", tmp_path / "clean"
+    args = ["compute", "--input", labels_dir, "--format", "npy", "--kind", "boundary", "--jobs", "2",
+            "--engine", "scipy"]  # the slow engine: the run lasts long enough to be killed
+    process = subprocess.Popen([sys.executable, "-m", "rwmaps_cli", *map(str, args), "--output", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline, done = time.monotonic() + 120, 0
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            path = out / "rwmaps.json"
+            if path.exists():
+                data = json.loads(path.read_text())  # valid JSON at every moment
+                done = sum(case["status"] == "done" for case in data["cases"].values())
+                if done >= 2:
+                    break
+            time.sleep(0.01)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the run and its workers, as a crash would
+        process.wait()
+    assert 2 <= done < 16, "the run should be killed mid-way"
+    for path in out.glob("*.npy"):  # whatever has a final name is complete
+        assert np.load(path).shape == (4, 64, 64, 48)
+    run_rwmaps(*args, "--output", out, check=0)
+    run_rwmaps(*args, "--output", clean, check=0)
+    assert not [p for p in out.rglob("*") if TMP_MARKER in p.name]
+    assert sorted(p.name for p in out.glob("*.npy")) == sorted(p.name for p in clean.glob("*.npy"))
+    for path in clean.glob("*.npy"):
+        np.testing.assert_array_equal(np.load(out / path.name), np.load(path))
+    assert all(case["status"] == "done" for case in manifest(out)["cases"].values())
+
+
+# A work function for run_local that really kills its worker process for some cases.
+
+def _work(case: Case, marker_dir: str) -> dict:
+    if case.name.startswith("kill_always") or (
+        case.name.startswith("kill_once") and not (Path(marker_dir) / case.name).exists()
+    ):
+        (Path(marker_dir) / case.name).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.2)
+    return {"name": case.name, "status": "done", "error": None, "seconds": 0.2}
+
+
+def test_a_dying_worker_fails_only_its_case(tmp_path):
+    names = ["a", "b", "kill_always", "c", "kill_once", "d", "e"]
+    cases = [Case(tmp_path / n, tmp_path / n, n) for n in names]
+    records = {r["name"]: r for r in run_local(cases, _work, jobs=2, marker_dir=str(tmp_path))}
+    assert set(records) == set(names)
+    assert records["kill_always"] == {"name": "kill_always", "status": "failed", "error": WORKER_DIED, "seconds": None}
+    assert all(records[n]["status"] == "done" for n in names if n != "kill_always")
+
+
+def _timed_work(case: Case) -> dict:
+    start = time.time()
+    time.sleep(0.3)
+    return {"name": case.name, "status": "done", "error": None, "seconds": 0.3, "span": (start, time.time())}
+
+
+def test_cases_that_would_not_fit_in_memory_together_run_one_at_a_time(tmp_path):
+    from rwmaps_cli.run import available_memory
+
+    cases = [Case(tmp_path / n, tmp_path / n, n) for n in "abcd"]
+    huge = available_memory() * 0.6  # two at once would not fit
+    spans = [r["span"] for r in run_local(cases, _timed_work, jobs=2, memory_need=lambda case: huge)]
+    spans.sort()
+    assert all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:])), spans
+    small = [r["span"] for r in run_local(cases, _timed_work, jobs=2, memory_need=lambda case: 1)]
+    small.sort()
+    assert any(later[0] < earlier[1] for earlier, later in zip(small, small[1:])), small  # control: overlap
+
+
+_PEAK_PROBE = r"""
+import json, sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+from bench_maps import brain_like_labels
+from rwmaps_cli import compute_maps
+labels = brain_like_labels((180, 180, 200), 83)
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current resident size
+def status(key):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
+before = status("VmRSS:")
+maps = compute_maps(labels, list(range(83)))
+ok = bool((maps.min(axis=(1, 2, 3)) >= -1).all() and (maps.max(axis=(1, 2, 3)) == 1).all())
+print(json.dumps({"peak": status("VmHWM:") - before, "shape": maps.shape, "ok": ok}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to measure the peak")
+def test_83_class_whole_brain_volume_stays_within_output_plus_three_volumes():
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    out = subprocess.run([sys.executable, "-c", _PEAK_PROBE, str(bench)], capture_output=True, text=True,
+                         check=True, timeout=300)
+    result = json.loads(out.stdout)
+    assert result["shape"] == [83, 180, 180, 200] and result["ok"]
+    volume = 180 * 180 * 200 * 4
+    assert result["peak"] <= 83 * volume + 3 * volume, result["peak"] / volume - 83
