@@ -7,7 +7,9 @@ Prints medians and, above all, ratios (the machines are shared and noisy):
 2. peak memory of one ``compute_maps`` call, in float32 volumes beyond its output;
 3. end to end: ``rwmaps compute --jobs 2 --format npy`` on synthetic cases vs a naive
    loop (nibabel load, seed formula, nibabel save);
-4. an 83-class whole-brain-sized volume: time and peak memory vs the seed formula.
+4. an 83-class whole-brain-sized volume: time and peak memory vs the seed formula;
+5. Dask: throughput (cases/s) of a 2-worker ``LocalCluster`` next to the local joblib run
+   (``--jobs 2``) on the same cases (``--only dask``; needs ``rwmaps_cli[dask]``).
 
 Run from the repository root (takes several minutes on 2 cores)::
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,19 +52,17 @@ def synthetic_labels(shape, n_classes=4, seed=0) -> np.ndarray:
 
 
 def brain_like_labels(shape=(180, 180, 200), n_classes=83, seed=0) -> np.ndarray:
-    """A whole-brain-sized volume with 83 labels: Voronoi cells inside an ellipsoid."""
+    """A whole-brain-sized volume with ``n_classes`` labels: Voronoi cells in an ellipsoid."""
     rng = np.random.default_rng(seed)
-    seeds = rng.uniform(0.15, 0.85, size=(n_classes - 1, 3)) * shape
-    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"), axis=-1)
-    nearest = np.zeros(shape, dtype=np.uint8)
-    best = np.full(shape, np.inf, dtype=np.float32)
-    for label, point in enumerate(seeds, start=1):
-        d = ((grid - point.astype(np.float32)) ** 2).sum(axis=-1)
-        closer = d < best
-        best[closer], nearest[closer] = d[closer], label
-    centre, radii = np.array(shape) / 2, np.array(shape) * 0.42
-    head = (((grid - centre) / radii) ** 2).sum(axis=-1) < 1
-    return np.where(head, nearest, 0).astype(np.uint8)
+    seeds = np.zeros(shape, dtype=np.uint8)
+    points = (rng.uniform(0.15, 0.85, size=(n_classes - 1, 3)) * shape).astype(int)
+    seeds[tuple(points.T)] = np.arange(1, n_classes)
+    # Every voxel takes the label of its nearest seed point (one EDT with indices).
+    _, nearest = distance_transform_edt(seeds == 0, return_indices=True)
+    cells = seeds[tuple(nearest)]
+    grid = np.ogrid[tuple(slice(0, s) for s in shape)]
+    head = sum(((g - s / 2) / (0.42 * s)) ** 2 for g, s in zip(grid, shape)) < 1
+    return np.where(head, cells, 0).astype(np.uint8)
 
 
 def seed_formula(labels: np.ndarray, n_classes: int) -> np.ndarray:
@@ -222,10 +221,58 @@ def bench_many_classes(shape, n_classes: int) -> None:
           f"{seed_peak / maps_peak:.2f}x the memory")
 
 
+# ---------------------------------------------------------------------------------------
+# 5. On a Dask cluster
+
+
+def bench_dask(shape, n_cases: int) -> None:
+    """Throughput of a 2-worker Dask LocalCluster next to the local joblib run, on the same cases."""
+    import logging
+
+    import nibabel as nib
+    from distributed import Client, LocalCluster
+
+    from rwmaps_cli.cluster import run_dask
+    from rwmaps_cli.dataset import find_dataset
+    from rwmaps_cli.run import Settings, process_case, run_local
+
+    print(f"\n## Dask: {n_cases} cases of {shape[0]}x{shape[1]}x{shape[2]}, 4 classes, npy; "
+          "2-worker LocalCluster vs joblib --jobs 2")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "labels").mkdir()
+        for i in range(n_cases):
+            nib.save(nib.Nifti1Image(synthetic_labels(shape, seed=i), np.diag([0.8, 0.8, 2.5, 1])),
+                     tmp / "labels" / f"case_{i:03d}.nii.gz")
+        rwmaps = [sys.executable, "-m", "rwmaps_cli", "compute", "--input", str(tmp / "labels"), "--quiet",
+                  "--classes", "0,1,2,3", "--format", "npy", "--overwrite", "--jobs", "2"]
+        t = median_time({
+            "joblib": lambda: subprocess.run([*rwmaps, "--output", str(tmp / "joblib")], check=True),
+            "dask": lambda: subprocess.run([*rwmaps, "--output", str(tmp / "dask"), "--scheduler", "local"],
+                                           check=True),
+        }, 1)
+        print(f"rwmaps compute --jobs 2 (joblib):                 {n_cases / t['joblib']:.2f} cases/s "
+              f"({t['joblib']:.1f} s)")
+        print(f"rwmaps compute --jobs 2 --scheduler local (Dask): {n_cases / t['dask']:.2f} cases/s "
+              f"({t['dask']:.1f} s, starting the cluster included)  -> Dask / joblib = {t['joblib'] / t['dask']:.2f}")
+        # The same cases with the worker pools already up: the cost of the runners themselves.
+        cases = find_dataset(tmp / "labels", tmp / "inprocess", "npy").cases
+        settings = Settings((0, 1, 2, 3), fmt="npy")
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None, silence_logs=logging.CRITICAL) as cluster, \
+                Client(cluster, set_as_default=False) as client:
+            runs = {"joblib": lambda: list(run_local(cases, process_case, 2, settings=settings, threads=1)),
+                    "dask": lambda: list(run_dask(cases, process_case, client, settings=settings, threads=1))}
+            median_time(runs, 1)  # warm up both pools
+            t = median_time(runs, 3)
+        print(f"pools already up: joblib {n_cases / t['joblib']:.2f} cases/s, Dask {n_cases / t['dask']:.2f} cases/s"
+              f"  -> Dask / joblib = {t['joblib'] / t['dask']:.2f}   (medians of 3)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: checks the script runs")
-    parser.add_argument("--only", choices=["kernel", "memory", "e2e", "classes"], help="run one section")
+    parser.add_argument("--only", choices=["kernel", "memory", "e2e", "classes", "dask"], help="run one section")
     args = parser.parse_args()
     print(f"rwmaps benchmark on {os.cpu_count()} cores; times are medians, compare the ratios")
     sizes = [(40, 64, 64)] if args.quick else [(200, 256, 256), (300, 512, 512)]
@@ -239,6 +286,8 @@ def main() -> None:
         bench_end_to_end((32, 48, 48) if args.quick else (96, 160, 160), 4 if args.quick else 20)
     if args.only in (None, "classes"):
         bench_many_classes((40, 40, 44) if args.quick else (180, 180, 200), 83)
+    if args.only in (None, "dask"):
+        bench_dask((32, 48, 48) if args.quick else (96, 160, 160), 4 if args.quick else 20)
 
 
 if __name__ == "__main__":

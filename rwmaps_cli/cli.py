@@ -72,11 +72,15 @@ def cli() -> None:
               help="Refuse an automatic class list longer than this (an image mistaken for labels).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Cases computed in parallel.  [default: all cores]")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Compute on a Dask cluster: its scheduler (tcp://HOST:PORT, or a scheduler file), or 'local' "
+                   "for a LocalCluster of --jobs worker processes here. The workers must see the same files; "
+                   "needs pip install 'rwmaps_cli[dask]'.  [default: local processes (joblib)]")
 @click.option("--overwrite", is_flag=True, help="Recompute every case, even those already done.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary; errors are still printed.")
 @click.option("--debug", is_flag=True, help="Print a traceback for internal errors.")
 def compute(input_dir, output_dir, kind, fmt, classes_text, num_classes, spacing, slice_axis, engine, dtype,
-            ignore_label, max_classes, jobs, overwrite, quiet, debug) -> None:
+            ignore_label, max_classes, jobs, overwrite, quiet, debug, scheduler) -> None:
     """Compute the maps of every label file under --input into --output.
 
     \b
@@ -93,8 +97,9 @@ def compute(input_dir, output_dir, kind, fmt, classes_text, num_classes, spacing
     try:
         dataset = find_dataset(input_dir, output_dir, fmt)
         _check_writable(output_dir)
+        runner = _runner(scheduler, _jobs(jobs, len(dataset.cases)))
         classes, ignore_label, failed = _settle_classes(dataset, classes_text, num_classes, ignore_label,
-                                                        max_classes, jobs, quiet)
+                                                        max_classes, jobs, quiet, runner)
     except UsageError as error:
         raise _Usage(str(error)) from None
     settings = Settings(tuple(classes), kind, spacing, slice_axis, dtype, fmt, engine, ignore_label)
@@ -109,7 +114,7 @@ def compute(input_dir, output_dir, kind, fmt, classes_text, num_classes, spacing
         else:
             todo.append(case)
     manifest.write()
-    outcome = _compute_cases(todo, settings, manifest, jobs, quiet, debug)
+    outcome = _compute_cases(todo, settings, manifest, jobs, quiet, debug, runner)
     outcome["failed"] += len(failed)
     for name, record in failed.items():
         _report_failure(dataset.labels_dir / name, record, debug)
@@ -138,7 +143,7 @@ def _check_writable(output_dir: Path) -> None:
         raise UsageError(f"{output_dir}: output folder cannot be written ({error.strerror or error})") from None
 
 
-def _settle_classes(dataset, classes_text, num_classes, ignore_label, max_classes, jobs, quiet):
+def _settle_classes(dataset, classes_text, num_classes, ignore_label, max_classes, jobs, quiet, runner=run_local):
     """(class list, ignore label, {case name: failed record}) from the options or the data."""
     if classes_text and num_classes:
         raise UsageError("give --classes or --num-classes, not both")
@@ -153,7 +158,7 @@ def _settle_classes(dataset, classes_text, num_classes, ignore_label, max_classe
     elif dataset.dataset_json is not None:
         classes = json_classes
     else:
-        return _scan_classes(dataset, ignore_label, max_classes, jobs, quiet)
+        return _scan_classes(dataset, ignore_label, max_classes, jobs, quiet, runner)
     if ignore_label is not None and ignore_label in classes:
         raise UsageError(f"the ignore label {ignore_label} is also in the class list {classes}")
     return classes, ignore_label, {}
@@ -169,12 +174,12 @@ def _parse_classes(text: str) -> list[int]:
     return classes
 
 
-def _scan_classes(dataset, ignore_label, max_classes, jobs, quiet):
+def _scan_classes(dataset, ignore_label, max_classes, jobs, quiet, runner=run_local):
     """The union of the label values of every case (the cases that cannot be read fail)."""
     cases = dataset.cases
     values, failed = [], {}
     bar = _progress(len(cases), "scanning labels", quiet)
-    for record in run_local(cases, scan_case, _jobs(jobs, len(cases)), max_classes=max_classes):
+    for record in runner(cases, scan_case, _jobs(jobs, len(cases)), max_classes=max_classes):
         bar.update()
         if record["status"] == "failed":
             failed[record["name"]] = record
@@ -209,7 +214,8 @@ def _changed(before: dict, now: dict) -> str:
     return ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys if before.get(k) != now.get(k))
 
 
-def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, jobs, quiet, debug) -> dict:
+def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, jobs, quiet, debug,
+                   runner=run_local) -> dict:
     outcome = {"done": 0, "failed": 0, "outside_classes": 0}
     if not todo:
         return outcome
@@ -217,11 +223,11 @@ def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, job
     itemsize = np.dtype(settings.dtype).itemsize
     need = {case.name: case_memory_need(case, len(settings.classes), itemsize) for case in todo}
     budget = available_memory()
-    too_big = {case.name for case in todo if need[case.name] > budget}
+    too_big = {case.name for case in todo if need[case.name] > budget and runner is run_local}  # Dask: worker limits
     by_name = {case.name: case for case in todo}
     runnable = [case for case in todo if case.name not in too_big]
-    results = run_local(runnable, process_case, jobs, memory_need=lambda case: need[case.name],
-                        settings=settings, threads=threads_per_case(jobs))
+    results = runner(runnable, process_case, jobs, memory_need=lambda case: need[case.name],
+                     settings=settings, threads=threads_per_case(jobs))
     too_big_results = ({"name": name, "status": "failed", "seconds": None,
                         "error": f"needs about {need[name] / 2**30:.1f} GiB of memory, more than the "
                                  f"{budget / 2**30:.1f} GiB available"} for name in too_big)
@@ -252,6 +258,25 @@ def _progress(total: int, description: str, quiet: bool) -> tqdm:
 
 def _jobs(jobs: int | None, n_cases: int) -> int:
     return max(1, min(jobs or os.cpu_count() or 1, n_cases))
+
+
+def _runner(scheduler: str | None, jobs: int):
+    """``run_local``, or with --scheduler the Dask runner with the same call and records.
+
+    The Dask client (and a ``local`` cluster of ``jobs`` workers) is set up now, so a missing
+    Dask or an unreachable scheduler is a usage error before any work, and stays up until the
+    command ends.  ``memory_need`` is local-only: Dask workers have their own memory limits.
+    """
+    if scheduler is None:
+        return run_local
+    from .cluster import dask_client, run_dask
+
+    client = click.get_current_context().with_resource(dask_client(scheduler, jobs))
+
+    def run_on_dask(cases, work, jobs, memory_need=None, **kwargs):
+        return run_dask(cases, work, client, **kwargs)
+
+    return run_on_dask
 
 
 def main() -> None:

@@ -1,0 +1,211 @@
+"""Run cases on a Dask cluster: ``rwmaps compute --scheduler tcp://HOST:PORT`` (or ``local``).
+
+:func:`run_dask` has the contract of :func:`rwmaps_cli.run.run_local`: one record per case,
+in completion order, and a failed record (never an exception) for a case that fails.  Only
+the small :class:`~rwmaps_cli.dataset.Case` (two paths and a name) and the record travel
+through the scheduler: each worker reads its own labels and writes its own map by path, so
+the workers must see the same filesystem as this machine (paths are made absolute).
+
+Each Dask worker computes one case at a time and gives the case's distance transform all of
+its threads (``threads=`` the worker's ``nthreads``), as ``run_local`` gives each case
+``cores // jobs`` threads: the cores are not oversubscribed, and a worker's memory limit only
+has to hold one case.  To run more cases at once on a node, start more worker processes.
+
+A worker process that dies mid-case (killed, out of memory) is Dask's business: the
+scheduler retries the case on another worker, up to its ``allowed-failures`` setting (Dask's
+default is 3 retries; the ``local`` cluster started here allows 1, as ``run_local`` does),
+and then the case gets a failed record saying so.  Memory-based throttling
+(``memory_need``) is local-only: Dask workers have their own memory limits.
+
+Dask is an optional dependency (``pip install 'rwmaps_cli[dask]'``), imported lazily here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import replace
+
+from .dataset import Case
+from .errors import UsageError
+from .run import WORKER_DIED
+
+CONNECT_TIMEOUT = 10  # seconds to reach a scheduler before giving up with a usage error
+POLL_SECONDS = 1.0  # how often to look for new workers while cases wait (adaptive clusters)
+MISSING_DASK = "--scheduler needs Dask: pip install 'rwmaps_cli[dask]'"
+
+
+def run_dask(cases: list[Case], work: Callable[..., dict], scheduler, jobs: int | None = None,
+             **kwargs) -> Iterator[dict]:
+    """Yield ``work(case, **kwargs)`` for every case, computed on a Dask cluster, in completion order.
+
+    ``scheduler`` is a scheduler address (``tcp://HOST:PORT``), a scheduler file (JSON, as
+    ``dask scheduler --scheduler-file`` writes), ``"local"`` for a ``LocalCluster`` of ``jobs``
+    worker processes started here and torn down at the end, or a connected
+    ``distributed.Client``.  A ``threads`` keyword, when given, is replaced on each worker by
+    that worker's number of threads.
+
+    Raises
+    ------
+    UsageError
+        When Dask is not installed, or no scheduler answers at the address within
+        :data:`CONNECT_TIMEOUT` seconds (raised on the first ``next()``).
+    """
+    if isinstance(scheduler, str):
+        with dask_client(scheduler, jobs) as client:
+            yield from _run(client, cases, work, kwargs)
+    else:
+        yield from _run(scheduler, cases, work, kwargs)
+
+
+@contextmanager
+def dask_client(scheduler: str, jobs: int | None = None):
+    """A ``distributed.Client`` connected to ``scheduler`` (see :func:`run_dask`), closed at exit."""
+    distributed = import_distributed()
+    if scheduler == "local":
+        n_workers = max(1, jobs or os.cpu_count() or 1)
+        cluster = distributed.LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=max(1, (os.cpu_count() or 1) // n_workers),  # the cores, not more
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.CRITICAL,
+            scheduler_kwargs={"allowed_failures": 1},  # a case that kills its worker is tried twice
+        )
+        try:
+            with distributed.Client(cluster, set_as_default=False, timeout=CONNECT_TIMEOUT) as client:
+                yield client
+        finally:
+            cluster.close()
+        return
+    client = _connect(distributed, scheduler)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def import_distributed():
+    """The ``distributed`` module, or a one-line :class:`UsageError` saying how to install it."""
+    try:
+        import distributed
+    except ImportError:
+        distributed = None
+    if distributed is None:  # raised outside the except block: no chained traceback
+        raise UsageError(MISSING_DASK)
+    return distributed
+
+
+def _connect(distributed, scheduler: str):
+    address = _scheduler_address(distributed, scheduler)  # checked first: a Client made from a bad
+    try:  # address lingers, and its cleanup at exit waits and prints a traceback
+        return distributed.Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+    except OSError as error:  # nobody answered, or the handshake timed out
+        reason = f"no Dask scheduler answered within {CONNECT_TIMEOUT} s ({_one_line(error)})"
+    except Exception as error:
+        reason = f"cannot connect ({type(error).__name__}: {_one_line(error)})"
+    # Raised outside the except blocks, so the half-made Client is released now and no
+    # traceback is chained to the one-line error.
+    raise UsageError(f"--scheduler {scheduler}: {reason}")
+
+
+def _scheduler_address(distributed, scheduler: str) -> str:
+    """The address in ``scheduler``: itself, or the ``address`` of a scheduler file."""
+    problem = None
+    address = scheduler
+    if os.path.isfile(scheduler):
+        try:
+            with open(scheduler) as file:
+                address = json.load(file)["address"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            problem = f"not a Dask scheduler file ({type(error).__name__}: {_one_line(error)})"
+    if problem is None:
+        try:
+            distributed.comm.get_address_host_port(address)
+        except (ValueError, TypeError) as error:
+            problem = f"{_one_line(error)}; expected tcp://HOST:PORT, a scheduler file, or 'local'"
+    if problem is not None:
+        raise UsageError(f"--scheduler {scheduler}: {problem}")
+    return address
+
+
+# -------------------------------------------------------------------------------------
+# The run
+
+
+def _run(client, cases: list[Case], work: Callable[..., dict], kwargs: dict) -> Iterator[dict]:
+    """At most one case per worker in flight; top up as cases finish or workers join."""
+    todo = deque(replace(case, input=case.input.absolute(), output=case.output.absolute()) for case in cases)
+    finished: queue.SimpleQueue = queue.SimpleQueue()
+    in_flight: dict = {}  # future -> case
+    try:
+        while todo or in_flight:
+            if todo:
+                try:
+                    slots = max(1, len(client.nthreads())) - len(in_flight)
+                    for _ in range(min(slots, len(todo))):
+                        future = client.submit(_on_worker, work, todo[0], kwargs,
+                                               key=f"{getattr(work, '__name__', 'work')}-{uuid.uuid4().hex}")
+                        in_flight[future] = todo.popleft()
+                        future.add_done_callback(finished.put)
+                except Exception as error:  # the scheduler is gone: every case not reported yet fails
+                    lost = f"lost the Dask scheduler before this case finished ({type(error).__name__}); rerun to retry"
+                    for case in [*in_flight.values(), *todo]:
+                        yield _failed(case, lost)
+                    in_flight.clear()
+                    return
+            try:  # a timeout while cases wait, to notice workers that join (adaptive clusters)
+                future = finished.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                continue
+            case = in_flight.pop(future, None)
+            if case is not None:
+                yield _outcome(future, case)
+    finally:  # the caller stopped early (Ctrl-C): do not leave the cluster computing
+        if in_flight:
+            with suppress(Exception):  # a lost scheduler cancelled them already
+                client.cancel(list(in_flight))
+
+
+def _on_worker(work: Callable[..., dict], case: Case, kwargs: dict) -> dict:
+    """Runs on the worker: ``work(case, **kwargs)`` with this worker's threads."""
+    if "threads" in kwargs:
+        from distributed import get_worker
+
+        worker = get_worker()
+        kwargs = {**kwargs, "threads": max(1, int(getattr(getattr(worker, "state", worker), "nthreads", 1)))}
+    return work(case, **kwargs)
+
+
+def _outcome(future, case: Case) -> dict:
+    """The case's record, or a failed record for what Dask did to it."""
+    from distributed import KilledWorker
+    from distributed.utils import CancelledError
+
+    try:
+        return future.result()
+    except KilledWorker as error:
+        tries = getattr(error, "allowed_failures", None)
+        on = f", on {tries + 1} Dask workers in turn" if isinstance(tries, int) else " on every Dask worker it tried"
+        return _failed(case, f"{WORKER_DIED}{on}; see the worker logs")
+    except CancelledError:
+        return _failed(case, "the Dask scheduler dropped this case (lost connection, or the cluster restarted)")
+    except Exception as error:  # e.g. rwmaps is not installed where the workers run
+        return _failed(case, f"could not run on the Dask worker: {type(error).__name__}: {_one_line(error)}",
+                       traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)))
+
+
+def _failed(case: Case, error: str, **fields) -> dict:
+    return {"name": case.name, "status": "failed", "error": error, "seconds": None, **fields}
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
