@@ -8,6 +8,7 @@ The kernels are pure functions on arrays::
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .io import load_map
 from .maps import ENGINES, KINDS, class_codes, compute_maps, compute_maps_batch, unique_labels
 
 try:
@@ -15,4 +16,5 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["ENGINES", "KINDS", "class_codes", "compute_maps", "compute_maps_batch", "unique_labels", "__version__"]
+__all__ = ["ENGINES", "KINDS", "class_codes", "compute_maps", "compute_maps_batch", "load_map", "unique_labels",
+           "__version__"]

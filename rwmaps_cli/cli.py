@@ -279,6 +279,109 @@ def _runner(scheduler: str | None, jobs: int):
     return run_on_dask
 
 
+@cli.command("inspect")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON (for scripts).")
+@click.option("--png", "png", type=click.Path(path_type=Path), metavar="OUT.png",
+              help="Also draw the label slice and one panel per class map into this PNG.")
+@click.option("--axis", type=int, default=None,
+              help="Array axis the --png slice is across.  [default: the S-I axis when the file has an "
+                   "orientation, else the last axis]")
+@click.option("--slice", "slice_index", type=int, default=None,
+              help="Index of the --png slice along --axis (give both).  [default: through the middle of the "
+                   "foreground, showing the most classes]")
+def inspect_command(file, as_json, png, axis, slice_index) -> None:
+    """Show what a label file or a map file holds.
+
+    \b
+    Example:
+        rwmaps inspect maps/case_000.nii.gz
+        rwmaps inspect maps/case_000.npy --json
+        rwmaps inspect maps/case_000.nii.gz --png case_000.png --axis 2
+
+    Tells a map written by rwmaps compute (any format) from a label file, and prints its
+    shape, dtype, voxel spacing, orientation and, per class / channel, the label value,
+    the voxel count and, for a map, the value range and whether the values fit its kind.
+    Exit code: 0 on success, 1 when the file cannot be read, 2 for a usage error.
+    """
+    import json
+
+    from .errors import InputError
+    from .inspection import check_slice, describe, draw_png, format_table, spatial_shape
+
+    try:
+        info = describe(file)
+    except InputError as error:
+        click.echo(f"rwmaps: {file}: {error}", err=True)
+        sys.exit(1)
+    if png is not None:
+        try:
+            check_slice(spatial_shape(info), axis, slice_index)
+        except ValueError as error:  # --axis / --slice out of range
+            raise _Usage(str(error)) from None
+    click.echo(json.dumps(info, indent=1) if as_json else format_table(info))
+    if png is None:
+        return
+    try:
+        drawn = draw_png(file, png, axis=axis, index=slice_index)
+    except InputError as error:
+        click.echo(f"rwmaps: {file}: {error}", err=True)
+        sys.exit(1)
+    except OSError as error:  # the PNG cannot be written
+        click.echo(f"rwmaps: {png}: cannot write ({error.strerror or error})", err=True)
+        sys.exit(1)
+    where = "" if drawn["axis"] is None else f"; axis {drawn['axis']}, slice {drawn['slice']}"
+    click.echo(f"rwmaps: wrote {drawn['path']} ({drawn['width']} × {drawn['height']} px{where})", err=True)
+
+
+@cli.command("verify")
+@click.option("--input", "input_dir", required=True, type=click.Path(path_type=Path),
+              help="The label folder given to rwmaps compute.")
+@click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path),
+              help="The maps folder (with its rwmaps.json).")
+@click.option("--sample", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Recompute only N cases, evenly spaced over the sorted case list (first and last "
+                   "included; the same cases every run).  [default: all]")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
+              help="Cases recomputed in parallel.  [default: all cores]")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary; problems are still printed.")
+def verify_command(input_dir, output_dir, sample, jobs, quiet) -> None:
+    """Check that a maps folder is complete and right.
+
+    \b
+    Example:
+        rwmaps verify --input labels/ --output maps/
+        rwmaps verify --input Dataset001_Liver/ --output maps/ --sample 20
+
+    Checks that every label file has a complete map that agrees with the manifest
+    (rwmaps.json), that the manifest lists no other case, and recomputes the maps of
+    --sample cases with the manifest's parameters: float32 maps must agree within
+    rtol = atol = 1e-5, float16 maps within 1e-3.  Prints every problem on one line
+    (PATH: problem) on stdout, and a summary on stderr.
+    Exit code: 0 when all is well, 1 when there is any problem, 2 for a usage error.
+    """
+    from .verify import verify
+
+    start = time.perf_counter()
+    bar = tqdm(desc="recomputing maps", unit="case", file=sys.stderr, disable=quiet or not sys.stderr.isatty(),
+               leave=False)
+    try:
+        report = verify(input_dir, output_dir, sample=sample, jobs=jobs or os.cpu_count() or 1,
+                        progress=bar.update)
+    except UsageError as error:
+        raise _Usage(str(error)) from None
+    finally:
+        bar.close()
+    for problem in report.problems:
+        click.echo(problem)
+    if not quiet:
+        outcome = (f"{len(report.problems)} problem{'s' if len(report.problems) != 1 else ''}"
+                   if report.problems else "all is well")
+        click.echo(f"rwmaps verify: {outcome}; {report.cases} label files, {report.maps} maps checked, "
+                   f"{report.recomputed} recomputed and compared; {time.perf_counter() - start:.1f} s", err=True)
+    sys.exit(1 if report.problems else 0)
+
+
 def main() -> None:
     cli(prog_name="rwmaps")
 

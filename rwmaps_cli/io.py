@@ -108,7 +108,7 @@ def label_suffix(path: str | os.PathLike) -> str | None:
     return None
 
 
-def _output_format(path: str | os.PathLike) -> str:
+def output_format(path: str | os.PathLike) -> str:
     """The ``OUTPUT_FORMATS`` entry ``path`` ends with; ValueError otherwise."""
     name = Path(path).name.lower()
     for fmt in OUTPUT_FORMATS:  # "nii.gz" is tried before "nii"
@@ -273,7 +273,7 @@ def _detached_data_file(path: Path) -> Path | None:
     return None
 
 
-def _sitk_reader(path: Path) -> sitk.ImageFileReader:
+def sitk_reader(path: Path) -> sitk.ImageFileReader:
     """A reader with the header read and checked (dimension, components), data not loaded."""
     data_file = _detached_data_file(path)
     if data_file is not None and not data_file.is_file():
@@ -295,7 +295,7 @@ def _sitk_reader(path: Path) -> sitk.ImageFileReader:
     return reader
 
 
-def _sitk_affine(image: sitk.Image) -> np.ndarray:
+def sitk_affine(image: sitk.Image) -> np.ndarray:
     """RAS+ affine for the index order of ``sitk.GetArrayFromImage(image)``.
 
     ITK maps its index (i, j[, k]) to LPS by ``origin + direction @ diag(spacing) @ index``;
@@ -312,24 +312,24 @@ def _sitk_affine(image: sitk.Image) -> np.ndarray:
 
 
 def _read_sitk(path: Path) -> LabelVolume:
-    image = _sitk_reader(path).Execute()
+    image = sitk_reader(path).Execute()
     array = sitk.GetArrayFromImage(image)  # axes reversed from ITK's: (z, y, x)
     return LabelVolume(
         array=_check_labels(array),
         spacing=tuple(float(s) for s in reversed(image.GetSpacing())),
-        affine=_sitk_affine(image),
+        affine=sitk_affine(image),
         nifti_header=None,
     )
 
 
 def _shape_sitk(path: Path) -> tuple[int, ...]:
-    return tuple(int(n) for n in reversed(_sitk_reader(path).GetSize()))
+    return tuple(int(n) for n in reversed(sitk_reader(path).GetSize()))
 
 
 # --------------------------------------------------------------------------- numpy
 
 
-def _npy_header(fileobj: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
+def npy_header(fileobj: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype from an open .npy stream, reading the header only."""
     version = np.lib.format.read_magic(fileobj)
     if version == (1, 0):
@@ -347,7 +347,7 @@ def _read_npy(path: Path) -> LabelVolume:
 
 def _shape_npy(path: Path) -> tuple[int, ...]:
     with open(path, "rb") as f:
-        shape, _ = _npy_header(f)
+        shape, _ = npy_header(f)
     _check_ndim(shape)
     return shape
 
@@ -381,7 +381,7 @@ def _shape_npz(path: Path) -> tuple[int, ...]:
     with zipfile.ZipFile(path) as archive:
         names = [n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy")]
         with archive.open(_npz_label_key(names) + ".npy") as member:
-            shape, _ = _npy_header(member)
+            shape, _ = npy_header(member)
     _check_ndim(shape)
     return shape
 
@@ -518,7 +518,7 @@ _WRITERS = {"nii.gz": _write_nifti, "nii": _write_nifti, "npz": _write_npz, "npy
 def _temporary_name(path: Path) -> Path:
     """Hidden name beside ``path`` with TMP_MARKER that keeps the real suffix."""
     try:
-        suffix = "." + _output_format(path)
+        suffix = "." + output_format(path)
     except ValueError:
         suffix = path.suffix
     stem = path.name[: len(path.name) - len(suffix)][:100]  # stay far below 255-byte names
@@ -585,22 +585,22 @@ def write_map(
     Raises ValueError for an unsupported suffix, dtype or mismatched shapes.
     """
     path = Path(path)
-    fmt = _output_format(path)
+    fmt = output_format(path)
     classes = np.asarray(classes, dtype=np.int64)
     _check_map(fmt, maps, volume, classes, compresslevel)
     with atomic_path(path) as tmp:
         _WRITERS[fmt](tmp, path, maps, volume, classes, kind, compresslevel)
 
 
-def _stored_map_shape(path: Path) -> tuple[int, ...]:
+def stored_map_shape(path: Path) -> tuple[int, ...]:
     """(C, *spatial) of a map file from its header; a NIfTI map's spatial part is always 3D."""
-    fmt = _output_format(path)
+    fmt = output_format(path)
     if fmt == "npy":
         with open(path, "rb") as f:
-            return _npy_header(f)[0]
+            return npy_header(f)[0]
     if fmt == "npz":
         with zipfile.ZipFile(path) as archive, archive.open("map.npy") as member:
-            return _npy_header(member)[0]
+            return npy_header(member)[0]
     shape = tuple(int(n) for n in nib.load(path).shape)  # (*spatial, C)
     return (shape[-1], *shape[:-1])
 
@@ -618,7 +618,7 @@ def map_is_complete(path: str | os.PathLike, shape: Sequence[int] | None, nbytes
     try:
         if path.stat().st_size != nbytes:
             return False
-        stored = _stored_map_shape(path)
+        stored = stored_map_shape(path)
     except Exception:  # missing, unreadable, not a map: it has to be computed again
         return False
     if len(expected) == 3 and len(stored) == 4 and stored[-1] == 1:  # 2D map stored as (H, W, 1, C)
@@ -642,3 +642,217 @@ def clean_temporaries(root: str | os.PathLike) -> int:
                     continue
                 removed += 1
     return removed
+
+
+# --------------------------------------------------------------------------- loading maps
+
+
+def load_map(path: str | os.PathLike, mmap: bool = False) -> tuple[np.ndarray, dict]:
+    """Read a map written by ``rwmaps compute``, in any output format, channels first.
+
+    Args:
+        path: a ``.nii.gz``, ``.nii``, ``.npz`` or ``.npy`` map.
+        mmap: ``.npy`` only: return ``np.load(path, mmap_mode="r")``, a read-only
+            ``np.memmap`` in the stored dtype (a float16 map stays float16: converting it
+            would read the whole file). ValueError for the other formats.
+
+    Returns:
+        ``(maps, meta)``. ``maps`` is ``(C, *spatial)`` float32 (NIfTI's ``X × Y × Z × C``
+        is moved to channels first; a 2D map stored as ``H × W × 1 × C`` comes back as
+        ``(C, H, W)`` when the manifest records it as 2D). ``meta`` is a dict:
+
+        - ``classes``: label value of each channel (list of int), or None when unknown;
+        - ``spacing``: voxel size per spatial axis (tuple of float), or None when unknown;
+        - ``kind``: ``"rrw"``, ``"boundary"``, ``"kervadec"``, ``"ac"``, or None;
+        - ``format``, ``dtype`` (as stored), ``affine`` ((4, 4) for NIfTI, else None);
+        - ``manifest`` (path of the ``rwmaps.json`` that lists this map, or None),
+          ``parameters`` (its parameters) and ``input`` (the label file it records).
+
+    Where the meta comes from: NIfTI: the header (zooms, affine, ``descrip = "rwmaps KIND"``)
+    and the manifest for the classes. ``.npz``: its ``classes``, ``spacing`` and ``kind``
+    keys. ``.npy`` holds only the array: classes and kind come from the manifest, found in
+    the map's folder or a parent folder; the spacing from the header of the input label
+    file the manifest records (header only), or None when that file is not found from the
+    current directory.
+
+    Raises:
+        InputError: one line, without the path, when the file cannot be read as a map.
+        ValueError: an unsupported suffix, or ``mmap`` for a format other than ``.npy``.
+    """
+    from copy import deepcopy
+
+    path = Path(path)
+    fmt = output_format(path)
+    if mmap and fmt != "npy":
+        raise ValueError(f"mmap=True needs a .npy map, not .{fmt}")
+    found = manifest_for_map(path)
+    header, entry = found[1] if found else {}, found[2] if found else None
+    parameters = header.get("parameters") if isinstance(header.get("parameters"), dict) else None
+    meta = {
+        "classes": _int_list(header.get("classes")) if entry is not None else None,
+        "spacing": None,
+        "kind": parameters.get("kind") if parameters and entry is not None else None,
+        "format": fmt,
+        "dtype": None,
+        "affine": None,
+        "manifest": str(found[0]) if found and entry is not None else None,
+        "parameters": deepcopy(parameters) if parameters and entry is not None else None,  # cached: a copy
+        "input": entry.get("input") if entry is not None else None,
+    }
+    recorded_shape = tuple(entry["shape"]) if entry is not None and isinstance(entry.get("shape"), list) else None
+    with _input_errors(path, {"npy": ".npy", "npz": ".npz"}.get(fmt, "NIfTI")):
+        if fmt == "npy":
+            maps = _load_npy_map(path, mmap, meta, recorded_shape)
+        elif fmt == "npz":
+            maps = _load_npz_map(path, meta)
+        else:
+            maps = _load_nifti_map(path, meta, recorded_shape, listed=entry is not None)
+    return maps, meta
+
+
+def _int_list(values) -> list[int] | None:
+    try:
+        return [int(v) for v in values]
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_map_array(shape: tuple[int, ...], dtype: np.dtype) -> None:
+    if dtype.kind != "f":
+        raise InputError(f"holds a {dtype} array; a map is float32 or float16")
+    if not 3 <= len(shape) <= 4:
+        raise InputError(f"holds an array of shape {shape}; a map is (C, *spatial) with 2D or 3D spatial axes")
+
+
+def _load_npy_map(path: Path, mmap: bool, meta: dict, recorded_shape) -> np.ndarray:
+    stored = np.load(path, mmap_mode="r", allow_pickle=False)
+    _check_map_array(stored.shape, stored.dtype)
+    meta["dtype"] = str(stored.dtype)
+    if meta["input"] is not None:
+        spacing = _label_spacing(Path(meta["input"]))
+        meta["spacing"] = spacing if spacing is not None and len(spacing) == stored.ndim - 1 else None
+    if mmap:
+        return stored
+    return np.array(stored, dtype=np.float32)  # a copy: no memory map stays open
+
+
+def _load_npz_map(path: Path, meta: dict) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as npz:
+        if "map" not in npz.files:
+            raise InputError(f"has no 'map' array (keys: {', '.join(sorted(npz.files))}); not an rwmaps map")
+        stored = npz["map"]
+        _check_map_array(stored.shape, stored.dtype)
+        if "classes" in npz.files:
+            meta["classes"] = [int(v) for v in npz["classes"].ravel()]
+        if "spacing" in npz.files:
+            meta["spacing"] = tuple(float(s) for s in npz["spacing"].ravel())
+        if "kind" in npz.files:
+            meta["kind"] = str(npz["kind"])
+    meta["dtype"] = str(stored.dtype)
+    return stored.astype(np.float32, copy=False)
+
+
+def _load_nifti_map(path: Path, meta: dict, recorded_shape, listed: bool) -> np.ndarray:
+    img = nib.load(path, mmap=False)
+    descrip = bytes(img.header["descrip"]).split(b"\x00")[0].decode("latin-1").strip()
+    if len(img.shape) != 4:
+        raise InputError(f"is a {len(img.shape)}D NIfTI; a map is 4D (X × Y × Z × C)")
+    if not (descrip.startswith("rwmaps") or listed):
+        raise InputError(f"is not an rwmaps map (descrip {descrip!r} does not start with 'rwmaps', "
+                         "and no rwmaps.json lists it)")
+    kind = descrip.split()[1] if descrip.startswith("rwmaps ") and len(descrip.split()) > 1 else None
+    meta["kind"] = kind or meta["kind"]
+    data = np.asanyarray(img.dataobj)  # (*spatial, C)
+    _check_map_array(data.shape, data.dtype)
+    meta["dtype"] = str(data.dtype)
+    meta["affine"] = np.asarray(img.affine, dtype=np.float64)
+    maps = np.ascontiguousarray(np.moveaxis(data, -1, 0), dtype=np.float32)
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    if recorded_shape is not None and len(recorded_shape) == 3 and maps.shape[-1] == 1 \
+            and tuple(maps.shape[:3]) == tuple(recorded_shape):
+        maps, zooms = maps[..., 0], zooms[:2]  # a 2D map, stored as H × W × 1 × C
+    meta["spacing"] = zooms
+    if meta["classes"] is not None and len(meta["classes"]) != maps.shape[0]:
+        meta["classes"] = None  # the manifest describes another map
+    return maps
+
+
+def _label_spacing(path: Path) -> tuple[float, ...] | None:
+    """Voxel sizes of a label file in array-axis order, from its header only; None if unreadable."""
+    try:
+        suffix = label_suffix(path)
+        if suffix in (".nii", ".nii.gz"):
+            img = nib.load(path)  # header only
+            ndim = len(_squeeze_trailing(img.shape))
+            return tuple(float(z) for z in img.header.get_zooms()[:ndim])
+        if suffix in _SITK_IMAGE_IO:
+            return tuple(float(s) for s in reversed(sitk_reader(path).GetSpacing()))
+        if suffix == ".npy":
+            return (1.0,) * len(_shape_npy(path))
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                if "spacing" in npz.files:
+                    return tuple(float(s) for s in npz["spacing"].ravel())
+            return (1.0,) * len(_shape_npz(path))
+    except Exception:  # a missing or unreadable input: the spacing is unknown
+        return None
+    return None
+
+
+def manifest_for_map(path: Path) -> tuple[Path, dict, dict | None] | None:
+    """(manifest path, its header, this map's case entry) from ``rwmaps.json`` in the map's
+    folder or the nearest parent whose manifest lists it; else the nearest manifest with
+    entry None; else None."""
+    from .manifest import MANIFEST_NAME  # here: manifest imports this module
+
+    relative_to_cwd = not Path(path).is_absolute()
+    path = Path(os.path.abspath(path))
+    nearest = None
+    for folder in path.parents:
+        candidate = folder / MANIFEST_NAME
+        parsed = _parsed_manifest(candidate)
+        if parsed is None:
+            continue
+        header, by_name = parsed
+        if relative_to_cwd:  # name it as the caller named the map: maps/rwmaps.json
+            candidate = Path(os.path.relpath(candidate))
+        relative = path.relative_to(folder).parts
+        for entry in by_name.get(path.name, ()):
+            if Path(entry["output"]).parts[-len(relative):] == relative:
+                return candidate, header, entry
+        if nearest is None:
+            nearest = (candidate, header, None)
+    return nearest
+
+
+_MANIFEST_CACHE: dict[tuple, tuple[dict, dict]] = {}
+
+
+def _parsed_manifest(path: Path) -> tuple[dict, dict[str, list[dict]]] | None:
+    """(header, case entries by output file name) of a manifest, or None if absent or unreadable.
+
+    Cached by path, size and mtime: a data loader calls load_map for every map of every
+    epoch, and a manifest of many cases takes milliseconds to parse.
+    """
+    import json
+
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _MANIFEST_CACHE:
+        try:
+            data = json.loads(path.read_text())
+            cases = data.get("cases") or {}
+            header = {k: v for k, v in data.items() if k != "cases"}
+            by_name: dict[str, list[dict]] = {}
+            for entry in cases.values():
+                if isinstance(entry, dict) and isinstance(entry.get("output"), str):
+                    by_name.setdefault(Path(entry["output"]).name, []).append(entry)
+        except (OSError, ValueError, AttributeError):
+            return None
+        if len(_MANIFEST_CACHE) >= 16:
+            _MANIFEST_CACHE.clear()
+        _MANIFEST_CACHE[key] = (header, by_name)
+    return _MANIFEST_CACHE[key]

@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import pytest
-
 from helpers import blobs, write_nifti
+from map_fixtures import compute_all
 
 
 @pytest.fixture
@@ -16,3 +16,10 @@ def labels_dir(tmp_path) -> Path:
     no_three = blobs((16, 16, 8), 3, seed=3)
     write_nifti(root / "sub" / "case_002.nii.gz", no_three, zooms=(1.0, 1.0, 1.0))
     return root
+
+
+@pytest.fixture(scope="session")
+def computed(tmp_path_factory):
+    """Label files and their maps in every output format, written once per test run by the
+    real ``rwmaps compute`` (see tests/map_fixtures.py); copy before changing them."""
+    return compute_all(tmp_path_factory)

@@ -1,0 +1,436 @@
+"""``rwmaps verify``: prove that a maps folder is complete and right before training.
+
+:func:`verify` checks, for every label file under the input folder, that its map exists,
+is complete and agrees with the manifest (``rwmaps.json``); that the manifest lists no
+case that is not there; and recomputes the maps of a sample of cases (all by default)
+with the manifest's parameters and compares them within float tolerance.  Every problem
+is one line, ``PATH: what is wrong``.
+
+Without a manifest (or with one whose parameters cannot be read) the maps cannot be
+recomputed: the parameters that made them (kind, classes, spacing, slice axis...) are
+unknown, and defaults would call right maps wrong.  Then the missing manifest is a
+problem, and verify still checks that every label file has a readable map, in any output
+format, whose spatial shape matches the labels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import Case, Dataset, find_dataset
+from .errors import InputError
+from .io import (
+    OUTPUT_FORMATS,
+    TMP_MARKER,
+    load_map,
+    output_format,
+    output_path,
+    read_labels,
+    read_shape,
+    stored_map_shape,
+)
+from .manifest import MANIFEST_NAME, fingerprint
+from .maps import ENGINES, KINDS, compute_maps
+from .run import Settings, case_memory_need, run_local, threads_per_case
+
+# (rtol, atol) by the dtype the map is stored in: float32 recomputations agree to a few
+# ulps; a float16 map is a float32 one rounded to 11 significant bits (half an ulp is
+# 4.9e-4 relative).  atol is in map units (1 for rrw and ac, voxels or mm for distances).
+TOLERANCES = {"float32": (1e-5, 1e-5), "float16": (1e-3, 1e-3)}
+# Below this many label voxels in all, the recomputation runs in this process (the
+# distance transform multi-threaded): starting worker processes would take longer.
+PARALLEL_MIN_VOXELS = 20_000_000
+
+
+@dataclass
+class Report:
+    """What :func:`verify` found."""
+
+    problems: list[str] = field(default_factory=list)  # one line each: "PATH: what is wrong"
+    cases: int = 0  # label files under the input folder
+    maps: int = 0  # of those, with a map file that could be checked
+    recomputed: int = 0  # maps recomputed and compared
+    manifest: Path | None = None
+
+
+def sample_indices(n_cases: int, sample: int | None) -> list[int]:
+    """Indices of the cases to recompute: all when ``sample`` is None or >= ``n_cases``,
+    else ``sample`` indices evenly spaced over ``0 … n_cases - 1``, first and last included
+    (deterministic: the same cases every run)."""
+    if sample is None or sample >= n_cases:
+        return list(range(n_cases))
+    if sample <= 0:
+        return []
+    if sample == 1:
+        return [0]
+    return sorted({int(round(i * (n_cases - 1) / (sample - 1))) for i in range(sample)})
+
+
+def verify(
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    sample: int | None = None,
+    jobs: int = 1,
+    progress: Callable[[], None] | None = None,
+) -> Report:
+    """Check the maps in ``output_dir`` of the label files in ``input_dir``.
+
+    Args:
+        sample: how many cases to recompute (:func:`sample_indices`); None: all.
+        jobs: cases recomputed in parallel (worker processes when > 1).
+        progress: called once per recomputed case (for a progress bar).
+
+    Raises:
+        UsageError: the input folder does not exist or holds no label file, or the output
+            folder does not exist (found before any check).
+    """
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if not output_dir.is_dir():
+        from .errors import UsageError
+
+        raise UsageError(f"{output_dir}: output folder does not exist or is not a folder")
+    report = Report(manifest=output_dir / MANIFEST_NAME)
+    header, records = _read_manifest(report.manifest, report.problems)
+    settings = _settings(header, report.manifest, report.problems) if header is not None else None
+    dataset = find_dataset(input_dir, output_dir, settings.fmt if settings else "nii.gz")
+    report.cases = len(dataset.cases)
+    if settings is None:
+        _check_without_manifest(dataset, output_dir, report)
+        return report
+    _check_manifest_entries(dataset, records, report)
+    recompute, touched = [], {}
+    chosen = {dataset.cases[i].name for i in sample_indices(len(dataset.cases), sample)}
+    for case in dataset.cases:
+        problems, readable, mtime_only = _check_case(case, records.get(case.name), settings)
+        report.problems += problems
+        report.maps += readable
+        if readable and case.name in chosen:
+            recompute.append(case)
+        if mtime_only:
+            touched[case.name] = case
+    report.problems += _stray_files(dataset, output_dir, settings.fmt)
+    outputs = {case.name: case.output for case in recompute}
+    found: dict[str, list[str]] = {}
+    for record in _recompute(recompute, settings, jobs):  # in completion order
+        report.recomputed += 1
+        if record.get("status") == "checked":
+            found[record["name"]] = record["problems"]
+        else:  # the worker process died (run_local's record)
+            found[record["name"]] = [f"{outputs[record['name']]}: cannot recompute: {record.get('error')}"]
+        touched.pop(record["name"], None)  # recomputed: its values speak for it
+        if progress is not None:
+            progress()
+    for case in recompute:  # in case order, whatever the order they finished in
+        report.problems += found.get(case.name, [])
+    for case in touched.values():
+        report.problems.append(f"{case.input}: modified after its map was computed (same size, other mtime) "
+                               "and not recomputed here; check it with --sample covering it, or rerun compute")
+    return report
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def _read_manifest(path: Path, problems: list[str]) -> tuple[dict | None, dict]:
+    """(header, case records) of the manifest; a problem line and (None, {}) if unusable."""
+    if not path.is_file():
+        problems.append(f"{path}: no manifest; without its parameters the maps cannot be recomputed "
+                        "(only their presence and shapes are checked)")
+        return None, {}
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        records = data.get("cases") or {}
+        if not isinstance(records, dict):
+            raise ValueError("'cases' is not an object")
+    except (OSError, ValueError) as error:
+        problems.append(f"{path}: unreadable manifest ({error}); the maps cannot be recomputed")
+        return None, {}
+    return {k: v for k, v in data.items() if k != "cases"}, records
+
+
+def _settings(header: dict, path: Path, problems: list[str]) -> Settings | None:
+    """The Settings the manifest's parameters describe; a problem line and None if invalid."""
+    parameters = header.get("parameters")
+    try:
+        if not isinstance(parameters, dict):
+            raise ValueError("has no 'parameters'")
+        classes = tuple(int(v) for v in parameters["classes"])
+        settings = Settings(
+            classes=classes,
+            kind=parameters["kind"],
+            spacing=parameters["spacing"],
+            slice_axis=None if parameters["slice_axis"] is None else int(parameters["slice_axis"]),
+            dtype=parameters["dtype"],
+            fmt=parameters["fmt"],
+            engine=header.get("engine") if header.get("engine") in ENGINES else "edt",
+            ignore_label=None if parameters["ignore_label"] is None else int(parameters["ignore_label"]),
+        )
+        if settings.kind not in KINDS or settings.spacing not in ("voxel", "physical") \
+                or settings.dtype not in TOLERANCES or settings.fmt not in OUTPUT_FORMATS or not classes:
+            raise ValueError(f"has invalid parameters {parameters}")
+    except (KeyError, TypeError, ValueError) as error:
+        detail = f"lacks parameter {error}" if isinstance(error, KeyError) else str(error)
+        problems.append(f"{path}: {detail}; the maps cannot be recomputed")
+        return None
+    if _int_list(header.get("classes")) != list(classes):
+        problems.append(f"{path}: 'classes' {header.get('classes')} disagrees with parameters.classes {list(classes)}")
+    return settings
+
+
+def _int_list(values) -> list[int] | None:
+    try:
+        return [int(v) for v in values]
+    except (TypeError, ValueError):
+        return None
+
+
+def _check_manifest_entries(dataset: Dataset, records: dict, report: Report) -> None:
+    """Manifest entries that match no label file under the input folder."""
+    names = {case.name for case in dataset.cases}
+    extra = [name for name in records if name not in names]
+    if records and len(extra) == len(records):
+        report.problems.append(f"{report.manifest}: none of the {len(dataset.cases)} label files under "
+                               f"{dataset.labels_dir} is in the manifest: was --input the folder given to "
+                               "rwmaps compute?")
+    for name in extra:
+        report.problems.append(f"{report.manifest}: lists {name!r}, which is not a label file under "
+                               f"{dataset.labels_dir}")
+
+
+# --------------------------------------------------------------------------- one case, cheaply
+
+
+def _check_case(case: Case, record: dict | None, settings: Settings) -> tuple[list[str], bool, bool]:
+    """Problems of one case found from file sizes and headers.
+
+    Returns (problems, whether the map can be read and recomputed, whether the input's
+    mtime alone differs from the manifest's fingerprint).
+    """
+    out = case.output
+    if record is None or not isinstance(record, dict):
+        if not out.exists():
+            return [f"{out}: map missing, and the manifest has no entry for {case.name}"], False, False
+        problems = [f"{out}: map not in the manifest (made by another run?)"]
+    elif record.get("status") != "done":
+        return [f"{case.input}: rwmaps compute failed on this case: {record.get('error')}"], False, False
+    elif not out.exists():
+        return [f"{out}: map missing (the manifest says done)"], False, False
+    else:
+        problems = []
+        recorded = Path(str(record.get("output", "")))
+        expected_tail = Path(case.name).with_name(out.name).parts
+        if recorded.parts[-len(expected_tail):] != expected_tail:
+            problems.append(f"{out}: the manifest records the map of {case.name} as {record.get('output')}")
+        size, recorded_bytes = out.stat().st_size, record.get("bytes")
+        if size != recorded_bytes:
+            return problems + [f"{out}: {size:,} bytes, the manifest recorded {_count(recorded_bytes)} "
+                               "(truncated or rewritten)"], False, False
+    try:
+        stored = _map_shape(out)
+    except Exception as error:  # noqa: BLE001 - any reader failure means an unreadable map
+        return problems + [f"{out}: cannot read the map header ({type(error).__name__}: {error})"], False, False
+    recorded_shape = tuple(record["shape"]) if record and isinstance(record.get("shape"), list) else None
+    if recorded_shape is not None and stored != recorded_shape and stored[:-1] != recorded_shape:
+        problems.append(f"{out}: shape {_shape(stored)}, the manifest recorded {_shape(recorded_shape)}")
+        return problems, False, False
+    if stored[0] != len(settings.classes):
+        problems.append(f"{out}: {stored[0]} channels, the manifest's class list has {len(settings.classes)}")
+    try:
+        labels_shape = read_shape(case.input)
+        if tuple(stored[1:1 + len(labels_shape)]) != labels_shape:
+            problems.append(f"{out}: spatial shape {_shape(stored[1:])} does not match the labels' "
+                            f"{_shape(labels_shape)} ({case.input})")
+    except InputError as error:
+        return problems + [f"{case.input}: cannot read the label file: {error}"], False, False
+    problems += _stored_meta_problems(out, settings)
+    mtime_only = False
+    if record is not None:
+        before, now = record.get("fingerprint"), fingerprint(case.input)
+        if isinstance(before, dict) and now is not None and before != now:
+            if before.get("size") != now["size"]:
+                problems.append(f"{case.input}: changed since its map was computed ({now['size']:,} bytes, "
+                                f"the manifest recorded {_count(before.get('size'))})")
+            else:
+                mtime_only = True
+    return problems, True, mtime_only
+
+
+def _map_shape(path: Path) -> tuple[int, ...]:
+    """(C, *spatial) of a map from its header; a 2D NIfTI map keeps its trailing 1."""
+    return tuple(int(n) for n in stored_map_shape(path))
+
+
+def _stored_meta_problems(path: Path, settings: Settings) -> list[str]:
+    """What the map file says about itself (dtype, kind, classes) against the manifest."""
+    problems = []
+    fmt = output_format(path)
+    try:
+        if fmt == "npz":
+            with np.load(path, allow_pickle=False) as npz:
+                if "kind" in npz.files and str(npz["kind"]) != settings.kind:
+                    problems.append(f"{path}: kind {str(npz['kind'])!r}, the manifest says {settings.kind!r}")
+                if "classes" in npz.files and npz["classes"].tolist() != list(settings.classes):
+                    problems.append(f"{path}: classes {npz['classes'].tolist()}, the manifest says "
+                                    f"{list(settings.classes)}")
+        if fmt in ("npz", "npy"):
+            dtype = _npy_dtype(path, fmt)
+            if str(dtype) != settings.dtype:
+                problems.append(f"{path}: dtype {dtype}, the manifest says {settings.dtype}")
+        else:
+            import nibabel as nib
+
+            header = nib.load(path).header
+            descrip = bytes(header["descrip"]).split(b"\x00")[0].decode("latin-1").strip()
+            if descrip != f"rwmaps {settings.kind}":
+                problems.append(f"{path}: NIfTI descrip {descrip!r}, expected 'rwmaps {settings.kind}'")
+    except Exception as error:  # noqa: BLE001 - reported, the recomputation will say more
+        problems.append(f"{path}: cannot read the map's metadata ({type(error).__name__}: {error})")
+    return problems
+
+
+def _npy_dtype(path: Path, fmt: str) -> np.dtype:
+    import zipfile
+
+    from .io import npy_header
+
+    if fmt == "npy":
+        with open(path, "rb") as f:
+            return npy_header(f)[1]
+    with zipfile.ZipFile(path) as archive, archive.open("map.npy") as member:
+        return npy_header(member)[1]
+
+
+def _stray_files(dataset: Dataset, output_dir: Path, fmt: str) -> list[str]:
+    """Map files no label file produces, and temporaries left by a killed run."""
+    expected = {os.path.abspath(case.output) for case in dataset.cases}
+    problems = []
+    for folder, _, files in sorted(os.walk(output_dir)):
+        for name in sorted(files):
+            path = Path(folder) / name
+            if TMP_MARKER in name:
+                problems.append(f"{path}: temporary file left by an interrupted run (rwmaps compute removes it)")
+            elif name.lower().endswith("." + fmt) and os.path.abspath(path) not in expected:
+                problems.append(f"{path}: map file that no label file under --input produces")
+    return problems
+
+
+def _check_without_manifest(dataset: Dataset, output_dir: Path, report: Report) -> None:
+    """Every label file has a readable map, in some format, of the labels' spatial shape."""
+    for case in dataset.cases:
+        candidates = [output_path(case.input, dataset.labels_dir, output_dir, fmt) for fmt in OUTPUT_FORMATS]
+        present = [path for path in candidates if path.is_file()]
+        if not present:
+            report.problems.append(f"{case.input}: no map in {output_dir} "
+                                   f"(looked for {', '.join(p.name for p in candidates)})")
+            continue
+        for path in present:
+            try:
+                stored = _map_shape(path)
+                labels_shape = read_shape(case.input)
+            except InputError as error:
+                report.problems.append(f"{case.input}: cannot read the label file: {error}")
+                continue
+            except Exception as error:  # noqa: BLE001
+                report.problems.append(f"{path}: cannot read the map header ({type(error).__name__}: {error})")
+                continue
+            if tuple(stored[1:1 + len(labels_shape)]) != labels_shape:
+                report.problems.append(f"{path}: spatial shape {_shape(stored[1:])} does not match the labels' "
+                                       f"{_shape(labels_shape)}")
+            else:
+                report.maps += 1
+
+
+# --------------------------------------------------------------------------- recomputation
+
+
+def _recompute(cases: list[Case], settings: Settings, jobs: int):
+    """Yield recompute_case records; in this process for one job, else in worker processes."""
+    if not cases:
+        return
+    jobs = max(1, min(jobs, len(cases)))
+    if jobs == 1 or _total_voxels(cases) < PARALLEL_MIN_VOXELS:
+        for case in cases:
+            yield recompute_case(case, settings, threads=os.cpu_count() or 1)
+        return
+    need = {case.name: 2 * case_memory_need(case, len(settings.classes), 4) for case in cases}
+    yield from run_local(cases, recompute_case, jobs, memory_need=lambda case: need[case.name],
+                         settings=settings, threads=threads_per_case(jobs))
+
+
+def _total_voxels(cases: list[Case]) -> int:
+    total = 0
+    for case in cases:
+        try:
+            total += int(np.prod(read_shape(case.input)))
+        except InputError:
+            continue  # recompute_case reports it
+    return total
+
+
+def recompute_case(case: Case, settings: Settings, threads: int = 1) -> dict:
+    """Recompute the map of one case and compare it with the file; never raises.
+
+    Returns ``{"name", "status": "checked", "problems": [...], "seconds"}``.
+    """
+    start = time.perf_counter()
+    problems = []
+    try:
+        volume = read_labels(case.input)
+        expected = compute_maps(
+            volume.array,
+            settings.classes,
+            kind=settings.kind,
+            spacing=volume.spacing if settings.spacing == "physical" else None,
+            slice_axis=settings.slice_axis,
+            engine=settings.engine,
+            dtype=np.float32,
+            ignore_label=settings.ignore_label,
+            threads=threads,
+        )
+        stored, meta = load_map(case.output)
+    except (InputError, ValueError) as error:
+        problems.append(f"{case.output}: cannot recompute: {error}")
+    except MemoryError:
+        problems.append(f"{case.output}: cannot recompute: out of memory (use fewer --jobs)")
+    else:
+        problems += _compare(case.output, stored, expected, meta["dtype"], settings.classes)
+    return {"name": case.name, "status": "checked", "problems": problems,
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _compare(path: Path, stored: np.ndarray, expected: np.ndarray, dtype: str, classes) -> list[str]:
+    if stored.shape != expected.shape:
+        if stored.size == expected.size and stored.shape[-1] == 1:  # a 2D map stored as H × W × 1 × C
+            stored = stored.reshape(expected.shape)
+        else:
+            return [f"{path}: shape {_shape(stored.shape)}, a recomputation gives {_shape(expected.shape)}"]
+    rtol, atol = TOLERANCES.get(dtype, TOLERANCES["float16"])
+    close = np.isclose(stored, expected, rtol=rtol, atol=atol)
+    if close.all():
+        return []
+    wrong = np.count_nonzero(~close)
+    difference = np.where(close, 0, np.abs(stored - expected))
+    difference[np.isnan(difference)] = np.inf
+    worst = np.unravel_index(int(np.argmax(difference)), difference.shape)
+    channel = int(worst[0])
+    return [f"{path}: values differ from a recomputation in {wrong:,} of {stored.size:,} values "
+            f"(largest difference {float(difference[worst]):.4g}, channel {channel} = class {classes[channel]}, "
+            f"at {tuple(int(i) for i in worst[1:])}; stored {float(stored[worst]):.6g}, "
+            f"recomputed {float(expected[worst]):.6g}; tolerance rtol {rtol:g}, atol {atol:g})"]
+
+
+def _shape(shape) -> str:
+    return " × ".join(str(int(n)) for n in shape)
+
+
+def _count(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
