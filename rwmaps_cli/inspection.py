@@ -27,7 +27,8 @@ import nibabel as nib
 import numpy as np
 
 from .errors import InputError
-from .io import label_suffix, load_map, manifest_for_map, npy_header, read_labels
+from .io import label_suffix, load_map, npy_header, read_labels
+from .manifest import manifest_for_map
 from .maps import KINDS, compute_maps, unique_labels
 
 # Figure geometry: each panel is PANEL_INCHES, up to MAX_COLUMNS panels a row, plus a

@@ -681,6 +681,8 @@ def load_map(path: str | os.PathLike, mmap: bool = False) -> tuple[np.ndarray, d
     """
     from copy import deepcopy
 
+    from .manifest import manifest_for_map  # here: manifest.py imports this module
+
     path = Path(path)
     fmt = output_format(path)
     if mmap and fmt != "npy":
@@ -689,7 +691,7 @@ def load_map(path: str | os.PathLike, mmap: bool = False) -> tuple[np.ndarray, d
     header, entry = found[1] if found else {}, found[2] if found else None
     parameters = header.get("parameters") if isinstance(header.get("parameters"), dict) else None
     meta = {
-        "classes": _int_list(header.get("classes")) if entry is not None else None,
+        "classes": int_list(header.get("classes")) if entry is not None else None,
         "spacing": None,
         "kind": parameters.get("kind") if parameters and entry is not None else None,
         "format": fmt,
@@ -710,7 +712,8 @@ def load_map(path: str | os.PathLike, mmap: bool = False) -> tuple[np.ndarray, d
     return maps, meta
 
 
-def _int_list(values) -> list[int] | None:
+def int_list(values) -> list[int] | None:
+    """``values`` as a list of ints, or None when they are not (a manifest may be hand-edited)."""
     try:
         return [int(v) for v in values]
     except (TypeError, ValueError):
@@ -797,62 +800,3 @@ def _label_spacing(path: Path) -> tuple[float, ...] | None:
     except Exception:  # a missing or unreadable input: the spacing is unknown
         return None
     return None
-
-
-def manifest_for_map(path: Path) -> tuple[Path, dict, dict | None] | None:
-    """(manifest path, its header, this map's case entry) from ``rwmaps.json`` in the map's
-    folder or the nearest parent whose manifest lists it; else the nearest manifest with
-    entry None; else None."""
-    from .manifest import MANIFEST_NAME  # here: manifest imports this module
-
-    relative_to_cwd = not Path(path).is_absolute()
-    path = Path(os.path.abspath(path))
-    nearest = None
-    for folder in path.parents:
-        candidate = folder / MANIFEST_NAME
-        parsed = _parsed_manifest(candidate)
-        if parsed is None:
-            continue
-        header, by_name = parsed
-        if relative_to_cwd:  # name it as the caller named the map: maps/rwmaps.json
-            candidate = Path(os.path.relpath(candidate))
-        relative = path.relative_to(folder).parts
-        for entry in by_name.get(path.name, ()):
-            if Path(entry["output"]).parts[-len(relative):] == relative:
-                return candidate, header, entry
-        if nearest is None:
-            nearest = (candidate, header, None)
-    return nearest
-
-
-_MANIFEST_CACHE: dict[tuple, tuple[dict, dict]] = {}
-
-
-def _parsed_manifest(path: Path) -> tuple[dict, dict[str, list[dict]]] | None:
-    """(header, case entries by output file name) of a manifest, or None if absent or unreadable.
-
-    Cached by path, size and mtime: a data loader calls load_map for every map of every
-    epoch, and a manifest of many cases takes milliseconds to parse.
-    """
-    import json
-
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _MANIFEST_CACHE:
-        try:
-            data = json.loads(path.read_text())
-            cases = data.get("cases") or {}
-            header = {k: v for k, v in data.items() if k != "cases"}
-            by_name: dict[str, list[dict]] = {}
-            for entry in cases.values():
-                if isinstance(entry, dict) and isinstance(entry.get("output"), str):
-                    by_name.setdefault(Path(entry["output"]).name, []).append(entry)
-        except (OSError, ValueError, AttributeError):
-            return None
-        if len(_MANIFEST_CACHE) >= 16:
-            _MANIFEST_CACHE.clear()
-        _MANIFEST_CACHE[key] = (header, by_name)
-    return _MANIFEST_CACHE[key]

@@ -20,7 +20,7 @@ import numpy as np
 
 from .dataset import Case
 from .errors import InputError
-from .io import read_labels, read_shape, write_map
+from .io import LabelVolume, read_labels, read_shape, write_map
 from .maps import compute_maps, unique_labels
 
 
@@ -56,21 +56,27 @@ def process_case(case: Case, settings: Settings, threads: int = 1) -> dict:
 
     def compute() -> dict:
         volume = read_labels(case.input)
-        maps = compute_maps(
-            volume.array,
-            settings.classes,
-            kind=settings.kind,
-            spacing=volume.spacing if settings.spacing == "physical" else None,
-            slice_axis=settings.slice_axis,
-            engine=settings.engine,
-            dtype=np.dtype(settings.dtype),
-            ignore_label=settings.ignore_label,
-            threads=threads,
-        )
+        maps = case_maps(volume, settings, threads)
         write_map(case.output, maps, volume, settings.classes, settings.kind)
         return {"status": "done", "shape": list(maps.shape)}
 
     return _contained(case, compute)
+
+
+def case_maps(volume: LabelVolume, settings: Settings, threads: int = 1, dtype: str | None = None) -> np.ndarray:
+    """The maps of one label volume as ``settings`` ask, (C, *spatial) in ``dtype``
+    (default: the settings' dtype)."""
+    return compute_maps(
+        volume.array,
+        settings.classes,
+        kind=settings.kind,
+        spacing=volume.spacing if settings.spacing == "physical" else None,
+        slice_axis=settings.slice_axis,
+        engine=settings.engine,
+        dtype=np.dtype(dtype or settings.dtype),
+        ignore_label=settings.ignore_label,
+        threads=threads,
+    )
 
 
 def scan_case(case: Case, max_classes: int) -> dict:

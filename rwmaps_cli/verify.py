@@ -29,6 +29,7 @@ from .errors import InputError
 from .io import (
     OUTPUT_FORMATS,
     TMP_MARKER,
+    int_list,
     load_map,
     output_format,
     output_path,
@@ -37,8 +38,8 @@ from .io import (
     stored_map_shape,
 )
 from .manifest import MANIFEST_NAME, fingerprint
-from .maps import ENGINES, KINDS, compute_maps
-from .run import Settings, case_memory_need, run_local, threads_per_case
+from .maps import ENGINES, KINDS
+from .run import Settings, case_maps, case_memory_need, run_local, threads_per_case
 
 # (rtol, atol) by the dtype the map is stored in: float32 recomputations agree to a few
 # ulps; a float16 map is a float32 one rounded to 11 significant bits (half an ulp is
@@ -181,16 +182,9 @@ def _settings(header: dict, path: Path, problems: list[str]) -> Settings | None:
         detail = f"lacks parameter {error}" if isinstance(error, KeyError) else str(error)
         problems.append(f"{path}: {detail}; the maps cannot be recomputed")
         return None
-    if _int_list(header.get("classes")) != list(classes):
+    if int_list(header.get("classes")) != list(classes):
         problems.append(f"{path}: 'classes' {header.get('classes')} disagrees with parameters.classes {list(classes)}")
     return settings
-
-
-def _int_list(values) -> list[int] | None:
-    try:
-        return [int(v) for v in values]
-    except (TypeError, ValueError):
-        return None
 
 
 def _check_manifest_entries(dataset: Dataset, records: dict, report: Report) -> None:
@@ -384,18 +378,7 @@ def recompute_case(case: Case, settings: Settings, threads: int = 1) -> dict:
     start = time.perf_counter()
     problems = []
     try:
-        volume = read_labels(case.input)
-        expected = compute_maps(
-            volume.array,
-            settings.classes,
-            kind=settings.kind,
-            spacing=volume.spacing if settings.spacing == "physical" else None,
-            slice_axis=settings.slice_axis,
-            engine=settings.engine,
-            dtype=np.float32,
-            ignore_label=settings.ignore_label,
-            threads=threads,
-        )
+        expected = case_maps(read_labels(case.input), settings, threads, dtype="float32")
         stored, meta = load_map(case.output)
     except (InputError, ValueError) as error:
         problems.append(f"{case.output}: cannot recompute: {error}")
