@@ -64,7 +64,7 @@ def cli() -> None:
 @click.option("--engine", type=click.Choice(ENGINES), default="edt", show_default=True,
               help="edt: one multi-label distance transform for all classes; scipy: one per class (reference).")
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
-              help="Data type of the maps.")
+              help="Data type of the maps; float16 only with --format npz or npy (NIfTI has no float16).")
 @click.option("--ignore-label", type=int, default=None,
               help="Label value that gets 0 in every channel and no channel of its own.  "
                    "[default: dataset.json's 'ignore' entry, if any]")
@@ -76,7 +76,9 @@ def cli() -> None:
               help="Compute on a Dask cluster: its scheduler (tcp://HOST:PORT, or a scheduler file), or 'local' "
                    "for a LocalCluster of --jobs worker processes here. The workers must see the same files; "
                    "needs pip install 'rwmaps_cli[dask]'.  [default: local processes (joblib)]")
-@click.option("--overwrite", is_flag=True, help="Recompute every case, even those already done.")
+@click.option("--overwrite", is_flag=True,
+              help="Recompute every case, even those already done, and allow other parameters than the "
+                   "output folder's maps were made with.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary; errors are still printed.")
 @click.option("--debug", is_flag=True, help="Print a traceback for internal errors.")
 def compute(input_dir, output_dir, kind, fmt, classes_text, num_classes, spacing, slice_axis, engine, dtype,
@@ -96,8 +98,8 @@ def compute(input_dir, output_dir, kind, fmt, classes_text, num_classes, spacing
         raise _Usage(f"--dtype {dtype} cannot be stored as {fmt} (NIfTI has no float16); use --format npz or npy")
     try:
         dataset = find_dataset(input_dir, output_dir, fmt)
-        _check_writable(output_dir)
         runner = _runner(scheduler, _jobs(jobs, len(dataset.cases)))
+        _check_writable(output_dir)
         classes, ignore_label, failed = _settle_classes(dataset, classes_text, num_classes, ignore_label,
                                                         max_classes, jobs, quiet, runner)
     except UsageError as error:
@@ -126,7 +128,7 @@ def compute(input_dir, output_dir, kind, fmt, classes_text, num_classes, spacing
         click.echo(
             f"rwmaps: {outcome['done']} done, {len(skipped)} skipped (already done), {outcome['failed']} failed, "
             f"{len(dataset.skipped_files)} non-label files ignored"
-            + (f", {removed} stale temporary files removed" if removed else "")
+            + (f", {removed} stale temporary file{'s' if removed > 1 else ''} removed" if removed else "")
             + f"; {len(classes)} channels {list(classes)}; {seconds:.1f} s; manifest {manifest.path}",
             err=True,
         )

@@ -80,7 +80,7 @@ def test_temporaries_of_a_killed_run_are_removed(labels_dir, tmp_path):
     stale.write_bytes(b"half a map")
     result = compute(labels_dir, out)
     assert not stale.exists()
-    assert "1 stale temporary files removed" in result.stderr
+    assert "1 stale temporary file removed" in result.stderr
 
 
 def test_sigkill_mid_run_then_rerun_gives_a_clean_runs_maps(tmp_path):
