@@ -239,33 +239,28 @@ def _preview(values: np.ndarray, limit: int = 8) -> str:
 
 def _field_maps(out, codes, n_classes, kind, spacing, engine, threads) -> None:
     """Fill ``out`` (C, *codes.shape) from one field (a whole volume or one slice)."""
-    # One count_nonzero per code is several times faster than np.bincount, which first
-    # casts the whole array to intp.
-    counts = [0] + [np.count_nonzero(codes == code) for code in range(1, n_classes + 2)]
-    n_voxels = codes.size
-    ignored = codes == n_classes + 1 if counts[n_classes + 1] else None
-    needs_inside = kind != "ac" and any(0 < counts[c + 1] < n_voxels for c in range(n_classes))
-    inside = _inside_distance(codes, n_classes, counts, spacing, engine, threads) if needs_inside else None
-    inner_boundary = None
-    if kind == "kervadec" and spacing is not None and needs_inside:
-        inner_boundary = _label_change(codes)
+    ignored = codes == n_classes + 1
+    ignored = ignored if ignored.any() else None
+    # Distances are needed unless one code fills the field: then every class is empty or full.
+    uniform = codes.size == 0 or codes.min() == codes.max()
+    inside = None if kind == "ac" or uniform else _inside_distance(codes, n_classes, spacing, engine, threads)
+    inner_boundary = _label_change(codes) if kind == "kervadec" and spacing is not None and not uniform else None
     for c in range(n_classes):
         channel = out[c]
-        count = counts[c + 1]
+        mask = codes == c + 1
+        count = np.count_nonzero(mask)
         if count == 0:
             channel.fill(1 if kind in ("rrw", "ac") else 0)
-        elif count == n_voxels:
+        elif count == codes.size:
             channel.fill(-1 if kind == "rrw" else 0)
+        elif kind == "ac":
+            np.logical_not(mask, out=channel, casting="unsafe")
+        elif kind == "rrw":
+            _rrw_channel(channel, inside, mask)
         else:
-            mask = codes == c + 1
-            if kind == "ac":
-                np.logical_not(mask, out=channel, casting="unsafe")
-            elif kind == "rrw":
-                _rrw_channel(channel, inside, mask)
-            else:
-                _boundary_channel(channel, inside, mask, kind, spacing, engine, threads)
-                if inner_boundary is not None:
-                    np.copyto(channel, 0, where=mask & inner_boundary)
+            _boundary_channel(channel, inside, mask, kind, spacing, engine, threads)
+            if inner_boundary is not None:
+                np.copyto(channel, 0, where=mask & inner_boundary)
         if ignored is not None:
             np.copyto(channel, 0, where=ignored)
 
@@ -287,14 +282,14 @@ def _boundary_channel(channel, inside, mask, kind, spacing, engine, threads) -> 
         np.subtract(unit, inside, out=channel, where=mask, casting="unsafe")
 
 
-def _inside_distance(codes, n_classes, counts, spacing, engine, threads) -> np.ndarray:
+def _inside_distance(codes, n_classes, spacing, engine, threads) -> np.ndarray:
     """Float32 array: each voxel's distance to the nearest voxel with another code."""
     if engine == "edt":
         return _edt(codes, spacing, threads)
     inside = np.zeros(codes.shape, dtype=np.float32)
     for c in range(n_classes):
-        if 0 < counts[c + 1] < codes.size:
-            mask = codes == c + 1
+        mask = codes == c + 1
+        if mask.any() and not mask.all():  # EDT is 0 for an empty class, undefined for a full one
             np.copyto(inside, _distance(mask, spacing, "scipy", threads), where=mask, casting="unsafe")
     return inside
 

@@ -265,3 +265,8 @@ def test_unique_labels(dtype):
 def test_unique_labels_rejects_bad_values(labels, message):
     with pytest.raises(ValueError, match=message):
         unique_labels(labels)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_zero_size_labels_give_zero_size_maps(kind):
+    assert compute_maps(np.zeros((0, 4), np.uint8), [0, 1], kind=kind).shape == (2, 0, 4)
