@@ -592,15 +592,19 @@ def write_map(
         _WRITERS[fmt](tmp, path, maps, volume, classes, kind, compresslevel)
 
 
+def npy_map_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of the map array of a ``.npy`` map, or of an ``.npz`` map's ``map`` key."""
+    if output_format(path) == "npy":
+        with open(path, "rb") as f:
+            return npy_header(f)
+    with zipfile.ZipFile(path) as archive, archive.open("map.npy") as member:
+        return npy_header(member)
+
+
 def stored_map_shape(path: Path) -> tuple[int, ...]:
     """(C, *spatial) of a map file from its header; a NIfTI map's spatial part is always 3D."""
-    fmt = output_format(path)
-    if fmt == "npy":
-        with open(path, "rb") as f:
-            return npy_header(f)[0]
-    if fmt == "npz":
-        with zipfile.ZipFile(path) as archive, archive.open("map.npy") as member:
-            return npy_header(member)[0]
+    if output_format(path) in ("npy", "npz"):
+        return npy_map_header(path)[0]
     shape = tuple(int(n) for n in nib.load(path).shape)  # (*spatial, C)
     return (shape[-1], *shape[:-1])
 

@@ -31,6 +31,7 @@ from .io import (
     TMP_MARKER,
     int_list,
     load_map,
+    npy_map_header,
     output_format,
     output_path,
     read_labels,
@@ -229,7 +230,7 @@ def _check_case(case: Case, record: dict | None, settings: Settings) -> tuple[li
             return problems + [f"{out}: {size:,} bytes, the manifest recorded {_count(recorded_bytes)} "
                                "(truncated or rewritten)"], False, False
     try:
-        stored = _map_shape(out)
+        stored = stored_map_shape(out)
     except Exception as error:  # noqa: BLE001 - any reader failure means an unreadable map
         return problems + [f"{out}: cannot read the map header ({type(error).__name__}: {error})"], False, False
     recorded_shape = tuple(record["shape"]) if record and isinstance(record.get("shape"), list) else None
@@ -258,11 +259,6 @@ def _check_case(case: Case, record: dict | None, settings: Settings) -> tuple[li
     return problems, True, mtime_only
 
 
-def _map_shape(path: Path) -> tuple[int, ...]:
-    """(C, *spatial) of a map from its header; a 2D NIfTI map keeps its trailing 1."""
-    return tuple(int(n) for n in stored_map_shape(path))
-
-
 def _stored_meta_problems(path: Path, settings: Settings) -> list[str]:
     """What the map file says about itself (dtype, kind, classes) against the manifest."""
     problems = []
@@ -276,7 +272,7 @@ def _stored_meta_problems(path: Path, settings: Settings) -> list[str]:
                     problems.append(f"{path}: classes {npz['classes'].tolist()}, the manifest says "
                                     f"{list(settings.classes)}")
         if fmt in ("npz", "npy"):
-            dtype = _npy_dtype(path, fmt)
+            dtype = npy_map_header(path)[1]
             if str(dtype) != settings.dtype:
                 problems.append(f"{path}: dtype {dtype}, the manifest says {settings.dtype}")
         else:
@@ -289,18 +285,6 @@ def _stored_meta_problems(path: Path, settings: Settings) -> list[str]:
     except Exception as error:  # noqa: BLE001 - reported, the recomputation will say more
         problems.append(f"{path}: cannot read the map's metadata ({type(error).__name__}: {error})")
     return problems
-
-
-def _npy_dtype(path: Path, fmt: str) -> np.dtype:
-    import zipfile
-
-    from .io import npy_header
-
-    if fmt == "npy":
-        with open(path, "rb") as f:
-            return npy_header(f)[1]
-    with zipfile.ZipFile(path) as archive, archive.open("map.npy") as member:
-        return npy_header(member)[1]
 
 
 def _stray_files(dataset: Dataset, output_dir: Path, fmt: str) -> list[str]:
@@ -328,7 +312,7 @@ def _check_without_manifest(dataset: Dataset, output_dir: Path, report: Report) 
             continue
         for path in present:
             try:
-                stored = _map_shape(path)
+                stored = stored_map_shape(path)
                 labels_shape = read_shape(case.input)
             except InputError as error:
                 report.problems.append(f"{case.input}: cannot read the label file: {error}")
