@@ -35,6 +35,7 @@ from dataclasses import replace
 
 from .dataset import Case
 from .errors import UsageError
+from .manifest import CaseResult
 from .run import WORKER_DIED
 
 CONNECT_TIMEOUT = 10  # seconds to reach a scheduler before giving up with a usage error
@@ -42,8 +43,8 @@ POLL_SECONDS = 1.0  # how often to look for new workers while cases wait (adapti
 MISSING_DASK = "--scheduler needs Dask: pip install 'rwmaps_cli[dask]'"
 
 
-def run_dask(cases: list[Case], work: Callable[..., dict], scheduler, jobs: int | None = None,
-             **kwargs) -> Iterator[dict]:
+def run_dask(cases: list[Case], work: Callable[..., CaseResult], scheduler, jobs: int | None = None,
+             **kwargs) -> Iterator[CaseResult]:
     """Yield ``work(case, **kwargs)`` for every case, computed on a Dask cluster, in completion order.
 
     ``scheduler`` is a scheduler address (``tcp://HOST:PORT``), a scheduler file (JSON, as
@@ -91,6 +92,23 @@ def dask_client(scheduler: str, jobs: int | None = None):
         yield client
     finally:
         client.close()
+
+
+class DaskRunner:
+    """A runner (see :mod:`rwmaps_cli.run`) on a connected ``distributed.Client``.
+
+    Memory is the Dask workers' business (their own limits), so ``limits_memory`` is
+    False and ``memory_need`` is ignored.
+    """
+
+    limits_memory = False
+
+    def __init__(self, client):
+        self.client = client
+
+    def __call__(self, cases: list[Case], work: Callable[..., CaseResult], memory_need=None,
+                 **kwargs) -> Iterator[CaseResult]:
+        return _run(self.client, cases, work, kwargs)
 
 
 def import_distributed():
@@ -141,7 +159,7 @@ def _scheduler_address(distributed, scheduler: str) -> str:
 # The run
 
 
-def _run(client, cases: list[Case], work: Callable[..., dict], kwargs: dict) -> Iterator[dict]:
+def _run(client, cases: list[Case], work: Callable[..., CaseResult], kwargs: dict) -> Iterator[CaseResult]:
     """At most one case per worker in flight; top up as cases finish or workers join."""
     todo = deque(replace(case, input=case.input.absolute(), output=case.output.absolute()) for case in cases)
     finished: queue.SimpleQueue = queue.SimpleQueue()
@@ -175,7 +193,7 @@ def _run(client, cases: list[Case], work: Callable[..., dict], kwargs: dict) -> 
                 client.cancel(list(in_flight))
 
 
-def _on_worker(work: Callable[..., dict], case: Case, kwargs: dict) -> dict:
+def _on_worker(work: Callable[..., CaseResult], case: Case, kwargs: dict) -> CaseResult:
     """Runs on the worker: ``work(case, **kwargs)`` with this worker's threads."""
     if "threads" in kwargs:
         from distributed import get_worker
@@ -185,7 +203,7 @@ def _on_worker(work: Callable[..., dict], case: Case, kwargs: dict) -> dict:
     return work(case, **kwargs)
 
 
-def _outcome(future, case: Case) -> dict:
+def _outcome(future, case: Case) -> CaseResult:
     """The case's record, or a failed record for what Dask did to it."""
     from distributed import KilledWorker
     from distributed.utils import CancelledError
@@ -203,8 +221,8 @@ def _outcome(future, case: Case) -> dict:
                        traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)))
 
 
-def _failed(case: Case, error: str, **fields) -> dict:
-    return {"name": case.name, "status": "failed", "error": error, "seconds": None, **fields}
+def _failed(case: Case, error: str, **fields) -> CaseResult:
+    return CaseResult(case.name, "failed", error=error, **fields)
 
 
 def _one_line(error: BaseException) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
-from .io import label_suffix, output_path
+from .formats import LABEL_SUFFIXES, label_suffix, output_path
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def find_dataset(input_dir: Path, output_dir: Path, fmt: str) -> Dataset:
             name = path.relative_to(labels_dir).as_posix()
             cases.append(Case(path, output_path(path, labels_dir, output_dir, fmt), name))
     if not cases:
-        raise UsageError(f"{labels_dir}: no label files found (looked for .nii.gz, .nii, .mha, .nrrd, .npy, .png, ...)")
+        raise UsageError(f"{labels_dir}: no label files found (looked for {', '.join(LABEL_SUFFIXES)})")
     _refuse_collisions(cases)
     return Dataset(labels_dir, cases, skipped, dataset_json)
 

@@ -12,3 +12,7 @@ class InputError(Exception):
 
 class UsageError(Exception):
     """A mistake in how the command was called, found before any work (exit code 2)."""
+
+
+class UnknownLabelsError(ValueError):
+    """Labels hold values that are neither in the class list nor the ignore label."""

@@ -1,73 +1,183 @@
-"""``rwmaps.json``: what a run was asked for and what became of each case.
+"""``rwmaps.json``: what a run was asked for, and what became of each case.
 
-It is rewritten atomically after every finished case, so it is valid JSON at every
-moment and a killed run still leaves the record of the cases it finished.  A rerun reads
-it to skip cases whose map is done, with the same parameters, from an unchanged input, and
-``load_map`` finds a map's classes and kind in it (:func:`manifest_for_map`).
+This module owns the schema: :class:`Settings` (the parameters that decide the maps)
+to and from the manifest's header, :class:`CaseResult` (what a worker reports for one
+case), the per-case entries, and the one parser, :func:`read_manifest`.
+
+The manifest is rewritten atomically after every finished case, so it is valid JSON at
+every moment and a killed run still leaves the record of the cases it finished.  A
+rerun reads it to skip the cases whose map is done, with the same parameters, from an
+unchanged input; ``load_map`` finds a map's classes, kind and layout in it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .dataset import Case
-from .io import atomic_path, map_is_complete
+from .formats import LAYOUTS, OUTPUT_FORMATS, atomic_path
+from .maps import ENGINES, KINDS
 
 MANIFEST_NAME = "rwmaps.json"
+DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides the maps of a case, and how they are stored."""
+
+    classes: tuple[int, ...]
+    kind: str = "rrw"
+    spacing: str = "voxel"  # "voxel" or "physical" (voxel sizes from the file header)
+    slice_axis: int | None = None
+    dtype: str = "float32"
+    fmt: str = "nii.gz"
+    engine: str = "edt"
+    ignore_label: int | None = None
+    layout: str = "full"  # "full": (C, *spatial); "compact": (*spatial), rrw only
+
+    def to_parameters(self) -> dict:
+        """The manifest's ``parameters``: what a rerun must share to reuse earlier maps
+        (engine excluded: both engines give the same maps)."""
+        parameters = asdict(self)
+        parameters.pop("engine")
+        parameters["classes"] = list(self.classes)
+        return parameters
+
+    @classmethod
+    def from_parameters(cls, parameters: dict, engine: str | None = None) -> Settings:
+        """The inverse of :meth:`to_parameters`; ValueError naming what is wrong.
+
+        A manifest of rwmaps 0.1 has no ``layout``: its maps are full.
+        """
+        if not isinstance(parameters, dict):
+            raise ValueError("has no 'parameters'")
+        try:
+            settings = cls(
+                classes=tuple(int(v) for v in parameters["classes"]),
+                kind=parameters["kind"],
+                spacing=parameters["spacing"],
+                slice_axis=None if parameters["slice_axis"] is None else int(parameters["slice_axis"]),
+                dtype=parameters["dtype"],
+                fmt=parameters["fmt"],
+                engine=engine if engine in ENGINES else "edt",
+                ignore_label=None if parameters["ignore_label"] is None else int(parameters["ignore_label"]),
+                layout=parameters.get("layout", "full"),
+            )
+        except KeyError as error:
+            raise ValueError(f"lacks parameter {error}") from None
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"has invalid parameters ({error})") from None
+        if (settings.kind not in KINDS or settings.spacing not in ("voxel", "physical") or settings.dtype not in DTYPES
+                or settings.fmt not in OUTPUT_FORMATS or settings.layout not in LAYOUTS
+                or not settings.classes):
+            raise ValueError(f"has invalid parameters {parameters}")
+        return settings
+
+
+@dataclass
+class CaseResult:
+    """What a worker reports for one case; never an exception.
+
+    ``status`` is ``"done"`` (map written), ``"failed"`` (``error`` says why in one line),
+    ``"scanned"`` (label values listed in ``values``) or ``"checked"`` (``problems``).
+    """
+
+    name: str
+    status: str
+    error: str | None = None
+    seconds: float | None = None
+    shape: list[int] | None = None
+    values: list[int] | None = None
+    problems: list[str] = field(default_factory=list)
+    traceback: str | None = None
+    unknown_labels: bool = False  # failed because labels hold values outside the class list
+
+
+@dataclass
+class ManifestFile:
+    """A parsed manifest: its header, the settings it describes, its case entries."""
+
+    path: Path
+    header: dict
+    cases: dict[str, dict]
+    settings: Settings | None
+    settings_error: str | None  # why ``settings`` is None
+
+
+def read_manifest(path: str | os.PathLike) -> ManifestFile:
+    """Parse ``rwmaps.json``: the one parser.
+
+    Raises
+    ------
+    FileNotFoundError
+        No manifest there.
+    ValueError
+        Not a JSON object with an object of cases (the message says which).
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ValueError(str(error)) from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    cases = data.get("cases") or {}
+    if not isinstance(cases, dict):
+        raise ValueError("'cases' is not an object")
+    header = {k: v for k, v in data.items() if k != "cases"}
+    try:
+        settings, settings_error = Settings.from_parameters(header.get("parameters"), header.get("engine")), None
+    except ValueError as error:
+        settings, settings_error = None, str(error)
+    cases = {name: entry for name, entry in cases.items() if isinstance(entry, dict)}
+    return ManifestFile(path, header, cases, settings, settings_error)
 
 
 class Manifest:
     """The manifest of one output folder, kept current on disk."""
 
-    def __init__(self, output_dir: Path, header: dict, cases: dict | None = None):
+    def __init__(self, output_dir: Path, settings: Settings, version: str, cases: dict | None = None):
         self.path = Path(output_dir) / MANIFEST_NAME
-        self.header = header  # tool, version, parameters, classes
+        self.settings = settings
+        self.header = {"tool": "rwmaps", "version": version, "parameters": settings.to_parameters(),
+                       "classes": list(settings.classes), "engine": settings.engine}
         self.cases: dict[str, dict] = dict(cases or {})
 
-    @classmethod
-    def load(cls, output_dir: Path) -> Manifest | None:
-        """The manifest left in ``output_dir`` by an earlier run, or None."""
-        path = Path(output_dir) / MANIFEST_NAME
+    @staticmethod
+    def load(output_dir: Path) -> ManifestFile | None:
+        """The manifest an earlier run left in ``output_dir``; None if absent or unreadable
+        (then every map is checked again)."""
         try:
-            data = json.loads(path.read_text())
-            header = {k: v for k, v in data.items() if k != "cases"}
-            return cls(output_dir, header, data.get("cases", {}))
-        except FileNotFoundError:
+            return read_manifest(Path(output_dir) / MANIFEST_NAME)
+        except (FileNotFoundError, ValueError):
             return None
-        except (OSError, ValueError, AttributeError):
-            return None  # unreadable: treated as absent, every map is checked again
 
-    def is_done(self, case: Case) -> bool:
-        """True when ``case`` has a complete map from its current input."""
-        record = self.cases.get(case.name)
-        if record is None or record.get("status") != "done":
-            return False
-        return record.get("fingerprint") == fingerprint(case.input) and map_is_complete(
-            case.output, record.get("shape"), record.get("bytes")
-        )
+    def done_entry(self, name: str, input_path: Path) -> dict | None:
+        """The entry of a case recorded done from the same input, else None."""
+        entry = self.cases.get(name)
+        if entry is None or entry.get("status") != "done" or entry.get("fingerprint") != fingerprint(input_path):
+            return None
+        return entry
 
-    def record(self, case: Case, result: dict) -> None:
+    def record(self, input_path: Path, output_path: Path, result: CaseResult) -> None:
         """Store the result of one case and write the manifest to disk."""
-        entry = {
-            "input": str(case.input),
-            "output": str(case.output),
-            "fingerprint": fingerprint(case.input),
-            "status": result["status"],
-            "error": result.get("error"),
-            "shape": result.get("shape"),
-            "seconds": result.get("seconds"),
-        }
-        if result["status"] == "done":
-            entry["bytes"] = case.output.stat().st_size
-        self.cases[case.name] = entry
+        entry = {"input": str(input_path), "output": str(output_path), "fingerprint": fingerprint(input_path),
+                 "status": result.status, "error": result.error, "shape": result.shape, "seconds": result.seconds}
+        if result.status == "done":
+            entry["bytes"] = Path(output_path).stat().st_size
+        self.cases[result.name] = entry
         self.write()
 
     def write(self) -> None:
         """Write atomically: a temporary file beside it, then a rename."""
         with atomic_path(self.path) as tmp:
             tmp.write_text(json.dumps({**self.header, "cases": self.cases}, indent=1) + "\n")
+
 
 def fingerprint(path: Path) -> dict | None:
     """Size and modification time of an input: changes when the file does."""
@@ -78,35 +188,51 @@ def fingerprint(path: Path) -> dict | None:
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def manifest_for_map(path: Path) -> tuple[Path, dict, dict | None] | None:
-    """(manifest path, its header, this map's case entry) from ``rwmaps.json`` in the map's
-    folder or the nearest parent whose manifest lists it; else the nearest manifest with
-    entry None; else None."""
+def changed_parameters(before: Settings, now: Settings) -> list[str]:
+    """The names of the parameters that differ (``"fmt"``, ``"classes"``...)."""
+    old, new = before.to_parameters(), now.to_parameters()
+    return [key for key in new if old.get(key) != new.get(key)]
+
+
+# --------------------------------------------------------------------------- finding a map's manifest
+
+
+@dataclass(frozen=True)
+class MapRecord:
+    """The manifest that lists a map file: its path (as the caller named it), and the entry."""
+
+    manifest: Path
+    parsed: ManifestFile
+    entry: dict | None  # None: the nearest manifest, which does not list this map
+
+
+def manifest_for_map(path: str | os.PathLike) -> MapRecord | None:
+    """The ``rwmaps.json`` in the map's folder or the nearest parent whose manifest lists
+    it; else the nearest manifest (``entry`` None); else None."""
     relative_to_cwd = not Path(path).is_absolute()
     path = Path(os.path.abspath(path))
     nearest = None
     for folder in path.parents:
         candidate = folder / MANIFEST_NAME
-        parsed = _parsed_manifest(candidate)
-        if parsed is None:
+        cached = _cached_manifest(candidate)
+        if cached is None:
             continue
-        header, by_name = parsed
-        if relative_to_cwd:  # name it as the caller named the map: maps/rwmaps.json
-            candidate = Path(os.path.relpath(candidate))
+        parsed, by_name = cached
+        shown = Path(os.path.relpath(candidate)) if relative_to_cwd else candidate  # as the caller named the map
         relative = path.relative_to(folder).parts
         for entry in by_name.get(path.name, ()):
             if Path(entry["output"]).parts[-len(relative):] == relative:
-                return candidate, header, entry
+                return MapRecord(shown, parsed, entry)
         if nearest is None:
-            nearest = (candidate, header, None)
+            nearest = MapRecord(shown, parsed, None)
     return nearest
 
 
-_MANIFEST_CACHE: dict[tuple, tuple[dict, dict]] = {}
+_MANIFEST_CACHE: dict[tuple, tuple[ManifestFile, dict[str, list[dict]]]] = {}
 
 
-def _parsed_manifest(path: Path) -> tuple[dict, dict[str, list[dict]]] | None:
-    """(header, case entries by output file name) of a manifest, or None if absent or unreadable.
+def _cached_manifest(path: Path) -> tuple[ManifestFile, dict[str, list[dict]]] | None:
+    """(parsed manifest, case entries by output file name), or None if absent or unreadable.
 
     Cached by path, size and mtime: a data loader calls load_map for every map of every
     epoch, and a manifest of many cases takes milliseconds to parse.
@@ -118,16 +244,14 @@ def _parsed_manifest(path: Path) -> tuple[dict, dict[str, list[dict]]] | None:
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _MANIFEST_CACHE:
         try:
-            data = json.loads(path.read_text())
-            cases = data.get("cases") or {}
-            header = {k: v for k, v in data.items() if k != "cases"}
-            by_name: dict[str, list[dict]] = {}
-            for entry in cases.values():
-                if isinstance(entry, dict) and isinstance(entry.get("output"), str):
-                    by_name.setdefault(Path(entry["output"]).name, []).append(entry)
-        except (OSError, ValueError, AttributeError):
+            parsed = read_manifest(path)
+        except (FileNotFoundError, ValueError):
             return None
+        by_name: dict[str, list[dict]] = {}
+        for entry in parsed.cases.values():
+            if isinstance(entry.get("output"), str):
+                by_name.setdefault(Path(entry["output"]).name, []).append(entry)
         if len(_MANIFEST_CACHE) >= 16:
             _MANIFEST_CACHE.clear()
-        _MANIFEST_CACHE[key] = (header, by_name)
+        _MANIFEST_CACHE[key] = (parsed, by_name)
     return _MANIFEST_CACHE[key]

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.ndimage as ndi
 
+from .errors import UnknownLabelsError
+
 KINDS = ("rrw", "boundary", "kervadec", "ac")
 ENGINES = ("edt", "scipy")
 
@@ -195,7 +197,7 @@ def class_codes(labels: np.ndarray, classes: Sequence[int], ignore_label: int | 
         codes = np.where(found, order[pos] + 1, 0).astype(code_dtype)
     if not codes.all():
         unknown = np.unique(labels[codes == 0])
-        raise ValueError(f"label values not in the class list {class_values}: {_preview(unknown)}")
+        raise UnknownLabelsError(f"label values not in the class list {class_values}: {_preview(unknown)}")
     return codes
 
 

@@ -15,7 +15,6 @@ format, whose spatial shape matches the labels.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -24,23 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .compute import case_maps, case_memory_need
 from .dataset import Case, Dataset, find_dataset
-from .errors import InputError
-from .io import (
-    OUTPUT_FORMATS,
-    TMP_MARKER,
-    int_list,
-    load_map,
-    npy_map_header,
-    output_format,
-    output_path,
-    read_labels,
-    read_shape,
-    stored_map_shape,
-)
-from .manifest import MANIFEST_NAME, fingerprint
-from .maps import ENGINES, KINDS
-from .run import Settings, case_maps, case_memory_need, run_local, threads_per_case
+from .errors import InputError, UsageError
+from .formats import OUTPUT_FORMATS, TMP_MARKER, is_output_file, output_path, read_labels, read_shape
+from .manifest import MANIFEST_NAME, CaseResult, Settings, fingerprint, read_manifest
+from .mapfile import load_map, map_info
+from .run import run_local, threads_per_case
 
 # (rtol, atol) by the dtype the map is stored in: float32 recomputations agree to a few
 # ulps; a float16 map is a float32 one rounded to 11 significant bits (half an ulp is
@@ -95,12 +84,9 @@ def verify(
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not output_dir.is_dir():
-        from .errors import UsageError
-
         raise UsageError(f"{output_dir}: output folder does not exist or is not a folder")
     report = Report(manifest=output_dir / MANIFEST_NAME)
-    header, records = _read_manifest(report.manifest, report.problems)
-    settings = _settings(header, report.manifest, report.problems) if header is not None else None
+    settings, records = _read_manifest(report.manifest, report.problems)
     dataset = find_dataset(input_dir, output_dir, settings.fmt if settings else "nii.gz")
     report.cases = len(dataset.cases)
     if settings is None:
@@ -122,11 +108,11 @@ def verify(
     found: dict[str, list[str]] = {}
     for record in _recompute(recompute, settings, jobs):  # in completion order
         report.recomputed += 1
-        if record.get("status") == "checked":
-            found[record["name"]] = record["problems"]
-        else:  # the worker process died (run_local's record)
-            found[record["name"]] = [f"{outputs[record['name']]}: cannot recompute: {record.get('error')}"]
-        touched.pop(record["name"], None)  # recomputed: its values speak for it
+        if record.status == "checked":
+            found[record.name] = record.problems
+        else:  # the worker process died (run_local's result)
+            found[record.name] = [f"{outputs[record.name]}: cannot recompute: {record.error}"]
+        touched.pop(record.name, None)  # recomputed: its values speak for it
         if progress is not None:
             progress()
     for case in recompute:  # in case order, whatever the order they finished in
@@ -140,52 +126,26 @@ def verify(
 # --------------------------------------------------------------------------- manifest
 
 
-def _read_manifest(path: Path, problems: list[str]) -> tuple[dict | None, dict]:
-    """(header, case records) of the manifest; a problem line and (None, {}) if unusable."""
-    if not path.is_file():
+def _read_manifest(path: Path, problems: list[str]) -> tuple[Settings | None, dict]:
+    """(settings, case entries) of the manifest; a problem line and (None, ...) if unusable."""
+    try:
+        parsed = read_manifest(path)
+    except FileNotFoundError:
         problems.append(f"{path}: no manifest; without its parameters the maps cannot be recomputed "
                         "(only their presence and shapes are checked)")
         return None, {}
-    try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        records = data.get("cases") or {}
-        if not isinstance(records, dict):
-            raise ValueError("'cases' is not an object")
-    except (OSError, ValueError) as error:
+    except ValueError as error:
         problems.append(f"{path}: unreadable manifest ({error}); the maps cannot be recomputed")
         return None, {}
-    return {k: v for k, v in data.items() if k != "cases"}, records
-
-
-def _settings(header: dict, path: Path, problems: list[str]) -> Settings | None:
-    """The Settings the manifest's parameters describe; a problem line and None if invalid."""
-    parameters = header.get("parameters")
-    try:
-        if not isinstance(parameters, dict):
-            raise ValueError("has no 'parameters'")
-        classes = tuple(int(v) for v in parameters["classes"])
-        settings = Settings(
-            classes=classes,
-            kind=parameters["kind"],
-            spacing=parameters["spacing"],
-            slice_axis=None if parameters["slice_axis"] is None else int(parameters["slice_axis"]),
-            dtype=parameters["dtype"],
-            fmt=parameters["fmt"],
-            engine=header.get("engine") if header.get("engine") in ENGINES else "edt",
-            ignore_label=None if parameters["ignore_label"] is None else int(parameters["ignore_label"]),
-        )
-        if settings.kind not in KINDS or settings.spacing not in ("voxel", "physical") \
-                or settings.dtype not in TOLERANCES or settings.fmt not in OUTPUT_FORMATS or not classes:
-            raise ValueError(f"has invalid parameters {parameters}")
-    except (KeyError, TypeError, ValueError) as error:
-        detail = f"lacks parameter {error}" if isinstance(error, KeyError) else str(error)
-        problems.append(f"{path}: {detail}; the maps cannot be recomputed")
-        return None
-    if int_list(header.get("classes")) != list(classes):
-        problems.append(f"{path}: 'classes' {header.get('classes')} disagrees with parameters.classes {list(classes)}")
-    return settings
+    if parsed.settings is None:
+        problems.append(f"{path}: {parsed.settings_error}; the maps cannot be recomputed")
+        return None, parsed.cases
+    classes = parsed.header.get("classes")
+    if not isinstance(classes, list) or [c for c in classes if not isinstance(c, int)] \
+            or classes != list(parsed.settings.classes):
+        problems.append(f"{path}: 'classes' {classes} disagrees with parameters.classes "
+                        f"{list(parsed.settings.classes)}")
+    return parsed.settings, parsed.cases
 
 
 def _check_manifest_entries(dataset: Dataset, records: dict, report: Report) -> None:
@@ -230,23 +190,23 @@ def _check_case(case: Case, record: dict | None, settings: Settings) -> tuple[li
             return problems + [f"{out}: {size:,} bytes, the manifest recorded {_count(recorded_bytes)} "
                                "(truncated or rewritten)"], False, False
     try:
-        stored = stored_map_shape(out)
+        info = map_info(out)
     except Exception as error:  # noqa: BLE001 - any reader failure means an unreadable map
         return problems + [f"{out}: cannot read the map header ({type(error).__name__}: {error})"], False, False
     recorded_shape = tuple(record["shape"]) if record and isinstance(record.get("shape"), list) else None
-    if recorded_shape is not None and stored != recorded_shape and stored[:-1] != recorded_shape:
-        problems.append(f"{out}: shape {_shape(stored)}, the manifest recorded {_shape(recorded_shape)}")
+    if recorded_shape is not None and info.shape != recorded_shape:
+        problems.append(f"{out}: shape {_shape(info.shape)}, the manifest recorded {_shape(recorded_shape)}")
         return problems, False, False
-    if stored[0] != len(settings.classes):
-        problems.append(f"{out}: {stored[0]} channels, the manifest's class list has {len(settings.classes)}")
+    if info.layout == "full" and info.shape[0] != len(settings.classes):
+        problems.append(f"{out}: {info.shape[0]} channels, the manifest's class list has {len(settings.classes)}")
     try:
         labels_shape = read_shape(case.input)
-        if tuple(stored[1:1 + len(labels_shape)]) != labels_shape:
-            problems.append(f"{out}: spatial shape {_shape(stored[1:])} does not match the labels' "
+        if info.spatial_shape != labels_shape:
+            problems.append(f"{out}: spatial shape {_shape(info.spatial_shape)} does not match the labels' "
                             f"{_shape(labels_shape)} ({case.input})")
     except InputError as error:
         return problems + [f"{case.input}: cannot read the label file: {error}"], False, False
-    problems += _stored_meta_problems(out, settings)
+    problems += _stored_meta_problems(out, info, settings)
     mtime_only = False
     if record is not None:
         before, now = record.get("fingerprint"), fingerprint(case.input)
@@ -259,31 +219,15 @@ def _check_case(case: Case, record: dict | None, settings: Settings) -> tuple[li
     return problems, True, mtime_only
 
 
-def _stored_meta_problems(path: Path, settings: Settings) -> list[str]:
-    """What the map file says about itself (dtype, kind, classes) against the manifest."""
+def _stored_meta_problems(path: Path, info, settings: Settings) -> list[str]:
+    """What the map file says about itself (layout, kind, classes, dtype) against the manifest."""
     problems = []
-    fmt = output_format(path)
-    try:
-        if fmt == "npz":
-            with np.load(path, allow_pickle=False) as npz:
-                if "kind" in npz.files and str(npz["kind"]) != settings.kind:
-                    problems.append(f"{path}: kind {str(npz['kind'])!r}, the manifest says {settings.kind!r}")
-                if "classes" in npz.files and npz["classes"].tolist() != list(settings.classes):
-                    problems.append(f"{path}: classes {npz['classes'].tolist()}, the manifest says "
-                                    f"{list(settings.classes)}")
-        if fmt in ("npz", "npy"):
-            dtype = npy_map_header(path)[1]
-            if str(dtype) != settings.dtype:
-                problems.append(f"{path}: dtype {dtype}, the manifest says {settings.dtype}")
-        else:
-            import nibabel as nib
-
-            header = nib.load(path).header
-            descrip = bytes(header["descrip"]).split(b"\x00")[0].decode("latin-1").strip()
-            if descrip != f"rwmaps {settings.kind}":
-                problems.append(f"{path}: NIfTI descrip {descrip!r}, expected 'rwmaps {settings.kind}'")
-    except Exception as error:  # noqa: BLE001 - reported, the recomputation will say more
-        problems.append(f"{path}: cannot read the map's metadata ({type(error).__name__}: {error})")
+    said = {"layout": (info.layout, settings.layout), "kind": (info.kind, settings.kind),
+            "dtype": (info.dtype, settings.dtype),
+            "classes": (info.classes, list(settings.classes) if info.classes is not None else None)}
+    for what, (stored, expected) in said.items():
+        if stored is not None and stored != expected:
+            problems.append(f"{path}: {what} {stored!r}, the manifest says {expected!r}")
     return problems
 
 
@@ -296,7 +240,7 @@ def _stray_files(dataset: Dataset, output_dir: Path, fmt: str) -> list[str]:
             path = Path(folder) / name
             if TMP_MARKER in name:
                 problems.append(f"{path}: temporary file left by an interrupted run (rwmaps compute removes it)")
-            elif name.lower().endswith("." + fmt) and os.path.abspath(path) not in expected:
+            elif is_output_file(path, fmt) and os.path.abspath(path) not in expected:
                 problems.append(f"{path}: map file that no label file under --input produces")
     return problems
 
@@ -310,18 +254,19 @@ def _check_without_manifest(dataset: Dataset, output_dir: Path, report: Report) 
             report.problems.append(f"{case.input}: no map in {output_dir} "
                                    f"(looked for {', '.join(p.name for p in candidates)})")
             continue
+        try:
+            labels_shape = read_shape(case.input)
+        except InputError as error:
+            report.problems.append(f"{case.input}: cannot read the label file: {error}")
+            continue
         for path in present:
             try:
-                stored = stored_map_shape(path)
-                labels_shape = read_shape(case.input)
+                spatial = map_info(path).spatial_shape
             except InputError as error:
-                report.problems.append(f"{case.input}: cannot read the label file: {error}")
+                report.problems.append(f"{path}: cannot read the map header ({error})")
                 continue
-            except Exception as error:  # noqa: BLE001
-                report.problems.append(f"{path}: cannot read the map header ({type(error).__name__}: {error})")
-                continue
-            if tuple(stored[1:1 + len(labels_shape)]) != labels_shape:
-                report.problems.append(f"{path}: spatial shape {_shape(stored[1:])} does not match the labels' "
+            if spatial != labels_shape:
+                report.problems.append(f"{path}: spatial shape {_shape(spatial)} does not match the labels' "
                                        f"{_shape(labels_shape)}")
             else:
                 report.maps += 1
@@ -339,7 +284,7 @@ def _recompute(cases: list[Case], settings: Settings, jobs: int):
         for case in cases:
             yield recompute_case(case, settings, threads=os.cpu_count() or 1)
         return
-    need = {case.name: 2 * case_memory_need(case, len(settings.classes), 4) for case in cases}
+    need = {case.name: 2 * case_memory_need(case, settings) for case in cases}
     yield from run_local(cases, recompute_case, jobs, memory_need=lambda case: need[case.name],
                          settings=settings, threads=threads_per_case(jobs))
 
@@ -354,45 +299,57 @@ def _total_voxels(cases: list[Case]) -> int:
     return total
 
 
-def recompute_case(case: Case, settings: Settings, threads: int = 1) -> dict:
+def recompute_case(case: Case, settings: Settings, threads: int = 1) -> CaseResult:
     """Recompute the map of one case and compare it with the file; never raises.
 
-    Returns ``{"name", "status": "checked", "problems": [...], "seconds"}``.
+    A compact map is compared as stored (one channel), without expanding it.
     """
     start = time.perf_counter()
     problems = []
     try:
         expected = case_maps(read_labels(case.input), settings, threads, dtype="float32")
-        stored, meta = load_map(case.output)
+        stored, meta = load_map(case.output, expand=False)
     except (InputError, ValueError) as error:
         problems.append(f"{case.output}: cannot recompute: {error}")
     except MemoryError:
         problems.append(f"{case.output}: cannot recompute: out of memory (use fewer --jobs)")
     else:
-        problems += _compare(case.output, stored, expected, meta["dtype"], settings.classes)
-    return {"name": case.name, "status": "checked", "problems": problems,
-            "seconds": round(time.perf_counter() - start, 3)}
+        problems += _compare(case.output, stored, expected, meta["dtype"], settings)
+    return CaseResult(case.name, "checked", problems=problems, seconds=round(time.perf_counter() - start, 3))
 
 
-def _compare(path: Path, stored: np.ndarray, expected: np.ndarray, dtype: str, classes) -> list[str]:
+def _compare(path: Path, stored: np.ndarray, expected: np.ndarray, dtype: str, settings: Settings) -> list[str]:
+    """One line when the values differ beyond the tolerance of ``dtype``.
+
+    Channel by channel, so the temporaries never exceed one channel (a map of 83 classes
+    compared at once needed several maps' worth of memory).
+    """
     if stored.shape != expected.shape:
-        if stored.size == expected.size and stored.shape[-1] == 1:  # a 2D map stored as H × W × 1 × C
-            stored = stored.reshape(expected.shape)
-        else:
-            return [f"{path}: shape {_shape(stored.shape)}, a recomputation gives {_shape(expected.shape)}"]
+        return [f"{path}: shape {_shape(stored.shape)}, a recomputation gives {_shape(expected.shape)}"]
+    compact = settings.layout == "compact"
+    if compact:
+        stored, expected = stored[np.newaxis], expected[np.newaxis]
     rtol, atol = TOLERANCES.get(dtype, TOLERANCES["float16"])
-    close = np.isclose(stored, expected, rtol=rtol, atol=atol)
-    if close.all():
+    wrong, worst = 0, None  # worst: (difference, channel, index, stored, recomputed)
+    for c in range(stored.shape[0]):
+        have, want = np.asarray(stored[c], dtype=np.float32), expected[c]
+        close = np.isclose(have, want, rtol=rtol, atol=atol)
+        if close.all():
+            continue
+        wrong += int(np.count_nonzero(~close))
+        difference = np.where(close, 0, np.abs(have - want))
+        difference[np.isnan(difference)] = np.inf
+        at = np.unravel_index(int(np.argmax(difference)), difference.shape)
+        if worst is None or difference[at] > worst[0]:
+            worst = (float(difference[at]), c, at, float(have[at]), float(want[at]))
+    if worst is None:
         return []
-    wrong = np.count_nonzero(~close)
-    difference = np.where(close, 0, np.abs(stored - expected))
-    difference[np.isnan(difference)] = np.inf
-    worst = np.unravel_index(int(np.argmax(difference)), difference.shape)
-    channel = int(worst[0])
+    difference, channel, at, have, want = worst
+    where = "the compact channel" if compact else f"channel {channel} = class {settings.classes[channel]}"
     return [f"{path}: values differ from a recomputation in {wrong:,} of {stored.size:,} values "
-            f"(largest difference {float(difference[worst]):.4g}, channel {channel} = class {classes[channel]}, "
-            f"at {tuple(int(i) for i in worst[1:])}; stored {float(stored[worst]):.6g}, "
-            f"recomputed {float(expected[worst]):.6g}; tolerance rtol {rtol:g}, atol {atol:g})"]
+            f"(largest difference {difference:.4g}, {where}, "
+            f"at {tuple(int(i) for i in at)}; stored {have:.6g}, "
+            f"recomputed {want:.6g}; tolerance rtol {rtol:g}, atol {atol:g})"]
 
 
 def _shape(shape) -> str:

@@ -25,7 +25,8 @@ import pytest
 from helpers import blobs, run_rwmaps, write_nifti
 
 from rwmaps_cli import compute_maps
-from rwmaps_cli.run import Settings, process_case
+from rwmaps_cli.compute import process_case
+from rwmaps_cli.manifest import CaseResult, Settings
 
 RUN_TIMEOUT = 120  # seconds, for any one run; the whole module takes about 45 s on 2 cores
 
@@ -140,17 +141,17 @@ def test_a_worker_killed_mid_case_does_not_lose_the_run(cluster, tmp_path, dies)
                                marker_dir=str(tmp_path), always=victim if dies == "always" else set(),
                                once=victim if dies == "once" else set()),
                       timeout=RUN_TIMEOUT)
-    by_name = {r["name"]: r for r in records}
+    by_name = {r.name: r for r in records}
     assert len(records) == len(by_name) == 6
     assert (tmp_path / "c2.nii.gz.died").exists() or dies == "always"  # the worker did die
     if dies == "always":
-        assert by_name["c2.nii.gz"] == {"name": "c2.nii.gz", "status": "failed", "seconds": None, "error":
-                                        "the worker process died while computing this case (killed, or out of "
-                                        "memory), on 2 Dask workers in turn; see the worker logs"}
+        assert by_name["c2.nii.gz"] == CaseResult("c2.nii.gz", "failed", seconds=None, error=(
+            "the worker process died while computing this case (killed, or out of "
+            "memory), on 2 Dask workers in turn; see the worker logs"))
         assert not (tmp_path / "maps" / "c2.npy").exists()
     done = [f"c{i}.nii.gz" for i in range(6) if dies == "once" or i != 2]
     for name in done:
-        assert by_name[name]["status"] == "done", by_name[name]
+        assert by_name[name].status == "done", by_name[name]
         labels = np.asarray(nib.load(tmp_path / "labels" / name).dataobj)
         np.testing.assert_array_equal(np.load(tmp_path / "maps" / name.replace(".nii.gz", ".npy")),
                                       compute_maps(labels, [0, 1, 2, 3]))

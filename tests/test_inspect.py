@@ -9,8 +9,8 @@ from helpers import run_rwmaps
 from map_fixtures import CLASSES, copy_maps, label_array, map_file
 
 from rwmaps_cli import compute_maps
-from rwmaps_cli.inspection import describe, figure_pixels
-from rwmaps_cli.io import LabelVolume, write_map
+from rwmaps_cli.formats import LabelVolume, write_map
+from rwmaps_cli.inspect import describe, figure_pixels
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

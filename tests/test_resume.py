@@ -14,7 +14,8 @@ from helpers import blobs, run_rwmaps, write_nifti
 
 from rwmaps_cli import __version__
 from rwmaps_cli.dataset import Case
-from rwmaps_cli.io import TMP_MARKER
+from rwmaps_cli.formats import TMP_MARKER
+from rwmaps_cli.manifest import CaseResult
 from rwmaps_cli.run import WORKER_DIED, run_local
 
 
@@ -33,7 +34,7 @@ def test_manifest_records_parameters_and_every_case(labels_dir, tmp_path):
     assert data["tool"] == "rwmaps" and data["version"] == __version__
     assert data["classes"] == [0, 1, 2, 3]
     assert data["parameters"] == {"classes": [0, 1, 2, 3], "kind": "boundary", "spacing": "voxel", "slice_axis": None,
-                                  "dtype": "float32", "fmt": "npy", "ignore_label": None}
+                                  "dtype": "float32", "fmt": "npy", "ignore_label": None, "layout": "full"}
     assert sorted(data["cases"]) == ["case_000.nii.gz", "sub/case_001.nii.gz", "sub/case_002.nii.gz"]
     entry = data["cases"]["sub/case_001.nii.gz"]
     assert entry["status"] == "done" and entry["error"] is None
@@ -66,7 +67,7 @@ def test_rerun_with_other_parameters_is_refused_unless_overwrite(labels_dir, tmp
     out = tmp_path / "maps"
     compute(labels_dir, out)
     refused = compute(labels_dir, out, "--kind", "ac", check=2)
-    assert "holds maps made with other parameters (kind: 'rrw' -> 'ac')" in refused.stderr
+    assert "holds maps made with other parameters (--kind 'rrw' -> 'ac')" in refused.stderr
     assert "--overwrite" in refused.stderr
     compute(labels_dir, out, "--kind", "ac", "--overwrite")
     assert manifest(out)["parameters"]["kind"] == "ac"
@@ -119,23 +120,23 @@ def test_sigkill_mid_run_then_rerun_gives_a_clean_runs_maps(tmp_path):
 
 # A work function for run_local that really kills its worker process for some cases.
 
-def _work(case: Case, marker_dir: str) -> dict:
+def _work(case: Case, marker_dir: str) -> CaseResult:
     if case.name.startswith("kill_always") or (
         case.name.startswith("kill_once") and not (Path(marker_dir) / case.name).exists()
     ):
         (Path(marker_dir) / case.name).touch()
         os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(0.2)
-    return {"name": case.name, "status": "done", "error": None, "seconds": 0.2}
+    return CaseResult(case.name, "done", seconds=0.2)
 
 
 def test_a_dying_worker_fails_only_its_case(tmp_path):
     names = ["a", "b", "kill_always", "c", "kill_once", "d", "e"]
     cases = [Case(tmp_path / n, tmp_path / n, n) for n in names]
-    records = {r["name"]: r for r in run_local(cases, _work, jobs=2, marker_dir=str(tmp_path))}
+    records = {r.name: r for r in run_local(cases, _work, jobs=2, marker_dir=str(tmp_path))}
     assert set(records) == set(names)
-    assert records["kill_always"] == {"name": "kill_always", "status": "failed", "error": WORKER_DIED, "seconds": None}
-    assert all(records[n]["status"] == "done" for n in names if n != "kill_always")
+    assert records["kill_always"] == CaseResult("kill_always", "failed", error=WORKER_DIED, seconds=None)
+    assert all(records[n].status == "done" for n in names if n != "kill_always")
 
 
 def _timed_work(case: Case) -> dict:

@@ -1,4 +1,4 @@
-"""Tests for rwmaps_cli.io: real files written by nibabel, SimpleITK and numpy; no mocks."""
+"""Tests for rwmaps_cli.formats: real files written by nibabel, SimpleITK and numpy; no mocks."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rwmaps_cli.errors import InputError
-from rwmaps_cli.io import (
+from rwmaps_cli.formats import (
     DEFAULT_COMPRESSLEVEL,
     LABEL_SUFFIXES,
     TMP_MARKER,
@@ -23,12 +23,12 @@ from rwmaps_cli.io import (
     atomic_path,
     clean_temporaries,
     label_suffix,
-    map_is_complete,
     output_path,
     read_labels,
     read_shape,
     write_map,
 )
+from rwmaps_cli.mapfile import map_is_complete
 
 SPACING_XYZ = (0.7, 0.8, 3.0)  # anisotropic on purpose: axis-order mistakes show up
 SITK_3D = (".mha", ".mhd", ".nrrd", ".nhdr")
@@ -509,7 +509,7 @@ def test_write_nifti_keeps_qform_and_sform(tmp_path, suffix):
     np.testing.assert_allclose(header.get_sform(), sform, atol=1e-6)
     np.testing.assert_allclose(img.affine, volume.affine, atol=1e-6)
     np.testing.assert_allclose(header.get_zooms(), (*SPACING_XYZ, 1.0), rtol=1e-6)
-    assert header["descrip"].item() == b"rwmaps rrw"
+    assert header["descrip"].item() == b"rwmaps rrw full 3d"  # kind, layout, spatial rank
     assert sorted(os.listdir(out.parent)) == [out.name]  # no temporary left
 
 
@@ -579,7 +579,7 @@ def test_write_npz(tmp_path, dtype, compresslevel):
     write_map(out, maps, volume, np.array([0, 2, 5], dtype=np.uint8), "kervadec", compresslevel=compresslevel)
 
     with np.load(out, allow_pickle=False) as npz:
-        assert sorted(npz.files) == ["classes", "kind", "map", "spacing"]
+        assert sorted(npz.files) == ["classes", "kind", "layout", "map", "spacing"]
         assert npz["map"].dtype == dtype and np.array_equal(npz["map"], maps)
         assert npz["classes"].dtype == np.int64 and npz["classes"].tolist() == [0, 2, 5]
         assert npz["spacing"].dtype == np.float64

@@ -1,0 +1,185 @@
+"""NumPy files, ``.npy`` and ``.npz``: label arrays and maps.
+
+- A ``.npy`` map is the bare array: ``(C, *spatial)`` full, ``(*spatial)`` compact,
+  memory-mappable with ``np.load(path, mmap_mode="r")``.  It holds nothing else, so its
+  layout, classes and kind come from the manifest (:mod:`rwmaps_cli.mapfile`).
+- A ``.npz`` map has the keys ``map``, ``classes`` (int64), ``spacing`` (float64),
+  ``kind`` and ``layout`` (str).
+- A label ``.npy`` is a 2D or 3D integer array (spacing 1); a label ``.npz`` holds one
+  array (or one named ``labels``, ``label``, ``seg``, ``segmentation``, ``arr_0``) and
+  optionally ``spacing``.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from rwmaps_cli.errors import InputError
+
+from .base import FileFormat, LabelVolume, MapContent, MapInfo, check_labels, check_map_array, check_ndim, diagonal_affine
+
+_NPZ_LABEL_KEYS = ("labels", "label", "seg", "segmentation", "arr_0")
+_MAP_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+
+
+def npy_header(fileobj: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from an open .npy stream, reading the header only."""
+    version = np.lib.format.read_magic(fileobj)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fileobj)
+    else:  # 2.0; 3.0 differs only in utf-8 field names, which these arrays never have
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fileobj)
+    return tuple(int(n) for n in shape), dtype
+
+
+class NpyFormat(FileFormat):
+    name = ".npy"
+    suffixes = (".npy",)
+    output_name = "npy"
+    map_dtypes = _MAP_DTYPES
+    can_mmap = True
+
+    def read_labels(self, path: Path) -> LabelVolume:
+        array = check_labels(np.load(path, allow_pickle=False))
+        spacing = (1.0,) * array.ndim
+        return LabelVolume(array=array, spacing=spacing, affine=diagonal_affine(spacing))
+
+    def read_shape(self, path: Path) -> tuple[int, ...]:
+        shape, _ = self._header(path)
+        check_ndim(shape)
+        return shape
+
+    def read_geometry(self, path: Path) -> tuple[tuple[float, ...], None]:
+        return (1.0,) * len(self.read_shape(path)), None
+
+    def is_map(self, path: Path) -> bool | None:
+        shape, dtype = self._header(path)
+        if dtype.kind != "f":
+            return False
+        return True if len(shape) == 4 else None  # labels are 2D or 3D; a 2D/3D float array needs the manifest
+
+    def write_map(self, tmp: Path, final: Path, data: np.ndarray, volume: LabelVolume, content: MapContent,
+                  compresslevel: int) -> None:
+        with open(tmp, "wb") as raw:
+            np.lib.format.write_array(raw, np.ascontiguousarray(data), allow_pickle=False)  # np.save's bytes
+
+    def read_map_info(self, path: Path) -> MapInfo:
+        shape, dtype = self._header(path)
+        check_map_array(shape, dtype, None)
+        full_3d = len(shape) == 4  # a bare array tells its rank only when it is 4D
+        return MapInfo(shape=shape, spatial_ndim=3 if full_3d else None, layout="full" if full_3d else None,
+                       kind=None, dtype=str(dtype), stored_shape=shape)
+
+    def load_map(self, path: Path, mmap: bool = False) -> tuple[np.ndarray, MapInfo]:
+        info = self.read_map_info(path)
+        stored = np.load(path, mmap_mode="r", allow_pickle=False)
+        if mmap:
+            return stored, info
+        return np.array(stored, dtype=np.float32), info  # a copy: no memory map stays open
+
+    @staticmethod
+    def _header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+        with open(path, "rb") as f:
+            return npy_header(f)
+
+
+class NpzFormat(FileFormat):
+    name = ".npz"
+    suffixes = (".npz",)
+    output_name = "npz"
+    map_dtypes = _MAP_DTYPES
+
+    def read_labels(self, path: Path) -> LabelVolume:
+        with np.load(path, allow_pickle=False) as npz:
+            key = _npz_label_key(npz.files)
+            array = check_labels(npz[key])
+            spacing = (tuple(float(s) for s in npz["spacing"].ravel()) if "spacing" in npz.files
+                       else (1.0,) * array.ndim)
+        if len(spacing) != array.ndim:
+            raise InputError(f"'spacing' has {len(spacing)} values for a {array.ndim}D label array")
+        return LabelVolume(array=array, spacing=spacing, affine=diagonal_affine(spacing))
+
+    def read_shape(self, path: Path) -> tuple[int, ...]:
+        # Read the member's .npy header from the zip, so a large compressed volume is not inflated.
+        with zipfile.ZipFile(path) as archive:
+            names = [n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy")]
+            with archive.open(_npz_label_key(names) + ".npy") as member:
+                shape, _ = npy_header(member)
+        check_ndim(shape)
+        return shape
+
+    def read_geometry(self, path: Path) -> tuple[tuple[float, ...], None]:
+        with np.load(path, allow_pickle=False) as npz:
+            if "spacing" in npz.files:
+                return tuple(float(s) for s in npz["spacing"].ravel()), None
+        return (1.0,) * len(self.read_shape(path)), None
+
+    def is_map(self, path: Path) -> bool:
+        with zipfile.ZipFile(path) as archive:
+            return "map.npy" in archive.namelist()
+
+    def write_map(self, tmp: Path, final: Path, data: np.ndarray, volume: LabelVolume, content: MapContent,
+                  compresslevel: int) -> None:
+        arrays = {
+            "map": data,
+            "classes": np.asarray(content.classes, dtype=np.int64),
+            "spacing": np.asarray(volume.spacing, dtype=np.float64),
+            "kind": np.asarray(content.kind),  # 0-d unicode array: str(npz["kind"]) gives the kind back
+            "layout": np.asarray(content.layout),
+        }
+        # The layout of np.savez_compressed (one 'key.npy' member per array), written with
+        # zipfile directly because savez_compressed has no compression level (it uses 6).
+        compression = zipfile.ZIP_DEFLATED if compresslevel > 0 else zipfile.ZIP_STORED
+        with open(tmp, "wb") as raw, zipfile.ZipFile(raw, "w", compression, compresslevel=compresslevel) as archive:
+            for key, array in arrays.items():
+                with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
+
+    def read_map_info(self, path: Path) -> MapInfo:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if "map.npy" not in names:
+                keys = ", ".join(sorted(n[: -len(".npy")] for n in names))
+                raise InputError(f"has no 'map' array (keys: {keys}); not an rwmaps map")
+            with archive.open("map.npy") as member:
+                shape, dtype = npy_header(member)
+        with np.load(path, allow_pickle=False) as npz:  # the small keys only; 'map' stays unread
+            small = {key: npz[key] for key in ("classes", "spacing", "kind", "layout") if key in npz.files}
+        return self._info(shape, dtype, small)
+
+    @staticmethod
+    def _info(shape, dtype, small: dict) -> MapInfo:
+        layout = str(small["layout"]) if "layout" in small else "full"  # rwmaps 0.1 wrote full maps only
+        check_map_array(shape, dtype, layout if layout in ("full", "compact") else None)
+        spatial_ndim = len(shape) - (1 if layout == "full" else 0)
+        return MapInfo(
+            shape=shape, spatial_ndim=spatial_ndim, layout=layout,
+            kind=str(small["kind"]) if "kind" in small else None, dtype=str(dtype), stored_shape=shape,
+            classes=[int(v) for v in small["classes"].ravel()] if "classes" in small else None,
+            spacing=tuple(float(s) for s in small["spacing"].ravel()) if "spacing" in small else None,
+        )
+
+    def load_map(self, path: Path, mmap: bool = False) -> tuple[np.ndarray, MapInfo]:
+        info = self.read_map_info(path)
+        with np.load(path, allow_pickle=False) as npz:
+            data = npz["map"]
+        return data.astype(np.float32, copy=False), info
+
+
+def _npz_label_key(keys: Sequence[str]) -> str:
+    """The label array's key: the only array besides 'spacing', else a conventional name."""
+    candidates = [k for k in keys if k != "spacing"]
+    if len(candidates) == 1:
+        return candidates[0]
+    for key in _NPZ_LABEL_KEYS:
+        if key in candidates:
+            return key
+    raise InputError(
+        f"cannot tell which array holds the labels: keys are {sorted(keys)}; "
+        f"expected a single array or one named {', '.join(_NPZ_LABEL_KEYS)}"
+    )

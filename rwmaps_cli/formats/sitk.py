@@ -1,0 +1,101 @@
+"""MetaImage, NRRD, PNG and TIFF label files through SimpleITK (labels only).
+
+Arrays come back as ``sitk.GetArrayFromImage`` gives them: C-ordered, axes reversed from
+ITK's, ``(Z, Y, X)``; spacing and affine are reversed to match.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from rwmaps_cli.errors import InputError
+
+from .base import FileFormat, LabelVolume, check_labels, check_ndim
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class SitkFormat(FileFormat):
+    """One SimpleITK ImageIO; naming it stops ITK from probing every reader (HDF5 floods stderr)."""
+
+    def __init__(self, name: str, suffixes: tuple[str, ...], image_io: str):
+        self.name = name
+        self.suffixes = suffixes
+        self.image_io = image_io
+
+    def read_labels(self, path: Path) -> LabelVolume:
+        import SimpleITK as sitk
+
+        image = self.reader(path).Execute()
+        array = sitk.GetArrayFromImage(image)  # axes reversed from ITK's: (z, y, x)
+        return LabelVolume(array=check_labels(array), spacing=tuple(float(s) for s in reversed(image.GetSpacing())),
+                           affine=sitk_affine(image))
+
+    def read_shape(self, path: Path) -> tuple[int, ...]:
+        return tuple(int(n) for n in reversed(self.reader(path).GetSize()))
+
+    def read_geometry(self, path: Path) -> tuple[tuple[float, ...], np.ndarray]:
+        reader = self.reader(path)  # the reader has the image's geometry getters
+        return tuple(float(s) for s in reversed(reader.GetSpacing())), sitk_affine(reader)
+
+    def reader(self, path: Path):
+        """A reader with the header read and checked (dimension, components), data not loaded."""
+        import SimpleITK as sitk
+
+        data_file = _detached_data_file(path)
+        if data_file is not None and not data_file.is_file():
+            # ITK's own message names the header, with a misleading cause; say which file is missing.
+            raise InputError(f"data file {data_file.name!r} named in the header is missing")
+        if self.image_io == "PNGImageIO":
+            with open(path, "rb") as f:
+                if f.read(len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:  # ITK reads such a file as a 0x0 image
+                    raise InputError("cannot read: not a valid PNG (no PNG signature)")
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.SetImageIO(self.image_io)
+        reader.ReadImageInformation()
+        components = reader.GetNumberOfComponents()
+        if components > 1:
+            hint = " (ITK expands palette PNGs to RGB; save labels as grayscale)" if self.image_io == "PNGImageIO" else ""
+            raise InputError(f"has {components} components per pixel; expected a single-channel label image{hint}")
+        check_ndim(tuple(reversed(reader.GetSize())))
+        return reader
+
+
+def sitk_affine(image) -> np.ndarray:
+    """RAS+ affine for the index order of ``sitk.GetArrayFromImage(image)``.
+
+    ITK maps its index (i, j[, k]) to LPS by ``origin + direction @ diag(spacing) @ index``;
+    the numpy array is indexed in reverse, (k, j, i), so the columns are reversed.  A 2D
+    image gets a unit z axis.  ``image`` may be an image or a reader that has read the
+    image information.
+    """
+    ndim = image.GetDimension()
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(ndim, ndim)
+    columns = direction * np.asarray(image.GetSpacing(), dtype=np.float64)  # scales column c by spacing[c]
+    lps = np.eye(4)
+    lps[:ndim, :ndim] = columns[:, ::-1]
+    lps[:ndim, 3] = image.GetOrigin()
+    return _LPS_TO_RAS @ lps
+
+
+def _detached_data_file(path: Path) -> Path | None:
+    """The data file a .mhd/.nhdr header names, when it is one plain file (not LOCAL/LIST/pattern)."""
+    pattern = {".mhd": r"\s*ElementDataFile\s*=\s*(.+?)\s*$", ".nhdr": r"\s*data ?file\s*:\s*(.+?)\s*$"}.get(
+        path.suffix.lower()
+    )
+    if pattern is None:
+        return None
+    with open(path, "rb") as f:
+        header = f.read(65536).decode("latin-1")
+    for line in header.splitlines():
+        match = re.match(pattern, line, flags=re.IGNORECASE)
+        if match:
+            name = match.group(1)
+            plain = name.upper() not in ("LOCAL", "LIST") and not re.search(r"[\s%]", name)
+            return path.parent / name if plain else None
+    return None

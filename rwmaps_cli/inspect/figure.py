@@ -1,0 +1,267 @@
+"""The picture: the label slice and one panel per class map, as a PNG.
+
+matplotlib is imported inside :func:`draw_png` only, so ``import rwmaps_cli`` stays light.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from rwmaps_cli.errors import InputError
+from rwmaps_cli.formats import atomic_path, read_labels
+from rwmaps_cli.mapfile import is_map_file, load_map
+from rwmaps_cli.maps import compute_maps, unique_labels
+
+from .describe import MAX_LISTED_VALUES, class_names, label_affine
+
+# Figure geometry: each panel is PANEL_INCHES, up to MAX_COLUMNS panels a row, plus a
+# title band; saved at DPI without tight cropping, so the PNG is exactly figure_pixels().
+PANEL_INCHES = (3.2, 3.0)
+TITLE_INCHES = 0.4
+DPI = 100
+MAX_COLUMNS = 5
+
+
+def figure_pixels(n_panels: int) -> tuple[int, int]:
+    """(width, height) in pixels of the PNG :func:`draw_png` writes with ``n_panels`` panels."""
+    columns = min(n_panels, MAX_COLUMNS)
+    rows = math.ceil(n_panels / columns)
+    return round(columns * PANEL_INCHES[0] * DPI), round((rows * PANEL_INCHES[1] + TITLE_INCHES) * DPI)
+
+
+def draw_png(path: str | Path, out: str | Path, axis: int | None = None, index: int | None = None) -> dict:
+    """Draw the label slice and one panel per class map of a label or map file.
+
+    A map file shows its channels, and the labels of its input file when the manifest
+    names one that can be read (else the labels the map implies: the channel each voxel
+    is inside).  A label file shows the ``rrw`` maps computed from it (voxel units).
+    Maps use a diverging colour map centred at 0 (blue inside, red outside), scaled to
+    each channel's range over the whole volume, with the class outline drawn on top.
+
+    Args:
+        axis: the array axis the slice is across; default: a singleton axis (a 2D map),
+            else the axis nearest to the S-I direction when the file has an affine,
+            else the last axis.
+        index: the slice; default: through the middle of the foreground: of the slices
+            that show the most classes other than 0, the one nearest to the median, along
+            ``axis``, of the voxels whose label is not 0.
+
+    Returns:
+        ``{"path", "width", "height", "axis", "slice"}``; the PNG is ``figure_pixels`` big.
+
+    Raises:
+        InputError: the file cannot be read.  ValueError: ``axis`` or ``index`` out of range.
+    """
+    path, out = Path(path), Path(out)
+    view = _view(path)
+    spatial = view["maps"].shape[1:]
+    axis, index = _choose_slice(view, axis, index)
+    width, height = figure_pixels(1 + view["maps"].shape[0])
+    figure = _figure(view, path, axis, index)
+    with atomic_path(out) as tmp:
+        figure.savefig(tmp, dpi=DPI, format="png")
+    return {"path": str(out), "width": width, "height": height, "axis": axis,
+            "slice": index if len(spatial) == 3 else None}
+
+
+def _view(path: Path) -> dict:
+    """Everything the figure needs: maps (C, *spatial), labels, classes, names, geometry."""
+    if is_map_file(path):
+        maps, meta = load_map(path)
+        classes = meta["classes"]
+        labels, source = None, "implied by the map"
+        affine = meta["affine"] if meta["affine"] is not None else label_affine(meta["input"])
+        names = {}
+        if meta["input"]:
+            names = class_names(Path(meta["input"]))
+            try:
+                volume = read_labels(meta["input"])
+                if volume.array.shape == maps.shape[1:]:
+                    labels, source = volume.array, "labels"
+            except InputError:
+                pass
+        if labels is None:
+            labels = _implied_labels(maps, classes)
+        kind = meta["kind"] or "unknown"
+        return {"maps": maps, "labels": labels, "label_source": source, "classes": classes, "names": names,
+                "spacing": meta["spacing"], "affine": affine,
+                "what": f"{kind} map", "computed": False}
+    volume = read_labels(path)
+    names = class_names(path)
+    try:
+        values = unique_labels(volume.array)
+    except ValueError as error:  # fractions, NaN, negative values
+        raise InputError(f"cannot compute maps from these labels: {error}") from None
+    classes = sorted(names) if names and set(values.tolist()) <= set(names) else values.tolist()
+    if len(classes) > MAX_LISTED_VALUES:
+        raise InputError(f"{len(classes)} distinct values: too many classes to draw (is this an image?)")
+    try:
+        maps = compute_maps(volume.array, classes, kind="rrw")
+    except ValueError as error:
+        raise InputError(f"cannot compute maps from these labels: {error}") from None
+    return {"maps": maps, "labels": volume.array, "label_source": "labels", "classes": [int(c) for c in classes],
+            "names": names, "spacing": volume.spacing,
+            "affine": label_affine(path),
+            "what": "labels, rrw maps computed from them",
+            "computed": True}
+
+
+def _implied_labels(maps: np.ndarray, classes) -> np.ndarray:
+    """The class each voxel is inside by the map (lowest channel), -1 where every channel is 0."""
+    codes = np.argmin(maps, axis=0).astype(np.int64)
+    values = np.asarray(classes if classes is not None else range(maps.shape[0]), dtype=np.int64)
+    labels = values[codes]
+    labels[np.all(maps == 0, axis=0)] = -1
+    return labels
+
+
+def spatial_shape(info: dict) -> tuple[int, ...]:
+    """The spatial shape of what :func:`describe` described (a map without its channels)."""
+    return tuple(info["shape"][1:] if info["type"] == "map" else info["shape"])
+
+
+def check_slice(spatial: tuple[int, ...], axis: int | None, index: int | None) -> None:
+    """ValueError (a usage error) when ``axis`` / ``index`` cannot select a slice of ``spatial``."""
+    if len(spatial) == 2:
+        if axis is not None or index is not None:
+            raise ValueError("this file is 2D: --axis and --slice do not apply")
+        return
+    if axis is not None and not -3 <= axis < 3:
+        raise ValueError(f"--axis {axis} is out of range for 3D data (0, 1 or 2)")
+    if index is not None:
+        if axis is None:
+            raise ValueError("--slice needs --axis")
+        n = spatial[axis % 3]
+        if not 0 <= index < n:
+            raise ValueError(f"--slice {index} is out of range: axis {axis % 3} has {n} slices (0 to {n - 1})")
+
+
+def _choose_slice(view: dict, axis: int | None, index: int | None) -> tuple[int | None, int | None]:
+    spatial = view["maps"].shape[1:]
+    check_slice(spatial, axis, index)
+    if len(spatial) == 2:
+        return None, None
+    axis = _default_axis(spatial, view["affine"]) if axis is None else axis % 3
+    if index is None:
+        index = _foreground_middle(view["labels"], axis)
+    return axis, index
+
+
+def _default_axis(spatial: tuple[int, ...], affine) -> int:
+    if 1 in spatial:
+        return spatial.index(1)
+    if affine is not None:
+        columns = np.asarray(affine, dtype=np.float64)[:3, :3]
+        norms = np.linalg.norm(columns, axis=0)
+        norms[norms == 0] = 1
+        return int(np.argmax(np.abs(columns[2]) / norms))  # the axis most along S-I
+    return 2
+
+
+def _foreground_middle(labels: np.ndarray, axis: int) -> int:
+    """The slice showing the most foreground classes, nearest to the foreground's median."""
+    others = tuple(a for a in range(3) if a != axis)
+    present = [np.any(labels == value, axis=others) for value in np.unique(labels) if value > 0]
+    if not present:
+        return labels.shape[axis] // 2
+    per_slice = np.count_nonzero((labels > 0), axis=others)
+    median = int(np.searchsorted(np.cumsum(per_slice), (int(per_slice.sum()) + 1) // 2))
+    n_classes = np.sum(present, axis=0)
+    candidates = np.flatnonzero(n_classes == n_classes.max())
+    return int(candidates[np.argmin(np.abs(candidates - median))])
+
+
+def _figure(view: dict, path: Path, axis: int | None, index: int | None):
+    from matplotlib.colors import BoundaryNorm, ListedColormap, TwoSlopeNorm
+    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+
+    maps, classes, names = view["maps"], view["classes"], view["names"]
+    n_channels = maps.shape[0]
+    columns = min(1 + n_channels, MAX_COLUMNS)
+    rows = math.ceil((1 + n_channels) / columns)
+    width, height = figure_pixels(1 + n_channels)
+    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+
+    def plane(volume):
+        return volume if axis is None else np.take(volume, index, axis=axis)
+
+    kept = [a for a in range(maps.ndim - 1) if a != axis]  # array axes left in the slice
+    spacing = view["spacing"]
+    if spacing is not None and len(spacing) == maps.ndim - 1:
+        steps = [spacing[a] for a in kept]
+    else:
+        steps = [1.0, 1.0]
+    transpose, origin = _screen_axes(view["affine"], kept)
+    aspect = steps[1] / steps[0] if transpose else steps[0] / steps[1]
+
+    def show(ax, image, **kwargs):
+        image = image.T if transpose else image
+        return ax.imshow(image, origin=origin, aspect=aspect, interpolation="nearest", **kwargs)
+
+    # Labels: one colour per class (the first class grey); ignored / unknown voxels white.
+    values = list(classes) if classes is not None else list(range(n_channels))
+    label_plane = plane(view["labels"])
+    codes = np.full(label_plane.shape, -1, dtype=np.int64)
+    for code, value in enumerate(values):
+        codes[label_plane == value] = code
+    palette = ["#d9d9d9", "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+               "#17becf", "#bcbd22", "#7f7f7f"]
+    label_colours = ListedColormap([palette[i % len(palette)] for i in range(len(values))])
+    label_colours.set_bad("#ffffff")
+    image = show(axes[0], np.ma.masked_less(codes, 0), cmap=label_colours,
+                 norm=BoundaryNorm(np.arange(-0.5, len(values)), len(values)))
+    bar = figure.colorbar(image, ax=axes[0], shrink=0.8, ticks=range(len(values)))
+    bar.ax.set_yticklabels([_class_title(v, names, classes is not None) for v in values], fontsize=7)
+    axes[0].set_title("labels" if view["label_source"] == "labels" else f"labels ({view['label_source']})",
+                      fontsize=10)
+
+    for c in range(n_channels):
+        ax = axes[1 + c]
+        channel = maps[c]
+        low, high = float(np.nanmin(channel)), float(np.nanmax(channel))
+        low, high = min(low, 0.0), max(high, 0.0)
+        if low == 0 and high == 0:
+            low, high = -1.0, 1.0
+        elif low == 0:
+            low = -high
+        elif high == 0:
+            high = -low
+        image = show(ax, plane(channel), cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=low, vmax=high))
+        figure.colorbar(image, ax=ax, shrink=0.8).ax.tick_params(labelsize=7)
+        mask = (label_plane == values[c]).astype(np.float32)
+        if 0 < mask.sum() < mask.size:
+            ax.contour(mask.T if transpose else mask, levels=[0.5], colors="black", linewidths=0.6)
+        ax.set_title(_class_title(values[c], names, classes is not None, channel=c), fontsize=10)
+
+    where = "" if axis is None else f"; axis {axis}, slice {index} of 0-{maps.shape[1 + axis] - 1}"
+    figure.suptitle(f"{path.name}: {view['what']}{where}", fontsize=11)
+    return figure
+
+
+def _screen_axes(affine, kept: list[int]) -> tuple[bool, str]:
+    """(transpose, imshow origin) that put a slice on screen as a viewer would.
+
+    Without an affine: the array as an image (first axis down).  With one: the kept axis
+    most along S-I (or, for an axial slice, along A-P) goes up the screen, pointing S (A);
+    the other goes across.
+    """
+    if affine is None:
+        return False, "upper"
+    columns = np.asarray(affine, dtype=np.float64)[:3, kept]
+    columns = columns / np.where(np.linalg.norm(columns, axis=0) == 0, 1, np.linalg.norm(columns, axis=0))
+    world = 2 if np.abs(columns[2]).max() > 0.5 else 1  # S-I, else A-P for an axial slice
+    vertical = int(np.argmax(np.abs(columns[world])))
+    return vertical == 1, "lower" if columns[world, vertical] > 0 else "upper"
+
+
+def _class_title(value, names: dict, known: bool, channel: int | None = None) -> str:
+    if not known:
+        return f"channel {value}"
+    name = names.get(value)
+    return f"{value}: {name}" if name else f"class {value}"
