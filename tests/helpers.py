@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import nibabel as nib
@@ -34,7 +35,27 @@ def write_nifti(path: Path, labels: np.ndarray, zooms=(1.0, 1.0, 1.0), origin=(0
 
 
 def run_rwmaps(*args, check=None, timeout=300) -> subprocess.CompletedProcess:
-    """Run ``rwmaps ARGS`` as a user would; ``check`` is the expected exit code."""
+    """Run ``rwmaps ARGS`` as a user would, in this process (click's CliRunner: the real
+    command, option parsing and exit code, without starting an interpreter per call);
+    ``check`` is the expected exit code.  Tests of signals, kills and installs start real
+    processes themselves (:func:`run_rwmaps_process`)."""
+    from click.testing import CliRunner
+
+    from rwmaps_cli.cli import cli
+
+    result = CliRunner().invoke(cli, [str(a) for a in args], prog_name="rwmaps")
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))  # as the interpreter would print it
+    completed = subprocess.CompletedProcess(["rwmaps", *map(str, args)], result.exit_code, result.stdout, stderr)
+    if check is not None:
+        assert completed.returncode == check, (f"exit {completed.returncode}\nstdout:{completed.stdout}\n"
+                                               f"stderr:{completed.stderr}")
+    return completed
+
+
+def run_rwmaps_process(*args, check=None, timeout=300) -> subprocess.CompletedProcess:
+    """Run ``rwmaps ARGS`` in a new Python process."""
     result = subprocess.run([sys.executable, "-m", "rwmaps_cli", *map(str, args)], capture_output=True,
                             text=True, timeout=timeout)
     if check is not None:

@@ -7,7 +7,6 @@ files copy a folder first (``copy_maps``).
 from __future__ import annotations
 
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -50,9 +49,9 @@ def compute_all(tmp_path_factory) -> SimpleNamespace:
     root = tmp_path_factory.mktemp("computed")
     labels = write_labels(root / "labels")
     maps = {name: root / f"maps_{name.replace('.', '_')}" for name in RUNS}
-    with ThreadPoolExecutor(len(RUNS)) as pool:  # the runs are subprocesses: overlap them
-        list(pool.map(lambda name: run_rwmaps("compute", "--input", labels, "--output", maps[name], "--jobs",
-                                              "1", "--quiet", *RUNS[name], check=0), RUNS))
+    for name in RUNS:
+        run_rwmaps("compute", "--input", labels, "--output", maps[name], "--jobs", "1", "--quiet", *RUNS[name],
+                   check=0)
     return SimpleNamespace(root=root, labels=labels, maps=maps)
 
 
