@@ -1,4 +1,4 @@
-"""``rwmaps compute`` run for real on real files: the file contract of DESIGN.md."""
+"""``rwmaps compute`` run for real on real files: the file contract of docs/design.md."""
 
 import json
 import shutil
