@@ -28,6 +28,8 @@ from .mapfile import map_is_complete
 from .maps import compute_maps, unique_labels
 from .run import LocalRunner, available_memory, threads_per_case
 
+# Above this many bytes per full map, the summary suggests --layout compact.
+COMPACT_HINT_BYTES = 1_000_000_000
 # The option a user typed for each manifest parameter, to name it when a rerun differs.
 OPTION_OF_PARAMETER = {"classes": "--classes", "kind": "--kind", "spacing": "--spacing",
                        "slice_axis": "--slice-axis", "dtype": "--dtype", "fmt": "--format",
@@ -128,6 +130,13 @@ def compute_dataset(
                 todo.append(case)
         manifest.write()
         _compute_cases(todo, settings, manifest, runner, jobs, progress, on_failure, outcome)
+    if settings.kind == "rrw" and settings.layout == "full":
+        largest = max((_voxels(case) for case in dataset.cases), default=0) * len(settings.classes) \
+            * np.dtype(settings.dtype).itemsize
+        if largest > COMPACT_HINT_BYTES:
+            outcome.hints.append(f"the largest map is {largest / 1e9:.1f} GB; --layout compact stores one channel "
+                                 f"instead of {len(settings.classes)}, {len(settings.classes)}x smaller, and "
+                                 "rwmaps_cli.load_map expands it exactly")
     if any(result.unknown_labels for _, result in outcome.failures) and dataset.dataset_json is not None \
             and classes is None:
         outcome.hints.append(f"the class list {list(settings.classes)} comes from {dataset.dataset_json}; "
@@ -264,12 +273,17 @@ def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, run
     bar.close()
 
 
+def _voxels(case: Case) -> int:
+    """Voxels of a case from its header; 0 when it cannot be read (the worker reports why)."""
+    try:
+        return int(np.prod(read_shape(case.input)))
+    except (InputError, ValueError, OSError):
+        return 0
+
+
 def case_memory_need(case: Case, settings: Settings) -> int:
     """Estimated peak bytes of one case: its map plus input and four float32 volumes."""
-    try:
-        voxels = int(np.prod(read_shape(case.input)))
-    except (InputError, ValueError, OSError):
-        return 0  # the worker will report the problem
+    voxels = _voxels(case)
     channels = 1 if settings.layout == "compact" else len(settings.classes)
     return voxels * (channels * np.dtype(settings.dtype).itemsize + 4 * 4 + 8)
 
