@@ -145,10 +145,15 @@ def expand_map(
     index, valid = class_index(labels, classes, ignore_label)
     value = _own_value(compact, index, valid, len(classes), renormalize)
     weights = _outside_weights(outside, len(classes), compact)
-    channel = torch.arange(len(classes), device=compact.device).view(1, -1, *([1] * (compact.ndim - 1)))
-    spread = (1, -1, *([1] * (compact.ndim - 1)))
-    full = torch.where(index.unsqueeze(1) == channel, value.unsqueeze(1), weights.view(spread))
-    return torch.where(valid.unsqueeze(1), full, 0)
+    shape = (compact.shape[0], len(classes), *compact.shape[1:])
+    # One write of the C channels (the outside values), then one scatter of v into each
+    # voxel's own channel: a comparison per channel would cost three passes over C channels.
+    full = torch.empty(shape, dtype=compact.dtype, device=compact.device)
+    full.copy_(weights.view(1, -1, *([1] * (compact.ndim - 1))) if weights.ndim else weights)
+    full.scatter_(1, index.unsqueeze(1), value.unsqueeze(1))
+    if not bool(valid.all()):
+        full.masked_fill_(~valid.unsqueeze(1), 0)
+    return full
 
 
 def region_wise_loss(
