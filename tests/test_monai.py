@@ -182,3 +182,33 @@ def test_affine_augmentation_with_nearest_labels_expands(maps):
     assert compact.shape == truth.shape == data["full"].shape
     assert compact.min() >= -1 and compact.max() <= 1
     assert np.mean(np.abs(compact - truth)) < 0.05
+
+
+def load_fidelity_benchmark():
+    import importlib.util
+
+    from helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("fidelity", REPO / "benchmarks" / "fidelity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fidelity_benchmark_finds_flips_and_rotations_exact_and_affine_not():
+    """The published table's exact rows are exact, and its comparison can tell a difference."""
+    fidelity = load_fidelity_benchmark()
+    shape, patch, classes = (30, 36, 14), (20, 24, 10), list(range(7))
+    labels = fidelity.brain_like_labels(shape, len(classes), seed=3)
+    assert labels.flags.f_contiguous and set(np.unique(labels)) == set(classes)
+    full = compute_maps(labels, classes)
+    compact = fidelity.own_channel(full, labels, classes)
+    made = fidelity.augmentations(shape, patch)
+    rows = {}
+    for name in ("flip + 90° rotation", "affine: rotation 15°/5°/5°, scale 1.15 (linear)"):
+        maps = fidelity.augment(labels, full, compact, made[name](), classes, seed=0)
+        np.testing.assert_array_equal(maps["a"], compute_maps(maps["label"], classes))
+        rows[name] = fidelity.compare(maps, fidelity.fixed_logits(maps["label"], len(classes), seed=0))
+    for method in ("b", "c"):
+        assert rows["flip + 90° rotation"][method] == {"max": 0, "mean": 0, "off": 0, "loss": 0, "grad": 0}
+        assert rows["affine: rotation 15°/5°/5°, scale 1.15 (linear)"][method]["max"] > 0.05
