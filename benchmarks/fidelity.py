@@ -265,6 +265,9 @@ def cost(shape, n_classes, patch, repeats) -> list[tuple[str, float]]:
         compact = load_compact({"m": str(paths["compact nii.gz"])})["m"]
         expand = ExpandRegionWiseMapd(keys="m", label_key="label", classes=classes)
         on_the_fly = RegionWiseMapd(keys="label", classes=classes, map_keys="m")
+        # what a precomputed map adds to the augmentation: interpolating its channels
+        rotate = Affined(keys="m", rotate_params=(0.1, 0.1, 0.3), scale_params=(1.15,) * 3, padding_mode="border")
+        full_patch = load_full_npy({"m": str(paths["full npy"])})["m"][(slice(None), *window)]
         c_voxels = f"{n_classes} x {'x'.join(map(str, shape))}"
         p_voxels = f"{n_classes} x {'x'.join(map(str, patch))}"
         return [
@@ -283,6 +286,10 @@ def cost(shape, n_classes, patch, repeats) -> list[tuple[str, float]]:
              median_time(lambda: expand(load_compact({"m": str(paths["compact nii.gz"]), "label": label})), repeats)),
             (f"ExpandRegionWiseMapd on a patch ({p_voxels})",
              median_time(lambda: expand({"m": compact[(slice(None), *window)], "label": label_patch}), repeats)),
+            (f"rotate + scale the full map patch (Affined, bilinear, {p_voxels})",
+             median_time(lambda: rotate({"m": full_patch}), repeats)),
+            ("rotate + scale the compact map patch (Affined, bilinear, 1 channel)",
+             median_time(lambda: rotate({"m": compact[(slice(None), *window)]}), repeats)),
             ("RegionWiseMapd (compute_maps), whole volume",
              median_time(lambda: on_the_fly({"label": label}), repeats)),
             (f"RegionWiseMapd on a patch ({p_voxels})",
@@ -301,17 +308,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small volumes: a smoke test of the script")
     parser.add_argument("--volumes", type=int, default=2, help="label volumes to average over [default: 2]")
     parser.add_argument("--classes", type=int, default=33, help="classes, background included [default: 33]")
+    parser.add_argument("--part", choices=["all", "fidelity", "cost"], default="all", help="what to run [default: all]")
     args = parser.parse_args()
     torch.set_num_threads(1)
     shape, n_classes, volumes = ((40, 48, 18), 9, 1) if args.quick else ((128, 160, 48), args.classes, args.volumes)
     patch = (24, 28, 12) if args.quick else (96, 96, 32)
     started = time.perf_counter()
-    results = fidelity(shape, patch, n_classes, volumes)
-    print(f"## Fidelity: {volumes} brain-like volume(s) {'x'.join(map(str, shape))}, {n_classes} classes, "
-          f"voxels {'x'.join(f'{s:g}' for s in SPACING)} mm, distances in voxels\n")
-    print(fidelity_table(results))
-    print(f"\n## Cost per sample ({'x'.join(map(str, shape))}, {n_classes} classes)\n")
-    print(cost_table(cost(shape, n_classes, patch, repeats=1 if args.quick else 5)))
+    if args.part in ("all", "fidelity"):
+        results = fidelity(shape, patch, n_classes, volumes)
+        print(f"## Fidelity: {volumes} brain-like volume(s) {'x'.join(map(str, shape))}, {n_classes} classes, "
+              f"voxels {'x'.join(f'{s:g}' for s in SPACING)} mm, distances in voxels\n")
+        print(fidelity_table(results))
+    if args.part in ("all", "cost"):
+        print(f"\n## Cost per sample ({'x'.join(map(str, shape))}, {n_classes} classes)\n")
+        print(cost_table(cost(shape, n_classes, patch, repeats=1 if args.quick else 5)))
     print(f"\n({time.perf_counter() - started:.0f} s)")
 
 
