@@ -1,0 +1,293 @@
+"""Region-wise loss in PyTorch, from the compact (one channel) map.
+
+An ``rrw`` map has, at every voxel, its own class's value ``v = -EDT/max`` in the channel
+of that voxel's class and the outside value in every other channel (``DESIGN.md``, "The
+compact layout").  So the loss ``mean(softmax(logits) * full_map)`` needs only ``v``::
+
+    sum_c p_c * full_c = sum_c p_c * outside_c + p_own * (v - outside_own)
+
+where ``p_own`` is the probability of the voxel's own class (one gather).  That is what
+:func:`region_wise_loss` computes; it never builds the ``(B, C, *spatial)`` map.
+:func:`expand_map` builds that map when a user wants it (or for a test to compare).
+
+This module needs the optional extra ``rwmaps_cli[torch]``.  ``import rwmaps_cli`` never
+imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["RENORMALIZE", "class_index", "expand_map", "region_wise_loss", "renormalize_patch"]
+
+RENORMALIZE = (None, "patch")
+
+# Label values below this bound are turned into channel indices with one lookup table
+# gather; larger values (rare: label values are usually small) go through searchsorted.
+_LUT_MAX_LABEL = 1 << 16
+
+Outside = float | Sequence[float] | torch.Tensor
+
+
+def class_index(
+    labels: torch.Tensor, classes: Sequence[int], ignore_label: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel index of every voxel's class.
+
+    Parameters
+    ----------
+    labels : (*shape) integer tensor (integer-valued floats are accepted, as MONAI gives)
+    classes : sequence of C distinct ints
+    ignore_label : int, optional
+
+    Returns
+    -------
+    index : (*shape) int64 tensor
+        ``c`` where ``labels == classes[c]``; 0 on the ignore label (masked by ``valid``).
+    valid : (*shape) bool tensor
+        False on the ignore label.
+
+    Raises
+    ------
+    ValueError
+        If a label value is not an integer, or is neither in ``classes`` nor the ignore label.
+    """
+    class_values = _check_classes(classes, ignore_label)
+    labels = _integer_labels(labels)
+    known = class_values if ignore_label is None else [*class_values, int(ignore_label)]
+    low, high = (int(labels.min()), int(labels.max())) if labels.numel() else (0, 0)
+    if low >= 0 and max(high, *known) < _LUT_MAX_LABEL:
+        # code 0 = unknown, c + 1 = classes[c], C + 1 = ignore label
+        lut = torch.zeros(max(high, *known) + 1, dtype=torch.int64, device=labels.device)
+        lut[torch.tensor(known, device=labels.device)] = torch.arange(1, len(known) + 1, device=labels.device)
+        codes = lut[labels]
+    else:
+        sorted_known, order = torch.sort(torch.tensor(known, dtype=torch.int64, device=labels.device))
+        pos = torch.searchsorted(sorted_known, labels).clamp_(max=len(known) - 1)
+        codes = torch.where(sorted_known[pos] == labels, order[pos] + 1, 0)
+    if not bool(codes.all()):
+        unknown = torch.unique(labels[codes == 0])[:8].tolist()
+        raise ValueError(f"label values not in the class list {class_values}: {unknown}")
+    valid = codes <= len(class_values)
+    return torch.where(valid, codes - 1, 0), valid
+
+
+def renormalize_patch(compact: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Divide ``v`` by its largest ``|v|`` within each batch item and class.
+
+    With whole-volume distances in ``v``, this is exactly the seed's per-patch map
+    ``-EDT / max_patch(EDT)`` (the distances are the volume's, the maximum the patch's).
+
+    Parameters
+    ----------
+    compact : (B, *spatial) float tensor
+    index, valid : (B, *spatial) tensors from :func:`class_index`
+    n_classes : int
+
+    Returns
+    -------
+    (B, *spatial) tensor of ``compact``'s dtype; 0 where ``valid`` is False, and where a
+    class has no non-zero value in the patch (nothing to normalise by).
+    """
+    batch = compact.shape[0]
+    item = torch.arange(batch, device=compact.device).view(batch, *([1] * (compact.ndim - 1)))
+    # One bucket per (item, class); the ignore label goes to a spare bucket that is dropped.
+    bucket = torch.where(valid, item * n_classes + index, batch * n_classes)
+    magnitude = compact.detach().abs()
+    largest = torch.zeros(batch * n_classes + 1, dtype=compact.dtype, device=compact.device)
+    largest = largest.scatter_reduce(0, bucket.reshape(-1), magnitude.reshape(-1), reduce="amax", include_self=True)
+    scale = largest[bucket]
+    return torch.where(scale > 0, compact / torch.where(scale > 0, scale, 1), 0)
+
+
+def expand_map(
+    compact: torch.Tensor | None,
+    labels: torch.Tensor,
+    classes: Sequence[int],
+    outside: Outside = 1.0,
+    kind: str = "rrw",
+    ignore_label: int | None = None,
+    renormalize: str | None = None,
+) -> torch.Tensor:
+    """The full ``(B, C, *spatial)`` map from the compact channel (or the ``ac`` map).
+
+    Channel ``c`` is ``v`` where ``labels == classes[c]``, ``outside[c]`` elsewhere, and
+    0 in every channel on the ignore label.
+
+    Parameters
+    ----------
+    compact : (B, *spatial) float tensor, or None with ``kind="ac"``
+        The own-class value ``v`` of every voxel.  For one sample, pass ``x[None]``.
+    labels : (B, *spatial) integer tensor (a (B, 1, *spatial) MONAI label is accepted)
+    classes : sequence of C ints
+    outside : float, or C floats (sequence or (C,) tensor)
+        The value outside each class: 1 for the paper's map, the class-imbalance ratios
+        for the authors' variant.
+    kind : {"rrw", "ac"}
+        ``ac`` (Active-Contour RW map, ``1 - one-hot``) needs no compact map: ``v = 0``.
+    ignore_label : int, optional
+    renormalize : {None, "patch"}
+        ``"patch"``: divide ``v`` per item and class by its largest ``|v|`` (the seed's
+        per-patch normalisation; see :func:`renormalize_patch`).
+
+    Returns
+    -------
+    (B, C, *spatial) tensor, dtype of ``compact`` (float32 for ``ac``), on its device.
+
+    Raises
+    ------
+    ValueError
+        Unknown label values, mismatched shapes, a bad ``outside`` or ``kind``.
+    """
+    compact, labels = _compact_for(compact, labels, kind)
+    index, valid = class_index(labels, classes, ignore_label)
+    value = _own_value(compact, index, valid, len(classes), renormalize)
+    weights = _outside_weights(outside, len(classes), compact)
+    shape = (compact.shape[0], len(classes), *compact.shape[1:])
+    # One write of the C channels (the outside values), then one scatter of v into each
+    # voxel's own channel: a comparison per channel would cost three passes over C channels.
+    full = torch.empty(shape, dtype=compact.dtype, device=compact.device)
+    full.copy_(weights.view(1, -1, *([1] * (compact.ndim - 1))) if weights.ndim else weights)
+    full.scatter_(1, index.unsqueeze(1), value.unsqueeze(1))
+    if not bool(valid.all()):
+        full.masked_fill_(~valid.unsqueeze(1), 0)
+    return full
+
+
+def region_wise_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    compact: torch.Tensor | None,
+    classes: Sequence[int],
+    outside: Outside = 1.0,
+    renormalize: str | None = None,
+    ignore_label: int | None = None,
+    kind: str = "rrw",
+) -> torch.Tensor:
+    """Region-wise loss ``mean(softmax(logits, dim=1) * full_map)`` from the compact map.
+
+    The mean runs over the batch, the C channels and the voxels (ignored voxels count in
+    the denominator with weight 0, as in the full map), so the value and its gradient
+    equal those of the full-map loss.  Memory: the softmax and a few ``(B, *spatial)``
+    tensors; never ``(B, C, *spatial)`` map channels.
+
+    Parameters
+    ----------
+    logits : (B, C, *spatial) float tensor
+        Network output before the softmax; 1D to 3D spatial.
+    labels : (B, *spatial) integer tensor (or (B, 1, *spatial), as MONAI batches them)
+        The ground truth of the patch, transformed exactly as ``compact``.
+    compact : (B, *spatial) float tensor (or (B, 1, *spatial)), or None with ``kind="ac"``
+        Each voxel's own-class value ``v`` (``compute_maps(..., layout="compact")``).
+        Cast to ``logits.dtype``; no gradient flows into it.
+    classes : sequence of C ints
+        The label value of each logit channel.
+    outside : float or C floats
+        Value outside each class (1 for the paper's map).
+    renormalize : {None, "patch"}
+        ``"patch"``: per-patch normalisation, as the seed computed maps on each patch.
+    ignore_label : int, optional
+        Voxels with this label carry no weight.
+    kind : {"rrw", "ac"}
+        ``ac``: the Active-Contour RW loss, from the labels alone.
+
+    Returns
+    -------
+    0-dim tensor of ``logits.dtype``.
+
+    Raises
+    ------
+    ValueError
+        Unknown label values, mismatched shapes, a bad ``outside``, ``kind`` or ``renormalize``.
+    """
+    if logits.ndim < 2 or logits.shape[1] != len(classes):
+        raise ValueError(f"logits have shape {tuple(logits.shape)}; expected (B, {len(classes)}, *spatial)")
+    labels = _squeeze_channel(labels, logits.ndim)
+    compact = None if compact is None else _squeeze_channel(compact, logits.ndim).to(logits.dtype)
+    compact, labels = _compact_for(compact, labels, kind, dtype=logits.dtype, device=logits.device)
+    if labels.shape != logits.shape[:1] + logits.shape[2:]:
+        raise ValueError(f"labels have shape {tuple(labels.shape)}; logits {tuple(logits.shape)}")
+    index, valid = class_index(labels, classes, ignore_label)
+    value = _own_value(compact.detach(), index, valid, len(classes), renormalize)
+    probs = torch.softmax(logits, dim=1)
+    own = probs.gather(1, index.unsqueeze(1)).squeeze(1)
+    weights = _outside_weights(outside, len(classes), logits)
+    if weights.ndim == 0:  # sum_c p_c * w = w: the softmax sums to 1
+        outside_sum, outside_own = weights, weights
+    else:
+        outside_sum = torch.einsum("bc...,c->b...", probs, weights)
+        outside_own = weights[index]
+    per_voxel = torch.where(valid, outside_sum + own * (value - outside_own), 0)
+    return per_voxel.sum() / probs.numel()
+
+
+def _own_value(compact, index, valid, n_classes, renormalize) -> torch.Tensor:
+    """``v`` on valid voxels (renormalised if asked), 0 on the ignore label."""
+    if renormalize not in RENORMALIZE:
+        raise ValueError(f"renormalize must be None or 'patch', got {renormalize!r}")
+    if renormalize == "patch":
+        return renormalize_patch(compact, index, valid, n_classes)
+    return torch.where(valid, compact, 0)
+
+
+def _compact_for(compact, labels, kind, dtype=torch.float32, device=None):
+    """Check shapes; for ``ac`` return a zero compact map (inside value 0)."""
+    if kind not in ("rrw", "ac"):
+        raise ValueError(f"kind must be 'rrw' or 'ac' (boundary kinds have no compact form), got {kind!r}")
+    if kind == "ac":
+        if compact is not None:
+            raise ValueError("kind='ac' takes no compact map (pass None): it is 1 - one-hot")
+        return torch.zeros(labels.shape, dtype=dtype, device=device or labels.device), labels
+    if compact is None:
+        raise ValueError("compact is None: pass the compact map, or kind='ac'")
+    if not torch.is_floating_point(compact):
+        compact = compact.to(dtype)
+    if labels.ndim == compact.ndim + 1 and labels.shape[1] == 1:  # a MONAI (B, 1, *spatial) label
+        labels = labels[:, 0]
+    if compact.shape != labels.shape:
+        raise ValueError(f"compact map {tuple(compact.shape)} and labels {tuple(labels.shape)} differ in shape")
+    return compact, labels
+
+
+def _squeeze_channel(tensor: torch.Tensor, logits_ndim: int) -> torch.Tensor:
+    """(B, 1, *spatial) -> (B, *spatial): MONAI keeps a channel axis on labels."""
+    if tensor.ndim == logits_ndim and tensor.shape[1] == 1:
+        return tensor[:, 0]
+    return tensor
+
+
+def _outside_weights(outside: Outside, n_classes: int, like: torch.Tensor) -> torch.Tensor:
+    """Outside values as a 0-dim tensor (scalar) or a (C,) tensor, dtype and device of ``like``."""
+    weights = torch.as_tensor(outside, dtype=like.dtype, device=like.device)
+    if weights.ndim == 0:
+        return weights
+    if weights.shape != (n_classes,):
+        raise ValueError(f"outside has shape {tuple(weights.shape)}; expected a scalar or ({n_classes},)")
+    return weights
+
+
+def _integer_labels(labels: torch.Tensor) -> torch.Tensor:
+    """int64 labels; integer-valued floats (a MONAI label after nearest resampling) are fine."""
+    labels = torch.as_tensor(labels)
+    if hasattr(labels, "as_tensor"):  # a MONAI MetaTensor: plain tensor ops from here on
+        labels = labels.as_tensor()
+    if labels.dtype == torch.bool:
+        return labels.long()
+    if torch.is_floating_point(labels):
+        bad = ~torch.isfinite(labels) | (labels != torch.round(labels))
+        if bool(bad.any()):
+            raise ValueError(f"labels are not integers (interpolated?): {torch.unique(labels[bad])[:8].tolist()}")
+    return labels.long()
+
+
+def _check_classes(classes: Sequence[int], ignore_label: int | None) -> list[int]:
+    values = [int(v) for v in classes]
+    if not values:
+        raise ValueError("classes is empty")
+    if len(set(values)) != len(values):
+        raise ValueError(f"classes must be distinct, got {values}")
+    if ignore_label is not None and int(ignore_label) in values:
+        raise ValueError(f"ignore label {ignore_label} is also in the class list")
+    return values

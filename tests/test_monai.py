@@ -1,0 +1,214 @@
+"""rwmaps_cli.monai, and MONAI's own loaders, on maps written by the real ``rwmaps compute``.
+
+The truth is always ``compute_maps`` on the transformed label.  Flips and 90° rotations
+move voxels without interpolation, so a precomputed map pushed through them must equal
+the map recomputed from the transformed label exactly (fidelity cases (b) and (c) of
+issue 12).
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from helpers import SAMPLE_DATA, run_rwmaps
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("monai")
+
+from monai.data import MetaTensor  # noqa: E402
+from monai.transforms import (  # noqa: E402
+    Compose,
+    EnsureChannelFirstd,
+    Flipd,
+    LoadImaged,
+    Orientationd,
+    RandAffined,
+    RandFlipd,
+    RandRotate90d,
+    RandSpatialCropd,
+    Rotate90d,
+    Spacingd,
+)
+
+from rwmaps_cli import compute_maps, load_map  # noqa: E402
+from rwmaps_cli.monai import ExpandRegionWiseMapd, RegionWiseMapd  # noqa: E402
+
+DATASET = SAMPLE_DATA / "Dataset001_Toy"
+CLASSES = [0, 1, 2]
+CASES = ["toy_000", "toy_001", "toy_002"]
+
+
+@pytest.fixture(scope="module")
+def maps(tmp_path_factory):
+    """Full nii.gz maps (voxel and physical units) by the real CLI, and compact NIfTI maps
+    cut from them (each voxel's own-class channel, with the label's affine)."""
+    root = tmp_path_factory.mktemp("monai_maps")
+    for name, extra in (("voxel", []), ("physical", ["--spacing", "physical"])):
+        run_rwmaps("compute", "--input", DATASET, "--output", root / name, "--format", "nii.gz", "--quiet",
+                   "--jobs", "1", *extra, check=0)
+    (root / "compact").mkdir()
+    for case in CASES:
+        label = nib.load(DATASET / "labelsTr" / f"{case}.nii.gz")
+        codes = np.searchsorted(CLASSES, np.asarray(label.dataobj))
+        full = nib.load(root / "voxel" / f"{case}.nii.gz").get_fdata(dtype=np.float32)  # X Y Z C
+        compact = np.take_along_axis(full, codes[..., None], axis=-1)[..., 0]
+        header = label.header.copy()
+        header.set_data_dtype(np.float32)  # the label's header says uint8: nibabel would quantise
+        nib.save(nib.Nifti1Image(compact, label.affine, header), root / "compact" / f"{case}.nii.gz")
+    return root
+
+
+def item(maps, case, *extra_keys):
+    data = {"label": str(DATASET / "labelsTr" / f"{case}.nii.gz"), "full": str(maps / "voxel" / f"{case}.nii.gz"),
+            "compact": str(maps / "compact" / f"{case}.nii.gz")}
+    return {k: data[k] for k in ("label", *extra_keys)}
+
+
+LOAD = [
+    LoadImaged(keys=["label", "full", "compact"], allow_missing_keys=True),
+    EnsureChannelFirstd(keys=["label", "compact"], allow_missing_keys=True),
+    EnsureChannelFirstd(keys="full", channel_dim=-1, allow_missing_keys=True),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_load_imaged_keeps_the_map_aligned_with_its_label(maps, case):
+    data = Compose(LOAD)(item(maps, case, "full"))
+    full, meta = load_map(maps / "voxel" / f"{case}.nii.gz")
+    assert isinstance(data["full"], MetaTensor)
+    np.testing.assert_array_equal(data["full"].numpy(), full)  # channels first, values untouched
+    np.testing.assert_array_equal(data["full"].affine.numpy(), data["label"].affine.numpy())
+    np.testing.assert_array_equal(data["full"].affine.numpy(), meta["affine"])
+    # physical-space transforms keep them on the same grid
+    data = Compose([Orientationd(keys=["label", "full"], axcodes="LPS"),
+                    Spacingd(keys=["label", "full"], pixdim=(1.5, 1.5, 2.0), mode=("nearest", "bilinear"))])(data)
+    assert data["full"].shape[1:] == data["label"].shape[1:]
+    np.testing.assert_allclose(data["full"].affine.numpy(), data["label"].affine.numpy())
+
+
+FLIPS_AND_ROTATIONS = [
+    [Flipd(keys=["label", "full", "compact"], spatial_axis=0)],
+    [Flipd(keys=["label", "full", "compact"], spatial_axis=(1, 2))],
+    [Rotate90d(keys=["label", "full", "compact"], k=1, spatial_axes=(0, 1))],
+    [Rotate90d(keys=["label", "full", "compact"], k=3, spatial_axes=(0, 2))],
+    [RandFlipd(keys=["label", "full", "compact"], prob=0.5, spatial_axis=a) for a in range(3)]
+    + [RandRotate90d(keys=["label", "full", "compact"], prob=1.0, max_k=3, spatial_axes=(1, 2))],
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("augment", FLIPS_AND_ROTATIONS, ids=["flip0", "flip12", "rot01", "rot02", "random"])
+def test_flips_and_90_degree_rotations_keep_precomputed_maps_exact(maps, case, augment):
+    pipeline = Compose([*LOAD, *augment,
+                        RegionWiseMapd(keys="label", classes=CLASSES, map_keys="recomputed"),
+                        ExpandRegionWiseMapd(keys="compact", label_key="label", classes=CLASSES)])
+    pipeline.set_random_state(seed=CASES.index(case))
+    data = pipeline(item(maps, case, "full", "compact"))
+    truth = compute_maps(data["label"][0].numpy(), CLASSES)  # (a): the paper's way
+    np.testing.assert_array_equal(data["recomputed"].numpy(), truth)
+    np.testing.assert_array_equal(data["full"].numpy(), truth)  # (b)
+    np.testing.assert_array_equal(data["compact"].numpy(), truth)  # (c)
+
+
+def test_region_wise_mapd_uses_the_transformed_spacing(maps):
+    """With spacing='physical' the map of a rotated patch uses the rotated voxel sizes."""
+    pipeline = Compose([*LOAD, Rotate90d(keys=["label", "full"], k=1, spatial_axes=(0, 2)),
+                        RegionWiseMapd(keys="label", classes=CLASSES, spacing="physical")])
+    data = pipeline(item(maps, "toy_001", "full"))
+    label = data["label"][0].numpy()
+    np.testing.assert_allclose(data["label"].pixdim.numpy(), [3.0, 1.0, 1.0])
+    want = compute_maps(label, CLASSES, spacing=(3.0, 1.0, 1.0))
+    np.testing.assert_array_equal(data["label_rwmap"].numpy(), want)
+    assert isinstance(data["label_rwmap"], MetaTensor)
+    np.testing.assert_array_equal(data["label_rwmap"].affine.numpy(), data["label"].affine.numpy())
+    # and it equals the CLI's physical-unit map pushed through the same rotation, to float32 rounding
+    physical = Compose([*LOAD, Rotate90d(keys="full", k=1, spatial_axes=(0, 2))])(
+        {"full": str(maps / "physical" / "toy_001.nii.gz")})
+    np.testing.assert_allclose(physical["full"].numpy(), want, rtol=0, atol=1e-6)
+
+
+def test_region_wise_mapd_other_kinds_and_options():
+    label = MetaTensor(torch.from_numpy(np.asarray(nib.load(DATASET / "labelsTr" / "toy_000.nii.gz").dataobj))[None])
+    label[0, :2] = 9
+    for kwargs in (dict(kind="boundary"), dict(kind="ac"), dict(slice_axis=2), dict(ignore_label=9)):
+        if "ignore_label" not in kwargs:
+            data = {"label": label.clone()}
+            data["label"][data["label"] == 9] = 0
+        else:
+            data = {"label": label.clone()}
+        out = RegionWiseMapd(keys="label", classes=CLASSES, map_keys="m", **kwargs)(data)["m"]
+        want = compute_maps(data["label"][0].numpy(), CLASSES, **kwargs)
+        np.testing.assert_array_equal(out.numpy(), want)
+
+
+def test_expand_with_per_class_outside_and_a_crop(maps):
+    outside = [0.95, 0.05, 0.05]
+    pipeline = Compose([*LOAD, RandSpatialCropd(keys=["label", "full", "compact"], roi_size=(24, 20, 12),
+                                                random_size=False),
+                        ExpandRegionWiseMapd(keys="compact", label_key="label", classes=CLASSES, outside=outside)])
+    pipeline.set_random_state(seed=3)
+    data = pipeline(item(maps, "toy_002", "full", "compact"))
+    label = data["label"][0].numpy()
+    want = data["full"].numpy().copy()
+    for c, k in enumerate(CLASSES):
+        want[c][label != k] = outside[c]
+    np.testing.assert_array_equal(data["compact"].numpy(), want)
+    assert data["compact"].shape == (3, 24, 20, 12)
+
+
+def test_linear_interpolated_labels_are_refused(maps):
+    pipeline = Compose([*LOAD, RandAffined(keys=["label", "compact"], prob=1.0, rotate_range=(0.3, 0.3, 0.3),
+                                           mode="bilinear"),
+                        ExpandRegionWiseMapd(keys="compact", label_key="label", classes=CLASSES)])
+    pipeline.set_random_state(seed=0)
+    with pytest.raises(RuntimeError) as raised:  # MONAI wraps errors raised inside Compose
+        pipeline(item(maps, "toy_000", "compact"))
+    assert isinstance(raised.value.__cause__, ValueError)
+    assert "not integers" in str(raised.value.__cause__) and "nearest" in str(raised.value.__cause__)
+
+
+def test_affine_augmentation_with_nearest_labels_expands(maps):
+    """Under a rotation the compact map is interpolated: not exact, but it expands and
+    stays in the map's range; the fidelity benchmark measures how far it is."""
+    keys = ["label", "full", "compact"]
+    pipeline = Compose([*LOAD, RandAffined(keys=keys, prob=1.0, rotate_range=(0.2, 0.2, 0.2), scale_range=0.1,
+                                           mode=("nearest", "bilinear", "bilinear"), padding_mode="border"),
+                        RegionWiseMapd(keys="label", classes=CLASSES, map_keys="recomputed"),
+                        ExpandRegionWiseMapd(keys="compact", label_key="label", classes=CLASSES)])
+    pipeline.set_random_state(seed=1)
+    data = pipeline(item(maps, "toy_001", "full", "compact"))
+    compact, truth = data["compact"].numpy(), data["recomputed"].numpy()
+    assert compact.shape == truth.shape == data["full"].shape
+    assert compact.min() >= -1 and compact.max() <= 1
+    assert np.mean(np.abs(compact - truth)) < 0.05
+
+
+def load_fidelity_benchmark():
+    import importlib.util
+
+    from helpers import REPO
+
+    spec = importlib.util.spec_from_file_location("fidelity", REPO / "benchmarks" / "fidelity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fidelity_benchmark_finds_flips_and_rotations_exact_and_affine_not():
+    """The published table's exact rows are exact, and its comparison can tell a difference."""
+    fidelity = load_fidelity_benchmark()
+    shape, patch, classes = (30, 36, 14), (20, 24, 10), list(range(7))
+    labels = fidelity.brain_like_labels(shape, len(classes), seed=3)
+    assert labels.flags.f_contiguous and set(np.unique(labels)) == set(classes)
+    full = compute_maps(labels, classes)
+    compact = fidelity.own_channel(full, labels, classes)
+    made = fidelity.augmentations(shape, patch)
+    rows = {}
+    for name in ("flip + 90° rotation", "affine: rotation 15°/5°/5°, scale 1.15 (linear)"):
+        maps = fidelity.augment(labels, full, compact, made[name](), classes, seed=0)
+        np.testing.assert_array_equal(maps["a"], compute_maps(maps["label"], classes))
+        rows[name] = fidelity.compare(maps, fidelity.fixed_logits(maps["label"], len(classes), seed=0))
+    for method in ("b", "c"):
+        assert rows["flip + 90° rotation"][method] == {"max": 0, "mean": 0, "off": 0, "loss": 0, "grad": 0}
+        assert rows["affine: rotation 15°/5°/5°, scale 1.15 (linear)"][method]["max"] > 0.05
