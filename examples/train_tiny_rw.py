@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from rwmaps_cli.io import read_labels
+from rwmaps_cli.formats import read_labels
 from rwmaps_cli.torch import region_wise_loss
 
 DATASET = Path(__file__).resolve().parents[1] / "sample_data" / "Dataset001_Toy"

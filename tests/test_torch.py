@@ -317,6 +317,6 @@ def test_bad_input_raises_value_error(bad):
 
 
 def test_importing_rwmaps_cli_does_not_import_torch():
-    code = "import sys, rwmaps_cli, rwmaps_cli.maps, rwmaps_cli.io; print('torch' in sys.modules)"
+    code = "import sys, rwmaps_cli, rwmaps_cli.maps, rwmaps_cli.formats, rwmaps_cli.mapfile; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
