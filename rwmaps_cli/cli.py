@@ -18,9 +18,16 @@ from .maps import ENGINES, KINDS
 
 
 class _Usage(click.ClickException):
-    """A usage error found before any work: one line, exit code 2."""
+    """A usage error found before any work: one line, exit code 2, in the style of every
+    other line rwmaps prints (``rwmaps: ...``)."""
 
     exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"rwmaps: {self.format_message()}", err=True)
+
+
+EXIT_ON_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as shells report it
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,13 +75,23 @@ def cli() -> None:
               help="Compute on a Dask cluster: its scheduler (tcp://HOST:PORT, or a scheduler file), or 'local' "
                    "for a LocalCluster of --jobs worker processes here. The workers must see the same files; "
                    "needs pip install 'rwmaps_cli[dask]'.  [default: local processes (joblib)]")
+@click.option("--include", multiple=True, metavar="GLOB",
+              help="Only files whose name (or path under --input) matches; repeatable.  "
+                   "E.g. --include '*_seg.nii.gz' when images and labels share a folder.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files whose name (or path) matches; repeatable.")
+@click.option("--strict", is_flag=True,
+              help="Refuse a class list (--classes, --num-classes, dataset.json) with values that occur in no "
+                   "case (a typo gives a constant channel); costs one extra read of every case.")
+@click.option("--no-space-check", is_flag=True,
+              help="Start even when the output file system seems to lack the space the maps need.")
 @click.option("--overwrite", is_flag=True,
               help="Recompute every case, even those already done, and allow other parameters than the "
                    "output folder's maps were made with.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary; errors are still printed.")
 @click.option("--debug", is_flag=True, help="Print a traceback for internal errors.")
 def compute(input_dir, output_dir, kind, fmt, layout, classes_text, num_classes, spacing, slice_axis, engine, dtype,
-            ignore_label, max_classes, jobs, overwrite, quiet, debug, scheduler) -> None:
+            ignore_label, max_classes, jobs, include, exclude, strict, no_space_check, overwrite, quiet, debug,
+            scheduler) -> None:
     """Compute the maps of every label file under --input into --output.
 
     \b
@@ -98,24 +115,37 @@ def compute(input_dir, output_dir, kind, fmt, layout, classes_text, num_classes,
             input_dir, output_dir, kind=kind, fmt=fmt, layout=layout,
             classes=_class_list(classes_text, num_classes), spacing=spacing, slice_axis=slice_axis, engine=engine,
             dtype=dtype, ignore_label=ignore_label, max_classes=max_classes, jobs=jobs, scheduler=scheduler,
-            overwrite=overwrite, progress=lambda total, description: _progress(total, description, quiet),
+            overwrite=overwrite, include=include, exclude=exclude, strict=strict, space_check=not no_space_check,
+            progress=lambda total, description: _progress(total, description, quiet),
             on_failure=report_failure,
         )
     except UsageError as error:
         raise _Usage(str(error)) from None
     for hint in outcome.hints:
         click.echo(f"rwmaps: hint: {hint}", err=True)
+    if outcome.stopped:
+        why = "no space left on the output file system" if outcome.stopped == "disk full" else outcome.stopped
+        click.echo(f"rwmaps: stopped ({why}): {outcome.done} done, {outcome.not_finished} not finished; "
+                   "run the same command again to resume", err=True)
+        sys.exit(EXIT_ON_SIGNAL.get(outcome.stopped, 1))
     if not quiet:
         removed = outcome.removed_temporaries
         click.echo(
             f"rwmaps: {outcome.done} done, {outcome.skipped} skipped (already done), {outcome.failed} failed, "
-            f"{outcome.ignored_files} non-label files ignored"
+            f"{outcome.ignored_files} other files ignored"
             + (f", {removed} stale temporary file{'s' if removed > 1 else ''} removed" if removed else "")
-            + f"; {len(outcome.classes)} channels {list(outcome.classes)}; {time.perf_counter() - start:.1f} s; "
-              f"manifest {outcome.manifest}",
+            + f"; {_channels(outcome.classes)}; {time.perf_counter() - start:.1f} s; manifest {outcome.manifest}",
             err=True,
         )
     sys.exit(1 if outcome.failed else 0)
+
+
+def _channels(classes) -> str:
+    """``4 channels (0, 1, 2, 3)``, or for many ``83 channels (label values 0 to 255)``."""
+    values = list(classes)
+    if len(values) <= 8:
+        return f"{len(values)} channels ({', '.join(map(str, values))})"
+    return f"{len(values)} channels (label values {min(values)} to {max(values)}; all in the manifest)"
 
 
 def _class_list(classes_text: str | None, num_classes: int | None) -> list[int] | None:

@@ -36,10 +36,10 @@ from dataclasses import replace
 from .dataset import Case
 from .errors import UsageError
 from .manifest import CaseResult
-from .run import WORKER_DIED
+from .run import WORKER_DIED, Stop
 
 CONNECT_TIMEOUT = 10  # seconds to reach a scheduler before giving up with a usage error
-POLL_SECONDS = 1.0  # how often to look for new workers while cases wait (adaptive clusters)
+POLL_SECONDS = 0.25  # how often to look for new workers (adaptive clusters) and for a stop while cases wait
 MISSING_DASK = "--scheduler needs Dask: pip install 'rwmaps_cli[dask]'"
 
 
@@ -107,8 +107,8 @@ class DaskRunner:
         self.client = client
 
     def __call__(self, cases: list[Case], work: Callable[..., CaseResult], memory_need=None,
-                 **kwargs) -> Iterator[CaseResult]:
-        return _run(self.client, cases, work, kwargs)
+                 stop: Stop | None = None, **kwargs) -> Iterator[CaseResult]:
+        return _run(self.client, cases, work, kwargs, stop)
 
 
 def import_distributed():
@@ -159,13 +159,19 @@ def _scheduler_address(distributed, scheduler: str) -> str:
 # The run
 
 
-def _run(client, cases: list[Case], work: Callable[..., CaseResult], kwargs: dict) -> Iterator[CaseResult]:
-    """At most one case per worker in flight; top up as cases finish or workers join."""
+def _run(client, cases: list[Case], work: Callable[..., CaseResult], kwargs: dict,
+         stop: Stop | None = None) -> Iterator[CaseResult]:
+    """At most one case per worker in flight; top up as cases finish or workers join.
+    When ``stop`` is set: no new case, the finished ones reported, the running ones cancelled."""
+    stop = stop if stop is not None else Stop()
     todo = deque(replace(case, input=case.input.absolute(), output=case.output.absolute()) for case in cases)
     finished: queue.SimpleQueue = queue.SimpleQueue()
     in_flight: dict = {}  # future -> case
     try:
         while todo or in_flight:
+            if stop:
+                yield from _finished_now(finished, in_flight)
+                return
             if todo:
                 try:
                     slots = max(1, len(client.nthreads())) - len(in_flight)
@@ -180,7 +186,7 @@ def _run(client, cases: list[Case], work: Callable[..., CaseResult], kwargs: dic
                         yield _failed(case, lost)
                     in_flight.clear()
                     return
-            try:  # a timeout while cases wait, to notice workers that join (adaptive clusters)
+            try:  # a timeout while cases wait, to notice workers that join (adaptive clusters) and a stop
                 future = finished.get(timeout=POLL_SECONDS)
             except queue.Empty:
                 continue
@@ -191,6 +197,18 @@ def _run(client, cases: list[Case], work: Callable[..., CaseResult], kwargs: dic
         if in_flight:
             with suppress(Exception):  # a lost scheduler cancelled them already
                 client.cancel(list(in_flight))
+
+
+def _finished_now(finished: queue.SimpleQueue, in_flight: dict) -> Iterator[CaseResult]:
+    """The results of the cases that finished successfully before a stop."""
+    while True:
+        try:
+            future = finished.get_nowait()
+        except queue.Empty:
+            return
+        case = in_flight.pop(future, None)
+        if case is not None and future.status == "finished":
+            yield _outcome(future, case)
 
 
 def _on_worker(work: Callable[..., CaseResult], case: Case, kwargs: dict) -> CaseResult:

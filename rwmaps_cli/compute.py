@@ -9,11 +9,17 @@ processes.  The command line (``cli.py``) only turns options into arguments and 
 
 from __future__ import annotations
 
+import errno
+import itertools
 import os
+import shutil
+import signal
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,11 +28,19 @@ import numpy as np
 from . import __version__
 from .dataset import Case, Dataset, find_dataset, read_dataset_json, union_of_values
 from .errors import InputError, UnknownLabelsError, UsageError
-from .formats import OUTPUT_DTYPES, LabelVolume, clean_temporaries, read_labels, read_shape, write_map
+from .formats import (
+    OUTPUT_DTYPES,
+    LabelVolume,
+    clean_temporaries,
+    output_is_compressed,
+    read_labels,
+    read_shape,
+    write_map,
+)
 from .manifest import CaseResult, Manifest, Settings, changed_parameters
 from .mapfile import map_is_complete
 from .maps import compute_maps, unique_labels
-from .run import LocalRunner, available_memory, threads_per_case
+from .run import LocalRunner, Stop, available_memory, threads_per_case
 
 # Above this many bytes per full map, the summary suggests --layout compact.
 COMPACT_HINT_BYTES = 1_000_000_000
@@ -45,7 +59,9 @@ class Outcome:
     done: int = 0
     skipped: int = 0  # already done by an earlier run
     failures: list[tuple[Path, CaseResult]] = field(default_factory=list)  # (input, result)
-    ignored_files: int = 0  # files under --input that are not label files
+    not_finished: int = 0  # cases a stop left undone (not started, or ended mid-case)
+    stopped: str | None = None  # why the run stopped early: "SIGINT", "SIGTERM", "disk full"
+    ignored_files: int = 0  # files under --input that are not label files (or not selected)
     removed_temporaries: int = 0
     hints: list[str] = field(default_factory=list)  # one line each, for the user
 
@@ -79,6 +95,10 @@ def compute_dataset(
     jobs: int | None = None,
     scheduler: str | None = None,
     overwrite: bool = False,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    strict: bool = False,
+    space_check: bool = True,
     progress: Callable[[int, str], object] | None = None,
     on_failure: Callable[[Path, CaseResult], None] | None = None,
 ) -> Outcome:
@@ -86,35 +106,59 @@ def compute_dataset(
 
     Parameters
     ----------
+    input_dir : path
+        A folder of label files (searched recursively), an nnU-Net dataset, or one file.
     classes : sequence of int, optional
         The channels, in order.  Default: the ``labels`` of nnU-Net's ``dataset.json``
         when the input is an nnU-Net dataset, else the union of the values in all inputs.
     scheduler : str, optional
         A Dask scheduler address, a scheduler file, or ``"local"``; default: local processes.
+    include, exclude : sequences of glob patterns
+        Which files under ``input_dir`` are cases (see :func:`~rwmaps_cli.dataset.find_dataset`).
+    strict : bool
+        Refuse (before any work) a given class list with values that occur in no case:
+        their channels would be constant.  Without it, the Outcome carries a hint naming them.
+        It costs one extra read of every case.
+    space_check : bool
+        Refuse to start when the output file system has less free space than the maps
+        need (estimated from the headers).
     progress : callable ``(total, description) -> bar``, optional
         Makes a progress bar with ``update()`` and ``close()``.
     on_failure : callable ``(input path, CaseResult)``, optional
         Called as each case fails (the failures are also in the Outcome).
     Other parameters are those of ``rwmaps compute`` (see its ``--help``).
 
+    Returns
+    -------
+    Outcome
+        ``stopped`` is set when SIGINT or SIGTERM arrived, or a full disk stopped the run:
+        every finished case is recorded in the manifest, no temporary is left behind, and
+        the same call resumes.
+
     Raises
     ------
     UsageError
         A mistake found before any work: bad options, an input without label files, an
-        output folder holding maps made with other parameters (unless ``overwrite``).
+        output folder holding maps made with other parameters (unless ``overwrite``), too
+        little disk space, classes in no case with ``strict``.
     """
     progress = progress or (lambda total, description: _Quiet())
     on_failure = on_failure or (lambda path, result: None)
     _check_options(kind, fmt, layout, dtype)
     input_dir, output_dir = Path(input_dir), Path(output_dir)
-    dataset = find_dataset(input_dir, output_dir, fmt)
+    dataset = find_dataset(input_dir, output_dir, fmt, include, exclude)
     jobs = _jobs(jobs, len(dataset.cases))
+    stop = Stop()
     with ExitStack() as stack:
+        stack.enter_context(_stop_on_signals(stop))
         runner = _runner(scheduler, jobs, stack)
         _check_writable(output_dir)
+        given = classes is not None or dataset.dataset_json is not None
         class_list, ignore_label, failed = _settle_classes(dataset, classes, ignore_label, max_classes, runner,
-                                                           progress)
+                                                           progress, stop)
         settings = Settings(tuple(class_list), kind, spacing, slice_axis, dtype, fmt, engine, ignore_label, layout)
+        if strict and given and not stop:
+            _refuse_unseen_classes(dataset, settings, max_classes, runner, progress, stop)
         manifest = _open_manifest(output_dir, settings, overwrite)
         outcome = Outcome(classes=settings.classes, manifest=manifest.path, ignored_files=len(dataset.skipped_files),
                           removed_temporaries=clean_temporaries(output_dir))
@@ -128,20 +172,115 @@ def compute_dataset(
                 outcome.skipped += 1
             else:
                 todo.append(case)
+        if space_check and not stop:
+            _check_space(output_dir, todo, settings)
         manifest.write()
-        _compute_cases(todo, settings, manifest, runner, jobs, progress, on_failure, outcome)
+        if not stop:
+            _compute_cases(todo, settings, manifest, runner, jobs, progress, on_failure, outcome, stop)
+        outcome.not_finished = len(todo) - outcome.done - sum(r.status == "failed" for _, r in outcome.failures
+                                                              if r.name in {c.name for c in todo})
+    outcome.stopped = stop.reason
+    clean_temporaries(output_dir)  # a stop killed the workers mid-write: their temporaries go
+    outcome.hints += _hints(dataset, settings, manifest, outcome, given and not stop)
+    return outcome
+
+
+@contextmanager
+def _stop_on_signals(stop: Stop) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop`` (once; a second one acts as usual), in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def handler(signum, frame) -> None:
+        stop.set(signal.Signals(signum).name)
+        signal.signal(signum, previous[signum])  # a second Ctrl-C stops at once
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _hints(dataset: Dataset, settings: Settings, manifest: Manifest, outcome: Outcome, check_unseen: bool):
+    hints = []
     if settings.kind == "rrw" and settings.layout == "full":
         largest = max((_voxels(case) for case in dataset.cases), default=0) * len(settings.classes) \
             * np.dtype(settings.dtype).itemsize
         if largest > COMPACT_HINT_BYTES:
-            outcome.hints.append(f"the largest map is {largest / 1e9:.1f} GB; --layout compact stores one channel "
-                                 f"instead of {len(settings.classes)}, {len(settings.classes)}x smaller, and "
-                                 "rwmaps_cli.load_map expands it exactly")
-    if any(result.unknown_labels for _, result in outcome.failures) and dataset.dataset_json is not None \
-            and classes is None:
-        outcome.hints.append(f"the class list {list(settings.classes)} comes from {dataset.dataset_json}; "
-                             "fix its 'labels' or pass --classes")
-    return outcome
+            hints.append(f"the largest map is {largest / 1e9:.1f} GB; --layout compact stores one channel "
+                         f"instead of {len(settings.classes)}, {len(settings.classes)}x smaller, and "
+                         "rwmaps_cli.load_map expands it exactly")
+    if check_unseen and not outcome.failures:
+        unseen = _unseen_classes(settings.classes, [entry.get("values") for entry in manifest.cases.values()
+                                                           if entry.get("status") == "done"])
+        if unseen:
+            hints.append(f"class values {_listing(unseen)} occur in no case: their channels are constant "
+                         "(a typo in --classes or dataset.json?); --strict refuses this")
+    if any(result.unknown_labels for _, result in outcome.failures) and dataset.dataset_json is not None:
+        shown = str(list(settings.classes)) if len(settings.classes) <= 8 else f"({_listing(settings.classes)})"
+        hints.append(f"the class list {shown} comes from {dataset.dataset_json}; "
+                     "fix its 'labels' or pass --classes")
+    return hints
+
+
+def _unseen_classes(classes: Sequence[int], value_lists: Sequence[list | None]) -> list[int]:
+    """Classes in none of the value lists; [] when a list is unknown (an old manifest entry)."""
+    if any(values is None for values in value_lists):
+        return []
+    seen = set().union(*map(set, value_lists)) if value_lists else set()
+    return [c for c in classes if c not in seen]
+
+
+def _listing(values: Sequence[int], limit: int = 8) -> str:
+    """``0, 1, 2`` or, for long lists, ``83 values, 0 to 255``."""
+    values = list(values)
+    if len(values) <= limit:
+        return ", ".join(map(str, values))
+    return f"{len(values)} values, {min(values)} to {max(values)}"
+
+
+def _refuse_unseen_classes(dataset: Dataset, settings: Settings, max_classes, runner, progress, stop) -> None:
+    found = {}
+    bar = progress(len(dataset.cases), "scanning labels (--strict)")
+    for result in runner(dataset.cases, scan_case, max_classes=max(max_classes, 1 << 16), stop=stop):
+        bar.update()
+        found[result.name] = result.values if result.status == "scanned" else []
+    bar.close()
+    unseen = _unseen_classes(settings.classes, list(found.values()))
+    if unseen and not stop:
+        raise UsageError(f"--strict: class values {_listing(unseen)} occur in no case under {dataset.labels_dir} "
+                         "(their channels would be constant)")
+
+
+# Compressed size / raw size of a map, by kind and layout, for the disk check (measured: a
+# full rrw map is mostly 1s and gzips about 100x; distances and compact maps about 2x).
+_COMPRESSION = {("rrw", "full"): 0.02, ("ac", "full"): 0.02}
+
+
+def estimated_output_bytes(cases: Sequence[Case], settings: Settings) -> int:
+    """Bytes the maps of ``cases`` will take on disk, from the label headers."""
+    channels = 1 if settings.layout == "compact" else len(settings.classes)
+    raw = sum(_voxels(case) for case in cases) * channels * np.dtype(settings.dtype).itemsize
+    if output_is_compressed(settings.fmt):
+        raw = int(raw * _COMPRESSION.get((settings.kind, settings.layout), 0.5))
+    return raw
+
+
+def _check_space(output_dir: Path, todo: Sequence[Case], settings: Settings) -> None:
+    need = estimated_output_bytes(todo, settings)
+    free = shutil.disk_usage(output_dir).free
+    if need > free:
+        raise UsageError(f"{output_dir}: the maps need about {_size(need)} and the file system has "
+                         f"{_size(free)} free; free some space, choose another --output, or pass --no-space-check")
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e9 else f"{n_bytes / 1e6:.1f} MB"
 
 
 def _check_options(kind: str, fmt: str, layout: str, dtype: str) -> None:
@@ -188,7 +327,7 @@ def _runner(scheduler: str | None, jobs: int, stack: ExitStack):
 # --------------------------------------------------------------------------- the class list
 
 
-def _settle_classes(dataset: Dataset, classes, ignore_label, max_classes, runner, progress):
+def _settle_classes(dataset: Dataset, classes, ignore_label, max_classes, runner, progress, stop):
     """(class list, ignore label, {case name: failed result}) from the arguments or the data."""
     json_classes, json_ignore = (read_dataset_json(dataset.dataset_json) if dataset.dataset_json is not None
                                  else (None, None))
@@ -196,7 +335,7 @@ def _settle_classes(dataset: Dataset, classes, ignore_label, max_classes, runner
     if classes is None and json_classes is not None:
         classes = json_classes
     if classes is None:
-        return _scan_classes(dataset, ignore_label, max_classes, runner, progress)
+        return _scan_classes(dataset, ignore_label, max_classes, runner, progress, stop)
     classes = [int(v) for v in classes]
     if not classes or len(set(classes)) != len(classes) or min(classes) < 0:
         raise UsageError(f"the class list {classes} must hold distinct non-negative integers")
@@ -205,17 +344,19 @@ def _settle_classes(dataset: Dataset, classes, ignore_label, max_classes, runner
     return classes, ignore_label, {}
 
 
-def _scan_classes(dataset: Dataset, ignore_label, max_classes, runner, progress):
+def _scan_classes(dataset: Dataset, ignore_label, max_classes, runner, progress, stop):
     """The union of the label values of every case (the cases that cannot be read fail)."""
     values, failed = [], {}
     bar = progress(len(dataset.cases), "scanning labels")
-    for result in runner(dataset.cases, scan_case, max_classes=max_classes):
+    for result in runner(dataset.cases, scan_case, max_classes=max_classes, stop=stop):
         bar.update()
         if result.status == "failed":
             failed[result.name] = result
         else:
             values.append(result.values)
     bar.close()
+    if stop:  # interrupted while scanning: no class list, nothing computed
+        return [0], ignore_label, {}
     classes = [v for v in union_of_values(values) if v != ignore_label]
     if len(classes) > max_classes:
         raise UsageError(f"the inputs hold {len(classes)} distinct label values, more than --max-classes "
@@ -246,7 +387,7 @@ def _open_manifest(output_dir: Path, settings: Settings, overwrite: bool) -> Man
 
 
 def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, runner, jobs: int, progress,
-                   on_failure, outcome: Outcome) -> None:
+                   on_failure, outcome: Outcome, stop: Stop) -> None:
     if not todo:
         return
     by_name = {case.name: case for case in todo}
@@ -259,9 +400,9 @@ def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, run
                                     f"{budget / 2**30:.1f} GiB available") for case in todo if need[case.name] > budget]
         runnable = [case for case in todo if need[case.name] <= budget]
     bar = progress(len(todo), "computing maps")
-    results = runner(runnable, process_case, memory_need=lambda case: need[case.name], settings=settings,
-                     threads=threads_per_case(jobs))
-    for result in [*too_big, *results]:  # results lazily: the bar moves as cases finish
+    results = runner(runnable, process_case, memory_need=lambda case: need[case.name], stop=stop,
+                     settings=settings, threads=threads_per_case(jobs))
+    for result in itertools.chain(too_big, results):  # lazily: recorded, and the bar moves, as cases finish
         case = by_name[result.name]
         manifest.record(case.input, case.output, result)
         bar.update()
@@ -270,6 +411,8 @@ def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, run
         else:
             outcome.failures.append((case.input, result))
             on_failure(case.input, result)
+            if result.disk_full:  # every later case would fail the same way
+                stop.set("disk full")
     bar.close()
 
 
@@ -313,7 +456,9 @@ def process_case(case: Case, settings: Settings, threads: int = 1) -> CaseResult
         volume = read_labels(case.input)
         data = case_maps(volume, settings, threads)
         write_map(case.output, data, volume, settings.classes, settings.kind, layout=settings.layout)
-        return {"status": "done", "shape": list(data.shape)}
+        # The values present, so a class list entry that occurs in no case can be named.
+        values = [int(v) for v in unique_labels(volume.array)]
+        return {"status": "done", "shape": list(data.shape), "values": values}
 
     return contained(case.name, compute)
 
@@ -346,6 +491,11 @@ def contained(name: str, body: Callable[[], dict]) -> CaseResult:
         return result(status="failed", error=str(error))
     except MemoryError:
         return result(status="failed", error="out of memory: this case needs more memory than is available")
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):  # the map was not written (its temporary is gone)
+            return result(status="failed", error="no space left on the output file system (map not written)",
+                          disk_full=True)
+        return result(status="failed", error=f"cannot write the map: {error.strerror or error}")
     except Exception as error:  # a bug: keep the traceback for --debug
         return result(status="failed", error=f"internal error: {type(error).__name__}: {error}",
                       traceback=traceback.format_exc())

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,36 +33,67 @@ class Dataset:
     dataset_json: Path | None  # nnU-Net's dataset.json, when there is one
 
 
-def find_dataset(input_dir: Path, output_dir: Path, fmt: str) -> Dataset:
+def find_dataset(input_dir: Path, output_dir: Path, fmt: str, include: Sequence[str] = (),
+                 exclude: Sequence[str] = ()) -> Dataset:
     """Find every label file under ``input_dir`` and the map path each one gets.
 
     An nnU-Net raw dataset folder (with ``dataset.json`` and ``labelsTr/``) or its
     ``labelsTr`` folder reads only ``labelsTr``: the tree mirrored into ``output_dir`` is
-    the one under ``labelsTr``.
+    the one under ``labelsTr``.  ``input_dir`` may also be one label file.
+
+    Parameters
+    ----------
+    include, exclude : sequences of glob patterns
+        Keep only the files that match an ``include`` pattern (when any is given) and no
+        ``exclude`` pattern.  A pattern matches the file name, or its path relative to the
+        input folder (``sub/*_seg.nii.gz``); the others count as ignored files.
 
     Raises
     ------
     UsageError
-        When the input is not a folder or holds no label file, when the output folder
+        When the input does not exist or holds no label file, when the output folder
         is inside the input folder, or when two inputs would write the same map.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if input_dir.is_file():
+        return _single_file(input_dir, output_dir, fmt)
     if not input_dir.is_dir():
-        raise UsageError(f"{input_dir}: input folder does not exist or is not a folder")
+        raise UsageError(f"{input_dir}: input folder does not exist")
     labels_dir, dataset_json = _nnunet_layout(input_dir)
     if _is_inside(output_dir, labels_dir):
         raise UsageError(f"{output_dir}: output folder is inside the input folder {labels_dir}; choose another")
     cases, skipped = [], []
     for path in sorted(p for p in labels_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        if label_suffix(path) is None:
+        name = path.relative_to(labels_dir).as_posix()
+        if label_suffix(path) is None or not _selected(path.name, name, include, exclude):
             skipped.append(path)
         else:
-            name = path.relative_to(labels_dir).as_posix()
             cases.append(Case(path, output_path(path, labels_dir, output_dir, fmt), name))
     if not cases:
-        raise UsageError(f"{labels_dir}: no label files found (looked for {', '.join(LABEL_SUFFIXES)})")
+        patterns = "".join(f" --include {p}" for p in include) + "".join(f" --exclude {p}" for p in exclude)
+        raise UsageError(f"{labels_dir}: no label files found (looked for {', '.join(LABEL_SUFFIXES)}"
+                         + (f";{patterns}" if patterns else "") + ")")
     _refuse_collisions(cases)
     return Dataset(labels_dir, cases, skipped, dataset_json)
+
+
+def _selected(file_name: str, relative: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    def matches(pattern: str) -> bool:
+        return fnmatch.fnmatchcase(file_name, pattern) or fnmatch.fnmatchcase(relative, pattern)
+
+    return (not include or any(map(matches, include))) and not any(map(matches, exclude))
+
+
+def _single_file(path: Path, output_dir: Path, fmt: str) -> Dataset:
+    """One label file as a dataset: its map goes to ``output_dir/<name>.<fmt>``."""
+    if label_suffix(path) is None:
+        raise UsageError(f"{path}: not a label file (expected one of {', '.join(LABEL_SUFFIXES)})")
+    folder = path.parent
+    dataset_json = folder.parent / "dataset.json" if folder.name == "labelsTr" else None
+    case = Case(path, output_path(path, folder, output_dir, fmt), path.name)
+    if case.output.resolve() == path.resolve():
+        raise UsageError(f"{path}: the map would overwrite its own labels; choose another --output")
+    return Dataset(folder, [case], [], dataset_json if dataset_json and dataset_json.is_file() else None)
 
 
 def _nnunet_layout(input_dir: Path) -> tuple[Path, Path | None]:

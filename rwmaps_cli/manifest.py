@@ -94,6 +94,7 @@ class CaseResult:
     problems: list[str] = field(default_factory=list)
     traceback: str | None = None
     unknown_labels: bool = False  # failed because labels hold values outside the class list
+    disk_full: bool = False  # failed because the output file system is full
 
 
 @dataclass
@@ -167,7 +168,8 @@ class Manifest:
     def record(self, input_path: Path, output_path: Path, result: CaseResult) -> None:
         """Store the result of one case and write the manifest to disk."""
         entry = {"input": str(input_path), "output": str(output_path), "fingerprint": fingerprint(input_path),
-                 "status": result.status, "error": result.error, "shape": result.shape, "seconds": result.seconds}
+                 "status": result.status, "error": result.error, "shape": result.shape, "seconds": result.seconds,
+                 "values": result.values}
         if result.status == "done":
             entry["bytes"] = Path(output_path).stat().st_size
         self.cases[result.name] = entry

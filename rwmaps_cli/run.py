@@ -10,6 +10,7 @@ cores and memory within bounds, and survives a worker that dies;
 from __future__ import annotations
 
 import os
+import signal
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
@@ -18,6 +19,24 @@ from .dataset import Case
 from .manifest import CaseResult
 
 WORKER_DIED = "the worker process died while computing this case (killed, or out of memory)"
+POLL_SECONDS = 0.2  # how often a runner looks at its Stop while cases run
+
+
+class Stop:
+    """Asks a runner to stop: start no more cases, end the running ones, report what finished.
+
+    Set from a signal handler (``reason`` "SIGINT" / "SIGTERM") or by the caller when a
+    case says every later case would fail too (a full disk).
+    """
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def set(self, reason: str) -> None:
+        self.reason = self.reason or reason
+
+    def __bool__(self) -> bool:
+        return self.reason is not None
 
 
 class LocalRunner:
@@ -34,8 +53,9 @@ class LocalRunner:
         self.jobs = max(1, jobs)
 
     def __call__(self, cases: list[Case], work: Callable[..., CaseResult],
-                 memory_need: Callable[[Case], int] | None = None, **kwargs) -> Iterator[CaseResult]:
-        return run_local(cases, work, self.jobs, memory_need=memory_need, **kwargs)
+                 memory_need: Callable[[Case], int] | None = None, stop: Stop | None = None,
+                 **kwargs) -> Iterator[CaseResult]:
+        return run_local(cases, work, self.jobs, memory_need=memory_need, stop=stop, **kwargs)
 
 
 def run_local(
@@ -43,6 +63,7 @@ def run_local(
     work: Callable[..., CaseResult],
     jobs: int,
     memory_need: Callable[[Case], int] | None = None,
+    stop: Stop | None = None,
     **kwargs,
 ) -> Iterator[CaseResult]:
     """Yield ``work(case, **kwargs)`` for every case, in completion order.
@@ -50,36 +71,77 @@ def run_local(
     At most ``jobs`` cases run at once, and fewer when their estimated memory
     (``memory_need(case)`` bytes) would not fit in the memory available now.  When a
     worker process dies, every case that was in flight is retried alone; one that kills
-    its worker again gets a failed result saying so (:data:`WORKER_DIED`).
+    its worker again gets a failed result saying so (:data:`WORKER_DIED`).  When ``stop``
+    is set, no case starts, the results already finished are yielded, and the workers
+    are killed (within about :data:`POLL_SECONDS`); the cases not yielded never finished.
     """
-    from joblib.externals.loky import get_reusable_executor
-    from joblib.externals.loky.process_executor import BrokenProcessPool
-
+    stop = stop if stop is not None else Stop()
     budget = available_memory()
     queue, suspects = deque(cases), deque()
-    while queue or suspects:
-        if suspects:
-            case = suspects.popleft()
-            future = get_reusable_executor(max_workers=1).submit(work, case, **kwargs)
-            try:
-                yield future.result()
-            except BrokenProcessPool:
-                yield CaseResult(case.name, "failed", error=WORKER_DIED)
-            continue
-        executor = get_reusable_executor(max_workers=jobs)
-        in_flight: dict[Future, Case] = {}
-        while (queue or in_flight) and not suspects:
-            while queue and len(in_flight) < jobs and _fits(queue[0], in_flight, budget, memory_need):
-                case = queue.popleft()
-                in_flight[executor.submit(work, case, **kwargs)] = case
-            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in done:
-                case = in_flight.pop(future)
-                try:
-                    yield future.result()
-                except BrokenProcessPool:
-                    suspects.append(case)
-        suspects.extend(in_flight.values())  # the pool broke: these never reported back
+    executor = None
+    try:
+        while (queue or suspects) and not stop:
+            if suspects:
+                executor = _executor(1)
+                yield from _alone(executor, suspects.popleft(), work, kwargs, stop)
+                continue
+            executor = _executor(jobs)
+            in_flight: dict[Future, Case] = {}
+            while (queue or in_flight) and not suspects and not stop:
+                while queue and len(in_flight) < jobs and _fits(queue[0], in_flight, budget, memory_need):
+                    case = queue.popleft()
+                    in_flight[executor.submit(work, case, **kwargs)] = case
+                done, _ = wait(in_flight, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+                for future in done:
+                    case = in_flight.pop(future)
+                    result = _result(future, stop)
+                    if result is None:
+                        suspects.append(case)
+                    elif result is not _LOST:
+                        yield result
+            suspects.extend(in_flight.values())  # the pool broke: these never reported back
+    finally:
+        if stop and executor is not None:  # end the running cases now, not when they finish
+            executor.shutdown(wait=True, kill_workers=True)
+
+
+_LOST = CaseResult("", "lost")  # a case whose worker was stopped: it never finished
+
+
+def _executor(jobs: int):
+    from joblib.externals.loky import get_reusable_executor
+
+    # Workers ignore Ctrl-C: the terminal sends it to the whole process group, and the main
+    # process decides what stops (it kills the workers itself).
+    return get_reusable_executor(max_workers=jobs, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+
+
+def _result(future: Future, stop: Stop) -> CaseResult | None:
+    """The case's result; None when its worker died (retry it alone); _LOST when stopping."""
+    from joblib.externals.loky.process_executor import BrokenProcessPool
+
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        return _LOST if stop else None
+    except BaseException:  # noqa: BLE001 - a worker ended by the signal that stops the run
+        if stop:
+            return _LOST
+        raise
+
+
+def _alone(executor, case: Case, work, kwargs: dict, stop: Stop) -> Iterator[CaseResult]:
+    """Run a case whose worker died once, alone; it fails if it kills its worker again."""
+    future = executor.submit(work, case, **kwargs)
+    while not future.done() and not stop:
+        wait([future], timeout=POLL_SECONDS)
+    if not future.done():
+        return
+    result = _result(future, stop)
+    if result is None:
+        yield CaseResult(case.name, "failed", error=WORKER_DIED)
+    elif result is not _LOST:
+        yield result
 
 
 def _fits(case: Case, in_flight: dict, budget: int, memory_need) -> bool:

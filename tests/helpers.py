@@ -61,3 +61,10 @@ def run_rwmaps_process(*args, check=None, timeout=300) -> subprocess.CompletedPr
     if check is not None:
         assert result.returncode == check, f"exit {result.returncode}\nstdout:{result.stdout}\nstderr:{result.stderr}"
     return result
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid

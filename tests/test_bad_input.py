@@ -136,7 +136,7 @@ def float16_nifti(root, tmp):
 # (maker, exit code, text the stderr must contain)
 BAD_INPUTS = [
     (empty_folder, 2, "no label files found"),
-    (non_label_files, 0, "2 non-label files ignored"),
+    (non_label_files, 0, "2 other files ignored"),
     (truncated_nifti, 1, "cannot read"),
     (corrupt_nifti, 1, "cannot read"),
     (unreadable_file, 1, "permission denied"),

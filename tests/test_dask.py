@@ -171,7 +171,7 @@ def test_an_address_nobody_answers_on_is_a_usage_error_not_a_hang(labels_dir, tm
                         check=2, timeout=60)
     assert time.perf_counter() - start < 40  # the 10 s connect timeout, plus start-up
     assert result.stderr.strip().splitlines() == [
-        f"Error: --scheduler {address}: no Dask scheduler answered within 10 s "
+        f"rwmaps: --scheduler {address}: no Dask scheduler answered within 10 s "
         f"(Timed out trying to connect to {address} after 10 s)"]
     assert not (tmp_path / "maps" / "rwmaps.json").exists()  # found before any work
 
@@ -181,7 +181,7 @@ def test_a_malformed_address_is_a_usage_error(labels_dir, tmp_path):
     result = run_rwmaps("compute", "--input", labels_dir, "--output", tmp_path / "maps", "--scheduler", "nonsense",
                         check=2, timeout=60)
     assert result.stderr.strip().splitlines() == [
-        "Error: --scheduler nonsense: missing port number in address 'nonsense'; "
+        "rwmaps: --scheduler nonsense: missing port number in address 'nonsense'; "
         "expected tcp://HOST:PORT, a scheduler file, or 'local'"]
 
 
@@ -206,7 +206,7 @@ def test_without_dask_a_scheduler_is_a_one_line_error_and_local_runs_still_work(
         assert "3 done" in result.stderr
     else:
         assert result.returncode == 2
-        assert result.stderr.strip().splitlines() == ["Error: --scheduler needs Dask: pip install 'rwmaps_cli[dask]'"]
+        assert result.stderr.strip().splitlines() == ["rwmaps: --scheduler needs Dask: pip install 'rwmaps_cli[dask]'"]
 
 
 def test_help_names_the_scheduler_option():

@@ -14,6 +14,8 @@ import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import dead_pid
+
 from rwmaps_cli.errors import InputError
 from rwmaps_cli.formats import (
     DEFAULT_COMPRESSLEVEL,
@@ -658,12 +660,17 @@ def test_temporary_name_keeps_double_suffix(tmp_path):
     assert (tmp_path / "new" / "case.nii.gz").read_bytes() == b"x"
 
 
-def test_clean_temporaries(tmp_path):
-    keep = [tmp_path / "a.nii.gz", tmp_path / "sub" / "b.npz"]
+def test_clean_temporaries_removes_only_those_whose_writer_is_gone(tmp_path):
+    from rwmaps_cli.formats.base import _HOST
+
+    gone = dead_pid()
+    keep = [tmp_path / "a.nii.gz", tmp_path / "sub" / "b.npz",
+            tmp_path / f".live{TMP_MARKER}{_HOST}-{os.getpid()}-0123abcd.nii.gz",  # this process writes it
+            tmp_path / f".far{TMP_MARKER}other-host-{gone}-0123abcd.npy"]  # another host's pid: unknown here
     planted = [
-        tmp_path / f".a{TMP_MARKER}123-abcd.nii.gz",
-        tmp_path / "sub" / f".b{TMP_MARKER}9-ff.npz",
-        tmp_path / "sub" / "deeper" / f".c{TMP_MARKER}1-00.npy",
+        tmp_path / f".a{TMP_MARKER}{_HOST}-{gone}-deadbeef.nii.gz",
+        tmp_path / "sub" / f".b{TMP_MARKER}{gone}-00ff00ff.npz",  # rwmaps 0.1's name: no host
+        tmp_path / "sub" / "deeper" / f".c{TMP_MARKER}{_HOST}-{gone}-12345678.npy",
     ]
     for path in keep + planted:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -672,6 +679,7 @@ def test_clean_temporaries(tmp_path):
     assert clean_temporaries(tmp_path) == 3
     assert all(p.exists() for p in keep) and not any(p.exists() for p in planted)
     assert clean_temporaries(tmp_path) == 0
+    assert clean_temporaries(tmp_path, all_writers_gone=True) == 2  # the folder's lock says nobody else writes
     assert clean_temporaries(tmp_path / "missing") == 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import blobs, run_rwmaps, write_nifti
+from helpers import blobs, dead_pid, run_rwmaps, write_nifti
 
 from rwmaps_cli import __version__
 from rwmaps_cli.dataset import Case
@@ -77,7 +77,7 @@ def test_rerun_with_other_parameters_is_refused_unless_overwrite(labels_dir, tmp
 def test_temporaries_of_a_killed_run_are_removed(labels_dir, tmp_path):
     out = tmp_path / "maps"
     compute(labels_dir, out)
-    stale = out / "sub" / f".case_001{TMP_MARKER}12345-deadbeef.npy"
+    stale = out / "sub" / f".case_001{TMP_MARKER}{dead_pid()}-deadbeef.npy"  # its writer was killed
     stale.write_bytes(b"half a map")
     result = compute(labels_dir, out)
     assert not stale.exists()

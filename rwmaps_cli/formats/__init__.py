@@ -102,6 +102,11 @@ def is_output_file(path: str | os.PathLike, fmt: str) -> bool:
         return False
 
 
+def output_is_compressed(fmt: str) -> bool:
+    """Whether output format ``fmt`` compresses its maps (gzip, deflate)."""
+    return _BY_OUTPUT_NAME[fmt].compressed
+
+
 def can_mmap(path: str | os.PathLike) -> bool:
     """Whether a map in ``path``'s format can be loaded as a memory map."""
     return _BY_OUTPUT_NAME[output_format(path)].can_mmap

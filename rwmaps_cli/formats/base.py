@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import socket
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -128,6 +129,7 @@ class FileFormat:
     output_name: str | None = None
     map_dtypes: tuple[np.dtype, ...] = ()
     can_mmap = False  # load_map(mmap=True) returns a memory map
+    compressed = False  # maps are written compressed (gzip, deflate)
 
     # ------------------------------------------------------------------ labels
     def read_labels(self, path: Path) -> LabelVolume:
@@ -265,10 +267,32 @@ def input_errors(path: Path, format_name: str) -> Iterator[None]:
 # --------------------------------------------------------------------------- atomic writing
 
 
+_HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:60] or "host"
+# ".case.rwmaps-tmp-<host>-<pid>-<8 hex>.nii.gz"; rwmaps 0.1 wrote no host.
+_TMP_WRITER = re.compile(re.escape(TMP_MARKER) + r"(?:(?P<host>[A-Za-z0-9._]+)-)?(?P<pid>\d+)-[0-9a-f]{8}")
+
+
 def temporary_name(path: Path, suffix: str) -> Path:
-    """Hidden name beside ``path`` with TMP_MARKER that keeps the real ``suffix``."""
+    """Hidden name beside ``path`` with TMP_MARKER, the writer's host and pid, and the real ``suffix``."""
     stem = path.name[: len(path.name) - len(suffix)][:100]  # stay far below 255-byte names
-    return path.with_name(f".{stem}{TMP_MARKER}{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+    return path.with_name(f".{stem}{TMP_MARKER}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+
+
+def writer_is_gone(name: str) -> bool:
+    """Whether the process that wrote temporary ``name`` has ended: its pid is dead on this
+    host.  A writer on another host cannot be seen from here: it counts as alive."""
+    match = _TMP_WRITER.search(name)
+    if match is None:
+        return False
+    if match.group("host") not in (None, _HOST):
+        return False
+    try:
+        os.kill(int(match.group("pid")), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return False
 
 
 @contextmanager
@@ -291,16 +315,18 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
-def clean_temporaries(root: str | os.PathLike) -> int:
-    """Delete files under ``root`` (recursively) whose name contains TMP_MARKER.
+def clean_temporaries(root: str | os.PathLike, all_writers_gone: bool = False) -> int:
+    """Delete the temporaries under ``root`` (recursively) whose writer has ended.
 
-    They are left by a killed run.  Do not call while another run writes into ``root``.
+    They are left by a killed run.  A temporary of a live writer (another run, or a
+    worker of this one) is never removed; a writer on another host counts as alive unless
+    ``all_writers_gone`` (the caller holds the folder's exclusive lock).
     Returns how many files were removed.
     """
     removed = 0
     for folder, _, files in os.walk(root):  # does not follow symlinked folders
         for name in files:
-            if TMP_MARKER in name:
+            if TMP_MARKER in name and (all_writers_gone or writer_is_gone(name)):
                 try:
                     os.unlink(os.path.join(folder, name))
                 except FileNotFoundError:  # already gone

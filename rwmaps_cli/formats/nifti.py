@@ -49,6 +49,7 @@ class NiftiFormat(FileFormat):
     def __init__(self, suffix: str):
         self.suffixes = (suffix,)
         self.output_name = suffix.lstrip(".")
+        self.compressed = suffix.endswith(".gz")
 
     # ------------------------------------------------------------------ labels
     def read_labels(self, path: Path) -> LabelVolume:

@@ -65,8 +65,14 @@ class NpyFormat(FileFormat):
 
     def write_map(self, tmp: Path, final: Path, data: np.ndarray, volume: LabelVolume, content: MapContent,
                   compresslevel: int) -> None:
-        with open(tmp, "wb") as raw:
-            np.lib.format.write_array(raw, np.ascontiguousarray(data), allow_pickle=False)  # np.save's bytes
+        data = data if data.flags.c_contiguous or data.flags.f_contiguous else np.ascontiguousarray(data)
+        with open(tmp, "wb") as raw:  # np.save's bytes, written by Python: a full disk raises ENOSPC
+            header = np.lib.format.header_data_from_array_1_0(data)
+            np.lib.format.write_array_header_1_0(raw, header) if _fits_header_1_0(header) \
+                else np.lib.format.write_array_header_2_0(raw, header)
+            # memoryview of the C-ordered view: F-ordered data is stored as it is (fortran_order=True),
+            # without a copy; numpy's own tofile() reports a full disk without an errno.
+            raw.write(memoryview(data.T if header["fortran_order"] else data).cast("B"))
 
     def read_map_info(self, path: Path) -> MapInfo:
         shape, dtype = self._header(path)
@@ -93,6 +99,7 @@ class NpzFormat(FileFormat):
     suffixes = (".npz",)
     output_name = "npz"
     map_dtypes = _MAP_DTYPES
+    compressed = True
 
     def read_labels(self, path: Path) -> LabelVolume:
         with np.load(path, allow_pickle=False) as npz:
@@ -169,6 +176,10 @@ class NpzFormat(FileFormat):
         with np.load(path, allow_pickle=False) as npz:
             data = npz["map"]
         return data.astype(np.float32, copy=False), info
+
+
+def _fits_header_1_0(header: dict) -> bool:
+    return len(repr(header)) < 65000  # version 1.0 stores the header length in 2 bytes
 
 
 def _npz_label_key(keys: Sequence[str]) -> str:
