@@ -187,7 +187,9 @@ def _progress(total: int, description: str, quiet: bool) -> tqdm:
 @click.option("--slice", "slice_index", type=int, default=None,
               help="Index of the --png slice along --axis (give both).  [default: through the middle of the "
                    "foreground, showing the most classes]")
-def inspect_command(file, as_json, png, axis, slice_index) -> None:
+@click.option("--max-classes", type=click.IntRange(min=1), default=256, show_default=True,
+              help="A label file with more distinct values is flagged as an image (as rwmaps compute does).")
+def inspect_command(file, as_json, png, axis, slice_index, max_classes) -> None:
     """Show what a label file or a map file holds.
 
     \b
@@ -207,7 +209,7 @@ def inspect_command(file, as_json, png, axis, slice_index) -> None:
     from .inspect import check_slice, describe, draw_png, format_table, spatial_shape
 
     try:
-        info = describe(file)
+        info = describe(file, max_classes=max_classes)
     except InputError as error:
         click.echo(f"rwmaps: {file}: {error}", err=True)
         sys.exit(1)
@@ -220,7 +222,7 @@ def inspect_command(file, as_json, png, axis, slice_index) -> None:
     if png is None:
         return
     try:
-        drawn = draw_png(file, png, axis=axis, index=slice_index)
+        drawn = draw_png(file, png, axis=axis, index=slice_index, max_classes=max_classes)
     except InputError as error:
         click.echo(f"rwmaps: {file}: {error}", err=True)
         sys.exit(1)
@@ -260,15 +262,11 @@ def verify_command(input_dir, output_dir, sample, jobs, quiet) -> None:
     from .verify import verify
 
     start = time.perf_counter()
-    bar = tqdm(desc="recomputing maps", unit="case", file=sys.stderr, disable=quiet or not sys.stderr.isatty(),
-               leave=False)
     try:
         report = verify(input_dir, output_dir, sample=sample, jobs=jobs or os.cpu_count() or 1,
-                        progress=bar.update)
+                        progress=lambda total, description: _progress(total, description, quiet))
     except UsageError as error:
         raise _Usage(str(error)) from None
-    finally:
-        bar.close()
     for problem in report.problems:
         click.echo(problem)
     if not quiet:

@@ -159,7 +159,8 @@ def compute_dataset(
         settings = Settings(tuple(class_list), kind, spacing, slice_axis, dtype, fmt, engine, ignore_label, layout)
         if strict and given and not stop:
             _refuse_unseen_classes(dataset, settings, max_classes, runner, progress, stop)
-        manifest = _open_manifest(output_dir, settings, overwrite)
+        manifest = _open_manifest(output_dir, settings, overwrite,
+                                  {"include": list(include), "exclude": list(exclude)})
         outcome = Outcome(classes=settings.classes, manifest=manifest.path, ignored_files=len(dataset.skipped_files),
                           removed_temporaries=clean_temporaries(output_dir))
         todo = []
@@ -367,10 +368,10 @@ def _scan_classes(dataset: Dataset, ignore_label, max_classes, runner, progress,
     return classes, ignore_label, failed
 
 
-def _open_manifest(output_dir: Path, settings: Settings, overwrite: bool) -> Manifest:
+def _open_manifest(output_dir: Path, settings: Settings, overwrite: bool, selection: dict) -> Manifest:
     previous = Manifest.load(output_dir)
     if previous is None or overwrite:
-        return Manifest(output_dir, settings, __version__)
+        return Manifest(output_dir, settings, __version__, selection=selection)
     if previous.settings is None:
         raise UsageError(f"{output_dir} holds maps whose parameters cannot be read ({previous.settings_error}); "
                          "use another --output, or --overwrite to recompute them all")
@@ -380,7 +381,7 @@ def _open_manifest(output_dir: Path, settings: Settings, overwrite: bool) -> Man
         named = ", ".join(f"{OPTION_OF_PARAMETER.get(key, key)} {before[key]!r} -> {now[key]!r}" for key in changed)
         raise UsageError(f"{output_dir} holds maps made with other parameters ({named}); "
                          "use another --output, or --overwrite to recompute them all")
-    return Manifest(output_dir, settings, __version__, previous.cases)
+    return Manifest(output_dir, settings, __version__, previous.cases, selection)
 
 
 # --------------------------------------------------------------------------- running the cases

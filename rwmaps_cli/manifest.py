@@ -142,11 +142,13 @@ def read_manifest(path: str | os.PathLike) -> ManifestFile:
 class Manifest:
     """The manifest of one output folder, kept current on disk."""
 
-    def __init__(self, output_dir: Path, settings: Settings, version: str, cases: dict | None = None):
+    def __init__(self, output_dir: Path, settings: Settings, version: str, cases: dict | None = None,
+                 selection: dict | None = None):
         self.path = Path(output_dir) / MANIFEST_NAME
         self.settings = settings
         self.header = {"tool": "rwmaps", "version": version, "parameters": settings.to_parameters(),
-                       "classes": list(settings.classes), "engine": settings.engine}
+                       "classes": list(settings.classes), "engine": settings.engine,
+                       "selection": selection or {"include": [], "exclude": []}}  # which files are cases
         self.cases: dict[str, dict] = dict(cases or {})
 
     @staticmethod

@@ -51,6 +51,12 @@ class Report:
     manifest: Path | None = None
 
 
+class _NoBar:
+    def update(self, n: int = 1) -> None: ...
+
+    def close(self) -> None: ...
+
+
 def sample_indices(n_cases: int, sample: int | None) -> list[int]:
     """Indices of the cases to recompute: all when ``sample`` is None or >= ``n_cases``,
     else ``sample`` indices evenly spaced over ``0 … n_cases - 1``, first and last included
@@ -69,14 +75,15 @@ def verify(
     output_dir: str | os.PathLike,
     sample: int | None = None,
     jobs: int = 1,
-    progress: Callable[[], None] | None = None,
+    progress: Callable[[int, str], object] | None = None,
 ) -> Report:
     """Check the maps in ``output_dir`` of the label files in ``input_dir``.
 
     Args:
         sample: how many cases to recompute (:func:`sample_indices`); None: all.
         jobs: cases recomputed in parallel (worker processes when > 1).
-        progress: called once per recomputed case (for a progress bar).
+        progress: ``(total, description) -> bar`` with ``update()`` and ``close()``: the
+            progress bar of the recomputation, made once its total is known.
 
     Raises:
         UsageError: the input folder does not exist or holds no label file, or the output
@@ -87,7 +94,8 @@ def verify(
         raise UsageError(f"{output_dir}: output folder does not exist or is not a folder")
     report = Report(manifest=output_dir / MANIFEST_NAME)
     settings, records = _read_manifest(report.manifest, report.problems)
-    dataset = find_dataset(input_dir, output_dir, settings.fmt if settings else "nii.gz")
+    selection = _selection(report.manifest)  # the --include / --exclude compute was given
+    dataset = find_dataset(input_dir, output_dir, settings.fmt if settings else "nii.gz", **selection)
     report.cases = len(dataset.cases)
     if settings is None:
         _check_without_manifest(dataset, output_dir, report)
@@ -106,6 +114,7 @@ def verify(
     report.problems += _stray_files(dataset, output_dir, settings.fmt)
     outputs = {case.name: case.output for case in recompute}
     found: dict[str, list[str]] = {}
+    bar = progress(len(recompute), "recomputing maps") if progress is not None else _NoBar()
     for record in _recompute(recompute, settings, jobs):  # in completion order
         report.recomputed += 1
         if record.status == "checked":
@@ -113,8 +122,8 @@ def verify(
         else:  # the worker process died (run_local's result)
             found[record.name] = [f"{outputs[record.name]}: cannot recompute: {record.error}"]
         touched.pop(record.name, None)  # recomputed: its values speak for it
-        if progress is not None:
-            progress()
+        bar.update()
+    bar.close()
     for case in recompute:  # in case order, whatever the order they finished in
         report.problems += found.get(case.name, [])
     for case in touched.values():
@@ -146,6 +155,14 @@ def _read_manifest(path: Path, problems: list[str]) -> tuple[Settings | None, di
         problems.append(f"{path}: 'classes' {classes} disagrees with parameters.classes "
                         f"{list(parsed.settings.classes)}")
     return parsed.settings, parsed.cases
+
+
+def _selection(path: Path) -> dict:
+    try:
+        selection = read_manifest(path).header.get("selection") or {}
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {key: [str(p) for p in selection.get(key) or []] for key in ("include", "exclude")}
 
 
 def _check_manifest_entries(dataset: Dataset, records: dict, report: Report) -> None:

@@ -19,11 +19,12 @@ from rwmaps_cli.formats import format_name, read_geometry, read_labels
 from rwmaps_cli.mapfile import is_map_file, load_map
 from rwmaps_cli.maps import KINDS
 
-# A "label file" with more distinct values is listed only in part (it is likely an image).
-MAX_LISTED_VALUES = 64
+# A "label file" with more distinct values than --max-classes (compute's threshold too) is
+# listed only that far, and flagged: it is likely an image.
+DEFAULT_MAX_CLASSES = 256
 
 
-def describe(path: str | Path) -> dict:
+def describe(path: str | Path, max_classes: int = DEFAULT_MAX_CLASSES) -> dict:
     """Describe a label file or a map file as a JSON-ready dict.
 
     Common keys: ``path``, ``type`` ("map" or "labels"), ``format``, ``shape``, ``dtype``,
@@ -37,10 +38,10 @@ def describe(path: str | Path) -> dict:
     path = Path(path)
     if is_map_file(path):
         return _describe_map(path)
-    return _describe_labels(path)
+    return _describe_labels(path, max_classes)
 
 
-def _describe_labels(path: Path) -> dict:
+def _describe_labels(path: Path, max_classes: int) -> dict:
     volume = read_labels(path)
     array = volume.array
     values, counts = _value_counts(array)
@@ -52,11 +53,12 @@ def _describe_labels(path: Path) -> dict:
         problems.append("some values are not integers: not usable as labels")
     elif values.size and values.min() < 0:
         problems.append("negative values: not usable as labels")
-    if values.size > MAX_LISTED_VALUES:
-        problems.append(f"{values.size} distinct values (only the first {MAX_LISTED_VALUES} listed): "
+    if values.size > max_classes:
+        problems.append(f"{values.size} distinct values, more than --max-classes {max_classes} (only the first "
+                        f"{max_classes} listed): "
                         "is this an image rather than labels?")
     classes = []
-    for value, count in list(zip(values.tolist(), counts.tolist()))[:MAX_LISTED_VALUES]:
+    for value, count in list(zip(values.tolist(), counts.tolist()))[:max_classes]:
         value = int(value) if integer else (float(value) if math.isfinite(value) else str(value))  # JSON has no NaN
         classes.append({"label": value, "name": names.get(value) if integer else None, "voxels": int(count),
                         "fraction": round(count / total, 6)})
@@ -67,7 +69,7 @@ def _describe_labels(path: Path) -> dict:
         "shape": list(array.shape),
         "dtype": str(array.dtype),
         "spacing": _rounded(volume.spacing),
-        "orientation": _orientation(label_affine(path)),
+        "orientation": _orientation(label_affine(path)) if array.ndim == 3 else None,
         "distinct_values": int(values.size),
         "value_range": _value_range(values),
         "classes": classes,
@@ -119,7 +121,7 @@ def _describe_map(path: Path) -> dict:
         "layout": meta["layout"],
         "dtype": meta["dtype"],
         "spacing": _rounded(meta["spacing"]),
-        "orientation": _orientation(affine),
+        "orientation": _orientation(affine) if len(spatial) == 3 else None,
         "manifest": meta["manifest"],
         "input": meta["input"],
         "parameters": meta["parameters"],

@@ -15,7 +15,7 @@ from rwmaps_cli.formats import atomic_path, read_labels
 from rwmaps_cli.mapfile import is_map_file, load_map
 from rwmaps_cli.maps import compute_maps, unique_labels
 
-from .describe import MAX_LISTED_VALUES, class_names, label_affine
+from .describe import class_names, label_affine
 
 # Figure geometry: each panel is PANEL_INCHES, up to MAX_COLUMNS panels a row, plus a
 # title band; saved at DPI without tight cropping, so the PNG is exactly figure_pixels().
@@ -23,6 +23,10 @@ PANEL_INCHES = (3.2, 3.0)
 TITLE_INCHES = 0.4
 DPI = 100
 MAX_COLUMNS = 5
+# Up to this many classes, every class gets a panel and the label panel a legend.  With more,
+# an overview panel (each voxel's own-class value, class boundaries outlined) and the
+# largest classes present in the slice, up to this many, are drawn instead.
+MAX_CLASS_PANELS = 8
 
 
 def figure_pixels(n_panels: int) -> tuple[int, int]:
@@ -32,7 +36,8 @@ def figure_pixels(n_panels: int) -> tuple[int, int]:
     return round(columns * PANEL_INCHES[0] * DPI), round((rows * PANEL_INCHES[1] + TITLE_INCHES) * DPI)
 
 
-def draw_png(path: str | Path, out: str | Path, axis: int | None = None, index: int | None = None) -> dict:
+def draw_png(path: str | Path, out: str | Path, axis: int | None = None, index: int | None = None,
+             max_classes: int = 256) -> dict:
     """Draw the label slice and one panel per class map of a label or map file.
 
     A map file shows its channels, and the labels of its input file when the manifest
@@ -56,18 +61,19 @@ def draw_png(path: str | Path, out: str | Path, axis: int | None = None, index: 
         InputError: the file cannot be read.  ValueError: ``axis`` or ``index`` out of range.
     """
     path, out = Path(path), Path(out)
-    view = _view(path)
+    view = _view(path, max_classes)
     spatial = view["maps"].shape[1:]
     axis, index = _choose_slice(view, axis, index)
-    width, height = figure_pixels(1 + view["maps"].shape[0])
-    figure = _figure(view, path, axis, index)
+    channels, overview = _panels(view, axis, index)
+    width, height = figure_pixels(1 + overview + len(channels))
+    figure = _figure(view, path, axis, index, channels, overview)
     with atomic_path(out) as tmp:
         figure.savefig(tmp, dpi=DPI, format="png")
     return {"path": str(out), "width": width, "height": height, "axis": axis,
             "slice": index if len(spatial) == 3 else None}
 
 
-def _view(path: Path) -> dict:
+def _view(path: Path, max_classes: int) -> dict:
     """Everything the figure needs: maps (C, *spatial), labels, classes, names, geometry."""
     if is_map_file(path):
         maps, meta = load_map(path)
@@ -96,8 +102,9 @@ def _view(path: Path) -> dict:
     except ValueError as error:  # fractions, NaN, negative values
         raise InputError(f"cannot compute maps from these labels: {error}") from None
     classes = sorted(names) if names and set(values.tolist()) <= set(names) else values.tolist()
-    if len(classes) > MAX_LISTED_VALUES:
-        raise InputError(f"{len(classes)} distinct values: too many classes to draw (is this an image?)")
+    if len(classes) > max_classes:
+        raise InputError(f"{len(classes)} distinct values, more than --max-classes {max_classes} "
+                         "(is this an image rather than labels?)")
     try:
         maps = compute_maps(volume.array, classes, kind="rrw")
     except ValueError as error:
@@ -174,15 +181,34 @@ def _foreground_middle(labels: np.ndarray, axis: int) -> int:
     return int(candidates[np.argmin(np.abs(candidates - median))])
 
 
-def _figure(view: dict, path: Path, axis: int | None, index: int | None):
+def _panels(view: dict, axis: int | None, index: int | None) -> tuple[list[int], bool]:
+    """(the channels that get a panel, whether an overview panel is drawn)."""
+    n_channels = view["maps"].shape[0]
+    if n_channels <= MAX_CLASS_PANELS:
+        return list(range(n_channels)), False
+    label_plane = view["labels"] if axis is None else np.take(view["labels"], index, axis=axis)
+    values = list(view["classes"]) if view["classes"] is not None else list(range(n_channels))
+    present, counts = np.unique(label_plane, return_counts=True)
+    by_size = [int(v) for _, v in sorted(zip(-counts, present.tolist())) if v in values]
+    return [values.index(v) for v in by_size[:MAX_CLASS_PANELS]], True
+
+
+def _own_class_values(maps: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Each voxel's value in its own class's channel (the compact channel); 0 where unknown."""
+    own = np.take_along_axis(maps, np.clip(codes, 0, None)[np.newaxis], axis=0)[0]
+    return np.where(codes >= 0, own, 0.0)
+
+
+def _figure(view: dict, path: Path, axis: int | None, index: int | None, channels: list[int], overview: bool):
     from matplotlib.colors import BoundaryNorm, ListedColormap, TwoSlopeNorm
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
     maps, classes, names = view["maps"], view["classes"], view["names"]
     n_channels = maps.shape[0]
-    columns = min(1 + n_channels, MAX_COLUMNS)
-    rows = math.ceil((1 + n_channels) / columns)
-    width, height = figure_pixels(1 + n_channels)
+    n_panels = 1 + overview + len(channels)
+    columns = min(n_panels, MAX_COLUMNS)
+    rows = math.ceil(n_panels / columns)
+    width, height = figure_pixels(n_panels)
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     for ax in axes:
@@ -212,17 +238,29 @@ def _figure(view: dict, path: Path, axis: int | None, index: int | None):
         codes[label_plane == value] = code
     palette = ["#d9d9d9", "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
                "#17becf", "#bcbd22", "#7f7f7f"]
-    label_colours = ListedColormap([palette[i % len(palette)] for i in range(len(values))])
-    label_colours.set_bad("#ffffff")
+    label_colours = ListedColormap([palette[i % len(palette)] for i in range(len(values))]).with_extremes(
+        bad="#ffffff")
     image = show(axes[0], np.ma.masked_less(codes, 0), cmap=label_colours,
                  norm=BoundaryNorm(np.arange(-0.5, len(values)), len(values)))
-    bar = figure.colorbar(image, ax=axes[0], shrink=0.8, ticks=range(len(values)))
-    bar.ax.set_yticklabels([_class_title(v, names, classes is not None) for v in values], fontsize=7)
-    axes[0].set_title("labels" if view["label_source"] == "labels" else f"labels ({view['label_source']})",
-                      fontsize=10)
+    title = "labels" if view["label_source"] == "labels" else f"labels ({view['label_source']})"
+    if overview:  # a legend of dozens of entries cannot be read: colours only
+        title += f", {len(values)} classes"
+    else:
+        bar = figure.colorbar(image, ax=axes[0], shrink=0.8, ticks=range(len(values)))
+        bar.ax.set_yticklabels([_class_title(v, names, classes is not None) for v in values], fontsize=7)
+    axes[0].set_title(title, fontsize=10)
 
-    for c in range(n_channels):
-        ax = axes[1 + c]
+    if overview:
+        own = _own_class_values(np.stack([plane(maps[c]) for c in range(n_channels)]), codes)
+        bound = max(float(np.abs(own).max()), 1e-6)
+        image = show(axes[1], own, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound))
+        figure.colorbar(image, ax=axes[1], shrink=0.8).ax.tick_params(labelsize=7)
+        edges = _label_edges(codes)
+        show(axes[1], np.ma.masked_where(~edges, edges.astype(np.float32)), cmap=ListedColormap(["black"]))
+        axes[1].set_title("own-class value, class outlines", fontsize=10)
+
+    for panel, c in enumerate(channels):
+        ax = axes[1 + overview + panel]
         channel = maps[c]
         low, high = float(np.nanmin(channel)), float(np.nanmax(channel))
         low, high = min(low, 0.0), max(high, 0.0)
@@ -242,6 +280,14 @@ def _figure(view: dict, path: Path, axis: int | None, index: int | None):
     where = "" if axis is None else f"; axis {axis}, slice {index} of 0-{maps.shape[1 + axis] - 1}"
     figure.suptitle(f"{path.name}: {view['what']}{where}", fontsize=11)
     return figure
+
+
+def _label_edges(codes: np.ndarray) -> np.ndarray:
+    """Pixels whose right or lower neighbour has another label: the class outlines."""
+    edges = np.zeros(codes.shape, dtype=bool)
+    edges[:-1, :] |= codes[:-1, :] != codes[1:, :]
+    edges[:, :-1] |= codes[:, :-1] != codes[:, 1:]
+    return edges
 
 
 def _screen_axes(affine, kept: list[int]) -> tuple[bool, str]:

@@ -1,0 +1,102 @@
+"""What a first real dataset exposed (issue 10): selecting inputs, class-list typos, the
+summary, one style of error line, inspect and verify on many classes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from helpers import blobs, run_rwmaps, write_nifti
+
+from rwmaps_cli.verify import verify
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    """Images and labels in one folder, as many datasets ship them."""
+    root = tmp_path / "data"
+    for i in range(3):
+        write_nifti(root / f"case{i}_seg.nii.gz", blobs((16, 18, 10), 3, seed=i))
+        write_nifti(root / f"case{i}_img.nii.gz", np.random.default_rng(i).integers(0, 999, (16, 18, 10)).astype(np.int16))
+    return root
+
+
+def test_include_and_exclude_select_the_label_files(mixed_folder, tmp_path):
+    out = tmp_path / "maps"
+    result = run_rwmaps("compute", "--input", mixed_folder, "--output", out, "--include", "*_seg.nii.gz",
+                        "--exclude", "case2_*", check=0)
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case0_seg.nii.gz", "case1_seg.nii.gz"]
+    assert "2 done" in result.stderr and "4 other files ignored" in result.stderr
+    assert "3 channels (0, 1, 2)" in result.stderr  # the images' values never made it into the class list
+
+
+def test_a_pattern_that_matches_nothing_is_a_usage_error(mixed_folder, tmp_path):
+    result = run_rwmaps("compute", "--input", mixed_folder, "--output", tmp_path / "maps", "--include", "*_lbl.nii",
+                        check=2)
+    assert result.stderr.startswith("rwmaps: ") and "--include *_lbl.nii" in result.stderr
+
+
+def test_one_label_file_as_input(mixed_folder, tmp_path):
+    out = tmp_path / "maps"
+    run_rwmaps("compute", "--input", mixed_folder / "case1_seg.nii.gz", "--output", out, check=0)
+    assert [p.name for p in out.iterdir() if p.name != "rwmaps.json"] == ["case1_seg.nii.gz"]
+    run_rwmaps("verify", "--input", mixed_folder / "case1_seg.nii.gz", "--output", out, check=0)
+
+
+def test_a_class_in_no_case_is_named_and_strict_refuses_it(mixed_folder, tmp_path):
+    args = ["compute", "--input", mixed_folder, "--include", "*_seg.nii.gz", "--classes", "0,1,2,7"]
+    warned = run_rwmaps(*args, "--output", tmp_path / "warned", check=0)
+    assert ("rwmaps: hint: class values 7 occur in no case: their channels are constant (a typo in --classes or "
+            "dataset.json?); --strict refuses this") in warned.stderr
+    refused = run_rwmaps(*args, "--output", tmp_path / "refused", "--strict", check=2)
+    assert refused.stderr.startswith("rwmaps: --strict: class values 7 occur in no case under ")
+    assert not (tmp_path / "refused" / "case0_seg.nii.gz").exists()
+    quiet = run_rwmaps("compute", "--input", mixed_folder, "--include", "*_seg.nii.gz", "--classes", "0,1,2",
+                       "--output", tmp_path / "fine", "--strict", check=0)
+    assert "hint" not in quiet.stderr
+
+
+def test_the_summary_counts_many_classes_instead_of_listing_them(tmp_path):
+    labels = np.arange(40 * 30 * 20, dtype=np.int32).reshape(40, 30, 20) % 83
+    write_nifti(tmp_path / "labels" / "many.nii.gz", labels)
+    result = run_rwmaps("compute", "--input", tmp_path / "labels", "--output", tmp_path / "maps", "--format", "npy",
+                        "--layout", "compact", check=0)
+    assert "83 channels (label values 0 to 82; all in the manifest)" in result.stderr
+
+
+def test_every_error_line_has_one_style(mixed_folder, tmp_path):
+    usage = run_rwmaps("compute", "--input", tmp_path / "nowhere", "--output", tmp_path / "maps", check=2)
+    case = run_rwmaps("compute", "--input", mixed_folder, "--output", tmp_path / "maps", "--classes", "0,1",
+                      "--include", "*_seg.nii.gz", check=1)
+    assert usage.stderr.startswith(f"rwmaps: {tmp_path / 'nowhere'}: ")
+    assert all(line.startswith("rwmaps: ") for line in case.stderr.splitlines())
+
+
+def test_a_2d_file_has_no_orientation(tmp_path):
+    path = tmp_path / "slice.tif"
+    sitk.WriteImage(sitk.GetImageFromArray(blobs((30, 26), 3, seed=5)), str(path))
+    info = json.loads(run_rwmaps("inspect", path, "--json", check=0).stdout)
+    assert info["orientation"] is None
+
+
+def test_verify_reports_progress_with_a_total(mixed_folder, tmp_path):
+    out = tmp_path / "maps"
+    run_rwmaps("compute", "--input", mixed_folder, "--output", out, "--include", "*_seg.nii.gz", check=0)
+    bars = []
+
+    class Bar:
+        def __init__(self, total, description):
+            self.total, self.description, self.n = total, description, 0
+            bars.append(self)
+
+        def update(self, n=1):
+            self.n += n
+
+        def close(self):
+            pass
+
+    report = verify(mixed_folder, out, progress=Bar)
+    assert report.problems == []  # the images were not cases: verify keeps compute's --include
+    assert [(bar.total, bar.n, bar.description) for bar in bars] == [(3, 3, "recomputing maps")]
