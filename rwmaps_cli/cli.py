@@ -84,14 +84,19 @@ def cli() -> None:
                    "case (a typo gives a constant channel); costs one extra read of every case.")
 @click.option("--no-space-check", is_flag=True,
               help="Start even when the output file system seems to lack the space the maps need.")
+@click.option("--num-parts", type=click.IntRange(min=1), default=None,
+              help="Split the cases into N parts (a job array), by sorted name; see --part-id.")
+@click.option("--part-id", type=click.IntRange(min=0), default=None,
+              help="Compute part I (0..N-1) of --num-parts N.  Parts may run at once into one --output; each "
+                   "records its cases in its own manifest file, and verify and reruns see them all.")
 @click.option("--overwrite", is_flag=True,
               help="Recompute every case, even those already done, and allow other parameters than the "
                    "output folder's maps were made with.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary; errors are still printed.")
 @click.option("--debug", is_flag=True, help="Print a traceback for internal errors.")
 def compute(input_dir, output_dir, kind, fmt, layout, classes_text, num_classes, spacing, slice_axis, engine, dtype,
-            ignore_label, max_classes, jobs, include, exclude, strict, no_space_check, overwrite, quiet, debug,
-            scheduler) -> None:
+            ignore_label, max_classes, jobs, include, exclude, strict, no_space_check, num_parts, part_id, overwrite,
+            quiet, debug, scheduler) -> None:
     """Compute the maps of every label file under --input into --output.
 
     \b
@@ -116,6 +121,7 @@ def compute(input_dir, output_dir, kind, fmt, layout, classes_text, num_classes,
             classes=_class_list(classes_text, num_classes), spacing=spacing, slice_axis=slice_axis, engine=engine,
             dtype=dtype, ignore_label=ignore_label, max_classes=max_classes, jobs=jobs, scheduler=scheduler,
             overwrite=overwrite, include=include, exclude=exclude, strict=strict, space_check=not no_space_check,
+            part=_part(num_parts, part_id),
             progress=lambda total, description: _progress(total, description, quiet),
             on_failure=report_failure,
         )
@@ -146,6 +152,12 @@ def _channels(classes) -> str:
     if len(values) <= 8:
         return f"{len(values)} channels ({', '.join(map(str, values))})"
     return f"{len(values)} channels (label values {min(values)} to {max(values)}; all in the manifest)"
+
+
+def _part(num_parts: int | None, part_id: int | None) -> tuple[int, int] | None:
+    if (num_parts is None) != (part_id is None):
+        raise _Usage("give --num-parts and --part-id together")
+    return None if num_parts is None else (part_id, num_parts)
 
 
 def _class_list(classes_text: str | None, num_classes: int | None) -> list[int] | None:

@@ -37,7 +37,16 @@ from .formats import (
     read_shape,
     write_map,
 )
-from .manifest import CaseResult, Manifest, Settings, changed_parameters
+from .lock import folder_lock
+from .manifest import (
+    MANIFEST_NAME,
+    CaseResult,
+    Manifest,
+    Settings,
+    changed_parameters,
+    manifest_files,
+    part_manifest_name,
+)
 from .mapfile import map_is_complete
 from .maps import compute_maps, unique_labels
 from .run import LocalRunner, Stop, available_memory, threads_per_case
@@ -99,6 +108,7 @@ def compute_dataset(
     exclude: Sequence[str] = (),
     strict: bool = False,
     space_check: bool = True,
+    part: tuple[int, int] | None = None,
     progress: Callable[[int, str], object] | None = None,
     on_failure: Callable[[Path, CaseResult], None] | None = None,
 ) -> Outcome:
@@ -122,6 +132,11 @@ def compute_dataset(
     space_check : bool
         Refuse to start when the output file system has less free space than the maps
         need (estimated from the headers).
+    part : (part_id, num_parts), optional
+        Compute only this part's share of the cases: those at positions ``part_id``,
+        ``part_id + num_parts``, ... of the sorted case list (the same split in every part).
+        Parts of one run may run at once into one folder; each records its cases in its own
+        manifest file, merged on read.  The class list is settled from all cases in every part.
     progress : callable ``(total, description) -> bar``, optional
         Makes a progress bar with ``update()`` and ``close()``.
     on_failure : callable ``(input path, CaseResult)``, optional
@@ -147,12 +162,14 @@ def compute_dataset(
     _check_options(kind, fmt, layout, dtype)
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     dataset = find_dataset(input_dir, output_dir, fmt, include, exclude)
-    jobs = _jobs(jobs, len(dataset.cases))
+    mine = _share(dataset.cases, part)
+    jobs = _jobs(jobs, len(mine))
     stop = Stop()
     with ExitStack() as stack:
         stack.enter_context(_stop_on_signals(stop))
-        runner = _runner(scheduler, jobs, stack)
         _check_writable(output_dir)
+        exclusive = stack.enter_context(folder_lock(output_dir, part))
+        runner = _runner(scheduler, jobs, stack)
         given = classes is not None or dataset.dataset_json is not None
         class_list, ignore_label, failed = _settle_classes(dataset, classes, ignore_label, max_classes, runner,
                                                            progress, stop)
@@ -160,12 +177,12 @@ def compute_dataset(
         if strict and given and not stop:
             _refuse_unseen_classes(dataset, settings, max_classes, runner, progress, stop)
         manifest = _open_manifest(output_dir, settings, overwrite,
-                                  {"include": list(include), "exclude": list(exclude)})
+                                  {"include": list(include), "exclude": list(exclude)}, part, mine)
         outcome = Outcome(classes=settings.classes, manifest=manifest.path, ignored_files=len(dataset.skipped_files),
-                          removed_temporaries=clean_temporaries(output_dir))
+                          removed_temporaries=clean_temporaries(output_dir, all_writers_gone=exclusive))
         todo = []
-        for case in dataset.cases:
-            if case.name in failed:
+        for case in mine:
+            if case.name in failed:  # unreadable while scanning the class list
                 manifest.record(case.input, case.output, failed[case.name])
                 outcome.failures.append((case.input, failed[case.name]))
                 on_failure(case.input, failed[case.name])
@@ -180,8 +197,8 @@ def compute_dataset(
             _compute_cases(todo, settings, manifest, runner, jobs, progress, on_failure, outcome, stop)
         outcome.not_finished = len(todo) - outcome.done - sum(r.status == "failed" for _, r in outcome.failures
                                                               if r.name in {c.name for c in todo})
+        clean_temporaries(output_dir, all_writers_gone=exclusive)  # a stop killed workers mid-write
     outcome.stopped = stop.reason
-    clean_temporaries(output_dir)  # a stop killed the workers mid-write: their temporaries go
     outcome.hints += _hints(dataset, settings, manifest, outcome, given and not stop)
     return outcome
 
@@ -368,10 +385,24 @@ def _scan_classes(dataset: Dataset, ignore_label, max_classes, runner, progress,
     return classes, ignore_label, failed
 
 
-def _open_manifest(output_dir: Path, settings: Settings, overwrite: bool, selection: dict) -> Manifest:
+def _share(cases: list[Case], part: tuple[int, int] | None) -> list[Case]:
+    """This part's cases: every ``num_parts``-th of the sorted list, from ``part_id``."""
+    if part is None:
+        return cases
+    part_id, parts = part
+    if not 0 <= part_id < parts:
+        raise UsageError(f"--part-id {part_id} must be in 0..{parts - 1} for --num-parts {parts}")
+    return [case for i, case in enumerate(sorted(cases, key=lambda c: c.name)) if i % parts == part_id]
+
+
+def _open_manifest(output_dir: Path, settings: Settings, overwrite: bool, selection: dict,
+                   part: tuple[int, int] | None, mine: list[Case]) -> Manifest:
+    """The manifest this run writes: a plain run takes over every part's file into
+    ``rwmaps.json`` (it holds the folder alone); a part writes its own file."""
+    name = MANIFEST_NAME if part is None else part_manifest_name(*part)
     previous = Manifest.load(output_dir)
     if previous is None or overwrite:
-        return Manifest(output_dir, settings, __version__, selection=selection)
+        return _taking_over(Manifest(output_dir, settings, __version__, selection=selection, name=name), part)
     if previous.settings is None:
         raise UsageError(f"{output_dir} holds maps whose parameters cannot be read ({previous.settings_error}); "
                          "use another --output, or --overwrite to recompute them all")
@@ -381,7 +412,20 @@ def _open_manifest(output_dir: Path, settings: Settings, overwrite: bool, select
         named = ", ".join(f"{OPTION_OF_PARAMETER.get(key, key)} {before[key]!r} -> {now[key]!r}" for key in changed)
         raise UsageError(f"{output_dir} holds maps made with other parameters ({named}); "
                          "use another --output, or --overwrite to recompute them all")
-    return Manifest(output_dir, settings, __version__, previous.cases, selection)
+    names = {case.name for case in mine}
+    cases = previous.cases if part is None else {n: e for n, e in previous.cases.items() if n in names}
+    return _taking_over(Manifest(output_dir, settings, __version__, cases, selection, name=name), part)
+
+
+def _taking_over(manifest: Manifest, part: tuple[int, int] | None) -> Manifest:
+    """A plain run holds the folder alone: it writes every part's records into rwmaps.json,
+    then removes the parts' files."""
+    if part is None:
+        manifest.write()
+        for stale in manifest_files(manifest.path.parent):
+            if stale.name != MANIFEST_NAME:
+                stale.unlink()
+    return manifest
 
 
 # --------------------------------------------------------------------------- running the cases

@@ -21,6 +21,13 @@ from .formats import LAYOUTS, OUTPUT_FORMATS, atomic_path
 from .maps import ENGINES, KINDS
 
 MANIFEST_NAME = "rwmaps.json"
+PART_MANIFEST_GLOB = "rwmaps.part-*-of-*.json"  # one per part of a job array: no two writers share a file
+
+
+def part_manifest_name(part: int, parts: int) -> str:
+    """``rwmaps.part-03-of-08.json``: the manifest a part of a job array writes."""
+    width = len(str(parts - 1))
+    return f"rwmaps.part-{part:0{width}d}-of-{parts}.json"
 DTYPES = ("float32", "float16")
 
 
@@ -139,12 +146,54 @@ def read_manifest(path: str | os.PathLike) -> ManifestFile:
     return ManifestFile(path, header, cases, settings, settings_error)
 
 
+def manifest_files(folder: str | os.PathLike) -> list[Path]:
+    """The manifests in ``folder``: ``rwmaps.json`` and the parts', oldest first."""
+    folder = Path(folder)
+    files = [p for p in [folder / MANIFEST_NAME, *folder.glob(PART_MANIFEST_GLOB)] if p.is_file()]
+    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+
+
+def read_folder_manifest(folder: str | os.PathLike) -> ManifestFile:
+    """The manifest of an output folder: ``rwmaps.json`` merged with the parts' manifests.
+
+    Parts of a job array each write their own file (no two processes ever write one file,
+    which stays correct on NFS); a case's newest entry wins.  The parts must agree on the
+    parameters: when they do not, ``settings`` is None and ``settings_error`` says so.
+
+    Raises
+    ------
+    FileNotFoundError
+        No manifest in ``folder``.
+    ValueError
+        A manifest that is not valid (the message names the file).
+    """
+    files = manifest_files(folder)
+    if not files:
+        raise FileNotFoundError(Path(folder) / MANIFEST_NAME)
+    parsed = []
+    for path in files:
+        try:
+            parsed.append(read_manifest(path))
+        except ValueError as error:
+            raise ValueError(f"{path.name}: {error}" if len(files) > 1 else str(error)) from None
+    newest = parsed[-1]
+    cases: dict[str, dict] = {}
+    for one in parsed:
+        cases.update(one.cases)
+    settings, error = newest.settings, newest.settings_error
+    disagree = [one.path.name for one in parsed if one.settings != newest.settings]
+    if disagree:
+        settings, error = None, (f"{', '.join(disagree)} and {newest.path.name} were made with other parameters "
+                                 "(parts of one run must share them)")
+    return ManifestFile(Path(folder) / MANIFEST_NAME, newest.header, cases, settings, error)
+
+
 class Manifest:
-    """The manifest of one output folder, kept current on disk."""
+    """The manifest a run keeps current on disk: ``rwmaps.json``, or its part's file."""
 
     def __init__(self, output_dir: Path, settings: Settings, version: str, cases: dict | None = None,
-                 selection: dict | None = None):
-        self.path = Path(output_dir) / MANIFEST_NAME
+                 selection: dict | None = None, name: str = MANIFEST_NAME):
+        self.path = Path(output_dir) / name
         self.settings = settings
         self.header = {"tool": "rwmaps", "version": version, "parameters": settings.to_parameters(),
                        "classes": list(settings.classes), "engine": settings.engine,
@@ -153,10 +202,10 @@ class Manifest:
 
     @staticmethod
     def load(output_dir: Path) -> ManifestFile | None:
-        """The manifest an earlier run left in ``output_dir``; None if absent or unreadable
+        """What earlier runs (or parts) left in ``output_dir``; None if absent or unreadable
         (then every map is checked again)."""
         try:
-            return read_manifest(Path(output_dir) / MANIFEST_NAME)
+            return read_folder_manifest(output_dir)
         except (FileNotFoundError, ValueError):
             return None
 
@@ -218,7 +267,7 @@ def manifest_for_map(path: str | os.PathLike) -> MapRecord | None:
     nearest = None
     for folder in path.parents:
         candidate = folder / MANIFEST_NAME
-        cached = _cached_manifest(candidate)
+        cached = _cached_manifest(folder)
         if cached is None:
             continue
         parsed, by_name = cached
@@ -235,20 +284,22 @@ def manifest_for_map(path: str | os.PathLike) -> MapRecord | None:
 _MANIFEST_CACHE: dict[tuple, tuple[ManifestFile, dict[str, list[dict]]]] = {}
 
 
-def _cached_manifest(path: Path) -> tuple[ManifestFile, dict[str, list[dict]]] | None:
-    """(parsed manifest, case entries by output file name), or None if absent or unreadable.
+def _cached_manifest(folder: Path) -> tuple[ManifestFile, dict[str, list[dict]]] | None:
+    """(the folder's merged manifest, case entries by output file name), or None if absent
+    or unreadable.
 
-    Cached by path, size and mtime: a data loader calls load_map for every map of every
-    epoch, and a manifest of many cases takes milliseconds to parse.
+    Cached by the manifests' paths, sizes and mtimes: a data loader calls load_map for every
+    map of every epoch, and a manifest of many cases takes milliseconds to parse.
     """
     try:
-        stat = path.stat()
+        key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in manifest_files(folder))
     except OSError:
         return None
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if not key:
+        return None
     if key not in _MANIFEST_CACHE:
         try:
-            parsed = read_manifest(path)
+            parsed = read_folder_manifest(folder)
         except (FileNotFoundError, ValueError):
             return None
         by_name: dict[str, list[dict]] = {}

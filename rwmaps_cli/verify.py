@@ -27,7 +27,7 @@ from .compute import case_maps, case_memory_need
 from .dataset import Case, Dataset, find_dataset
 from .errors import InputError, UsageError
 from .formats import OUTPUT_FORMATS, TMP_MARKER, is_output_file, output_path, read_labels, read_shape
-from .manifest import MANIFEST_NAME, CaseResult, Settings, fingerprint, read_manifest
+from .manifest import MANIFEST_NAME, CaseResult, Settings, fingerprint, read_folder_manifest
 from .mapfile import load_map, map_info
 from .run import run_local, threads_per_case
 
@@ -138,7 +138,7 @@ def verify(
 def _read_manifest(path: Path, problems: list[str]) -> tuple[Settings | None, dict]:
     """(settings, case entries) of the manifest; a problem line and (None, ...) if unusable."""
     try:
-        parsed = read_manifest(path)
+        parsed = read_folder_manifest(path.parent)
     except FileNotFoundError:
         problems.append(f"{path}: no manifest; without its parameters the maps cannot be recomputed "
                         "(only their presence and shapes are checked)")
@@ -159,7 +159,7 @@ def _read_manifest(path: Path, problems: list[str]) -> tuple[Settings | None, di
 
 def _selection(path: Path) -> dict:
     try:
-        selection = read_manifest(path).header.get("selection") or {}
+        selection = read_folder_manifest(path.parent).header.get("selection") or {}
     except (FileNotFoundError, ValueError):
         return {}
     return {key: [str(p) for p in selection.get(key) or []] for key in ("include", "exclude")}

@@ -666,7 +666,7 @@ def test_clean_temporaries_removes_only_those_whose_writer_is_gone(tmp_path):
     gone = dead_pid()
     keep = [tmp_path / "a.nii.gz", tmp_path / "sub" / "b.npz",
             tmp_path / f".live{TMP_MARKER}{_HOST}-{os.getpid()}-0123abcd.nii.gz",  # this process writes it
-            tmp_path / f".far{TMP_MARKER}other-host-{gone}-0123abcd.npy"]  # another host's pid: unknown here
+            tmp_path / f".far{TMP_MARKER}other_host-{gone}-0123abcd.npy"]  # another host's pid: unknown here
     planted = [
         tmp_path / f".a{TMP_MARKER}{_HOST}-{gone}-deadbeef.nii.gz",
         tmp_path / "sub" / f".b{TMP_MARKER}{gone}-00ff00ff.npz",  # rwmaps 0.1's name: no host
@@ -679,7 +679,7 @@ def test_clean_temporaries_removes_only_those_whose_writer_is_gone(tmp_path):
     assert clean_temporaries(tmp_path) == 3
     assert all(p.exists() for p in keep) and not any(p.exists() for p in planted)
     assert clean_temporaries(tmp_path) == 0
-    assert clean_temporaries(tmp_path, all_writers_gone=True) == 2  # the folder's lock says nobody else writes
+    assert clean_temporaries(tmp_path, all_writers_gone=True) == 1  # the lock: no other host writes; this pid lives
     assert clean_temporaries(tmp_path / "missing") == 0
 
 

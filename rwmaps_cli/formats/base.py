@@ -278,14 +278,15 @@ def temporary_name(path: Path, suffix: str) -> Path:
     return path.with_name(f".{stem}{TMP_MARKER}{_HOST}-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
 
 
-def writer_is_gone(name: str) -> bool:
+def writer_is_gone(name: str, other_hosts_gone: bool = False) -> bool:
     """Whether the process that wrote temporary ``name`` has ended: its pid is dead on this
-    host.  A writer on another host cannot be seen from here: it counts as alive."""
+    host.  A writer on another host cannot be seen from here: it counts as alive unless
+    ``other_hosts_gone``."""
     match = _TMP_WRITER.search(name)
     if match is None:
         return False
     if match.group("host") not in (None, _HOST):
-        return False
+        return other_hosts_gone
     try:
         os.kill(int(match.group("pid")), 0)
     except ProcessLookupError:
@@ -318,15 +319,15 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 def clean_temporaries(root: str | os.PathLike, all_writers_gone: bool = False) -> int:
     """Delete the temporaries under ``root`` (recursively) whose writer has ended.
 
-    They are left by a killed run.  A temporary of a live writer (another run, or a
-    worker of this one) is never removed; a writer on another host counts as alive unless
-    ``all_writers_gone`` (the caller holds the folder's exclusive lock).
+    They are left by a killed run.  A temporary whose pid is alive on this host is never
+    removed; a writer on another host counts as alive unless ``all_writers_gone`` (the
+    caller holds the folder's exclusive lock, so no rwmaps writes there anywhere).
     Returns how many files were removed.
     """
     removed = 0
     for folder, _, files in os.walk(root):  # does not follow symlinked folders
         for name in files:
-            if TMP_MARKER in name and (all_writers_gone or writer_is_gone(name)):
+            if TMP_MARKER in name and writer_is_gone(name, other_hosts_gone=all_writers_gone):
                 try:
                     os.unlink(os.path.join(folder, name))
                 except FileNotFoundError:  # already gone
