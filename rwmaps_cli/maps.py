@@ -282,6 +282,8 @@ def _compute_c(codes, n_classes, kind, spacing, axis, engine, threads, layout, d
     ones = np.ones(n_classes)
     if kind == "ac":
         _expand(out, None, codes, n_classes, ones)
+    elif kind == "rrw" and axis is None:
+        _full_rrw_field(out, codes, n_classes, spacing, engine, threads)
     elif kind == "rrw":
         values = _own_class_values(codes, n_classes, spacing, axis, engine, threads, np.float32, None)
         _expand(out, values, codes, n_classes, ones)
@@ -343,29 +345,32 @@ def _own_values_field(codes, n_classes, spacing, engine, threads, out) -> np.nda
         values.fill(-1.0 if codes.size and codes.flat[0] <= n_classes else 0.0)
         return values
     distance = _inside_distance(codes, n_classes, spacing, engine, threads)
-    flat_codes, flat_distance = codes.reshape(-1), distance.reshape(-1)
-    divisors = -_class_maxima(flat_distance, flat_codes, n_classes + 2)
-    divisors[n_classes + 1] = np.inf  # the ignore label: distance / inf = 0
+    maxima, _ = _scan_classes(codes, n_classes + 2, values=distance)
     values = distance if out is None else out
-    _divide_by_class(flat_distance, flat_codes, divisors, values.reshape(-1))
+    _divide_by_class(distance.reshape(-1), codes.reshape(-1), _rrw_divisors(maxima), values.reshape(-1))
     return values
 
 
-def _class_maxima(values: np.ndarray, codes: np.ndarray, size: int, absolute: bool = False) -> np.ndarray:
-    """Largest value (or ``|value|``) of each code, over flat arrays, in one chunked pass.
+def _full_rrw_field(out, codes, n_classes, spacing, engine, threads) -> None:
+    """The full rrw map of a whole volume: each channel divides the distances in its box.
 
-    Runs of equal codes along memory give one ``np.maximum.reduceat`` each; only the runs
-    (few, on real labels) go through the slow unbuffered ``np.maximum.at``.  Codes
-    without any voxel get 0.
+    The same float32 division as the compact layout (so ``expand_map`` of that equals
+    this bit for bit), without writing the compact volume first.
     """
-    maxima = np.zeros(size, dtype=values.dtype)
-    for start in range(0, values.size, _CHUNK):
-        chunk, chunk_codes = values[start:start + _CHUNK], codes[start:start + _CHUNK]
-        if absolute:
-            chunk = np.abs(chunk)
-        runs = _run_starts(chunk_codes)
-        np.maximum.at(maxima, chunk_codes[runs], np.maximum.reduceat(chunk, runs))
-    return maxima
+    if codes.size == 0 or codes.min() == codes.max():
+        values = _own_values_field(codes, n_classes, spacing, engine, threads, None)
+        _expand(out, values, codes, n_classes, np.ones(n_classes))
+        return
+    distance = _inside_distance(codes, n_classes, spacing, engine, threads)
+    maxima, boxes = _scan_classes(codes, n_classes + 2, values=distance, boxes=True)
+    _expand(out, distance, codes, n_classes, np.ones(n_classes), boxes, _rrw_divisors(maxima))
+
+
+def _rrw_divisors(maxima: np.ndarray) -> np.ndarray:
+    """Divisor of each code's distances: ``-max``; the ignore code (last) ``inf``, giving 0."""
+    divisors = -maxima
+    divisors[-1] = np.inf
+    return divisors
 
 
 def _divide_by_class(values: np.ndarray, codes: np.ndarray, divisors: np.ndarray, out: np.ndarray) -> None:
@@ -392,64 +397,121 @@ def _renormalized(compact: np.ndarray, codes: np.ndarray, n_classes: int) -> np.
     values = np.array(compact, dtype=work_dtype, order="C")  # codes are C-contiguous
     if values.size == 0:
         return values
-    flat_values, flat_codes = values.reshape(-1), codes.reshape(-1)
-    maxima = _class_maxima(flat_values, flat_codes, n_classes + 2, absolute=True)
+    maxima, _ = _scan_classes(codes, n_classes + 2, values=values, absolute=True)
     divisors = np.where(maxima > 0, maxima, 1)  # an all-zero class (or the ignore label) stays
-    _divide_by_class(flat_values, flat_codes, divisors, flat_values)
+    _divide_by_class(values.reshape(-1), codes.reshape(-1), divisors, values.reshape(-1))
     return values
 
 
-def _expand(out, values, codes, n_classes, outside) -> None:
-    """Fill ``out`` (C, *codes.shape): ``values`` (0 if None) on class c, ``outside[c]`` elsewhere.
+def _expand(out, values, codes, n_classes, outside, boxes=None, divisors=None) -> None:
+    """Fill ``out`` (C, *codes.shape) from C-contiguous ``codes``: class c gets ``values``
+    (0 if None; ``values / divisors[c + 1]`` if divisors are given), other voxels
+    ``outside[c]``, the ignore label 0.
 
-    Each channel is filled once (the output's own cost); then each class is written
-    only inside its bounding box, and the ignore label set to 0 inside its own.
+    Each channel is filled once (the output's own cost); then each class is written only
+    inside its bounding box, and the ignore label set to 0 inside its own.
     """
-    boxes = _class_boxes(codes, n_classes + 2)
+    if boxes is None:
+        _, boxes = _scan_classes(codes, n_classes + 2, boxes=True)
     ignore_box = boxes[n_classes + 1]
     ignored = None if ignore_box is None else codes[ignore_box] == n_classes + 1
     for c in range(n_classes):
         channel = out[c]
         channel.fill(outside[c])
-        box = boxes[c + 1]
-        if box is not None:
-            mask = codes[box] == c + 1
+        for part_codes, part_values, part_out in _parts(boxes[c + 1], codes, values, channel):
+            mask = part_codes == c + 1
             if values is None:
-                np.copyto(channel[box], 0, where=mask)
+                np.copyto(part_out, 0, where=mask)
+            elif divisors is None:
+                np.copyto(part_out, part_values, where=mask, casting="same_kind")
             else:
-                np.copyto(channel[box], values[box], where=mask, casting="same_kind")
+                np.divide(part_values, divisors[c + 1], out=part_out, where=mask, casting="same_kind")
         if ignored is not None:
             np.copyto(channel[ignore_box], 0, where=ignored)
 
 
-def _class_boxes(codes: np.ndarray, size: int) -> list[tuple[slice, ...] | None]:
-    """Bounding box of each code ``0 .. size - 1`` of C-contiguous ``codes`` (None if absent).
+def _parts(box, codes, values, channel):
+    """Matching pieces of ``codes``, ``values`` (or None) and ``channel`` that cover ``box``.
 
-    What ``scipy.ndimage.find_objects`` gives, from the runs of equal codes in memory
-    order rather than from every voxel: a few times faster on real labels.  A run within
-    one row spans its columns; a run over several rows spans all columns, and so on up.
+    Pieces of about ``_CHUNK`` voxels, so that their masks stay in cache and reuse the
+    same memory.  Either the box's span of flat memory (from its first corner to its
+    last), in contiguous ranges, or slabs of the box itself: contiguous masked passes
+    cost about a third of strided ones per voxel, so the span wins unless it is more
+    than 3 times the box (thin classes spread along the slowest axis).
     """
-    shape, flat = codes.shape, codes.reshape(-1)
+    if box is None:
+        return
+    shape = codes.shape
+    first = int(np.ravel_multi_index([s.start for s in box], shape))
+    last = int(np.ravel_multi_index([s.stop - 1 for s in box], shape)) + 1
+    volume = int(np.prod([s.stop - s.start for s in box]))
+    contiguous = channel.flags.c_contiguous and (values is None or values.flags.c_contiguous)
+    if contiguous and last - first <= 3 * volume:
+        flat_codes, flat_out = codes.reshape(-1), channel.reshape(-1)
+        flat_values = None if values is None else values.reshape(-1)
+        for start in range(first, last, _CHUNK):
+            piece = slice(start, min(start + _CHUNK, last))
+            yield flat_codes[piece], None if values is None else flat_values[piece], flat_out[piece]
+        return
+    rows = max(1, _CHUNK // max(1, volume // (box[0].stop - box[0].start)))  # first-axis steps per piece
+    for start in range(box[0].start, box[0].stop, rows):
+        part = (slice(start, min(start + rows, box[0].stop)), *box[1:])
+        yield codes[part], None if values is None else values[part], channel[part]
+
+
+def _scan_classes(codes: np.ndarray, size: int, values: np.ndarray | None = None, absolute: bool = False,
+                  boxes: bool = False) -> tuple[np.ndarray | None, list | None]:
+    """One chunked pass over C-contiguous ``codes``: each code's largest value and box.
+
+    Parameters
+    ----------
+    codes : (*shape) C-contiguous unsigned array, values below ``size``
+    size : int
+        Number of codes.
+    values : (*shape) C-contiguous float array, optional
+        Give the largest value of each code (``|value|`` if ``absolute``); 0 if absent.
+    boxes : bool
+        Give the bounding box of each code, as ``scipy.ndimage.find_objects`` (None if
+        absent).
+
+    Returns
+    -------
+    maxima : (size,) array of values.dtype, or None
+    boxes : list of ``size`` tuples of slices (or None), or None
+
+    Runs of equal codes along memory carry the work: one ``np.maximum.reduceat`` per
+    run, and only the runs (few, on real labels) go through the unbuffered ufunc.at.
+    For the boxes, a run within one row spans its own columns, a run over several rows
+    all columns, and so on up: a few times faster than ``find_objects`` on every voxel.
+    """
+    flat, flat_values = codes.reshape(-1), None if values is None else values.reshape(-1)
+    maxima = None if values is None else np.zeros(size, dtype=values.dtype)
     low = np.full((codes.ndim, size), np.iinfo(np.int64).max)
     high = np.full((codes.ndim, size), -1)
-    block = [int(np.prod(shape[axis:])) for axis in range(codes.ndim)]  # voxels per step of axis - 1
+    block = [int(np.prod(codes.shape[axis:])) for axis in range(codes.ndim)]  # voxels per step of axis - 1
     for start in range(0, flat.size, _CHUNK):
         stop = min(start + _CHUNK, flat.size)
         runs = _run_starts(flat[start:stop])
         run_codes = flat[start:stop][runs]
-        first = runs + start
-        last = np.append(first[1:] - 1, stop - 1)
-        first_at, last_at = np.unravel_index(first, shape), np.unravel_index(last, shape)
-        for axis in range(codes.ndim):
-            lo, hi = first_at[axis], last_at[axis]
-            if axis:
-                spans = first // block[axis] != last // block[axis]  # crosses a row (plane, ...)
-                lo, hi = np.where(spans, 0, lo), np.where(spans, shape[axis] - 1, hi)
-            np.minimum.at(low[axis], run_codes, lo)
-            np.maximum.at(high[axis], run_codes, hi)
-    return [None if high[0, code] < 0 else
-            tuple(slice(int(low[axis, code]), int(high[axis, code]) + 1) for axis in range(codes.ndim))
-            for code in range(size)]
+        if maxima is not None:
+            chunk = np.abs(flat_values[start:stop]) if absolute else flat_values[start:stop]
+            np.maximum.at(maxima, run_codes, np.maximum.reduceat(chunk, runs))
+        if boxes:
+            first = runs + start
+            last = np.append(first[1:] - 1, stop - 1)
+            first_at, last_at = np.unravel_index(first, codes.shape), np.unravel_index(last, codes.shape)
+            for axis in range(codes.ndim):
+                lo, hi = first_at[axis], last_at[axis]
+                if axis:
+                    spans = first // block[axis] != last // block[axis]  # crosses a row (plane, ...)
+                    lo, hi = np.where(spans, 0, lo), np.where(spans, codes.shape[axis] - 1, hi)
+                np.minimum.at(low[axis], run_codes, lo)
+                np.maximum.at(high[axis], run_codes, hi)
+    if not boxes:
+        return maxima, None
+    return maxima, [None if high[0, code] < 0 else
+                    tuple(slice(int(low[axis, code]), int(high[axis, code]) + 1) for axis in range(codes.ndim))
+                    for code in range(size)]
 
 
 # ---------------------------------------------------------------------------------------
