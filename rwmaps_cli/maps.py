@@ -322,8 +322,9 @@ def _own_class_values(codes, n_classes, spacing, axis, engine, threads, dtype, o
         in_plane = None if spacing is None else tuple(s for a, s in enumerate(spacing) if a != axis)
         for i in range(codes.shape[axis]):
             index = (slice(None),) * axis + (i,)
-            plane = np.ascontiguousarray(codes[index])  # edt needs a contiguous array
-            values[index] = _own_values_field(plane, n_classes, in_plane, engine, threads, None)
+            plane = np.ascontiguousarray(codes[index])  # edt needs a contiguous array (1D at least)
+            values[index] = _own_values_field(plane, n_classes, in_plane, engine, threads, None).reshape(
+                values[index].shape)
     if out is not None:
         if values is not out:
             np.copyto(out, values, casting="same_kind")
@@ -345,9 +346,10 @@ def _own_values_field(codes, n_classes, spacing, engine, threads, out) -> np.nda
         values.fill(-1.0 if codes.size and codes.flat[0] <= n_classes else 0.0)
         return values
     distance = _inside_distance(codes, n_classes, spacing, engine, threads)
-    maxima, _ = _scan_classes(codes, n_classes + 2, values=distance)
+    runs = list(_chunk_runs(codes))  # found once, used by both passes
+    maxima, _ = _scan_classes(codes, n_classes + 2, values=distance, runs=runs)
     values = distance if out is None else out
-    _divide_by_class(distance.reshape(-1), codes.reshape(-1), _rrw_divisors(maxima), values.reshape(-1))
+    _divide_by_class(distance.reshape(-1), _rrw_divisors(maxima), values.reshape(-1), runs)
     return values
 
 
@@ -373,22 +375,28 @@ def _rrw_divisors(maxima: np.ndarray) -> np.ndarray:
     return divisors
 
 
-def _divide_by_class(values: np.ndarray, codes: np.ndarray, divisors: np.ndarray, out: np.ndarray) -> None:
-    """``out = values / divisors[codes]`` over flat arrays, chunked, one divisor per run."""
-    for start in range(0, values.size, _CHUNK):
-        stop = min(start + _CHUNK, values.size)
-        chunk_codes = codes[start:stop]
-        runs = _run_starts(chunk_codes)
-        lengths = np.diff(runs, append=stop - start)
-        per_voxel = np.repeat(divisors[chunk_codes[runs]].astype(values.dtype), lengths)
+def _divide_by_class(values: np.ndarray, divisors: np.ndarray, out: np.ndarray, runs: list) -> None:
+    """``out = values / divisors[code]`` over flat arrays, chunked, one divisor per run."""
+    for start, stop, starts, run_codes in runs:
+        lengths = np.diff(starts, append=stop - start)
+        per_voxel = np.repeat(divisors[run_codes].astype(values.dtype), lengths)
         np.divide(values[start:stop], per_voxel, out=out[start:stop], casting="same_kind")
 
 
-def _run_starts(codes: np.ndarray) -> np.ndarray:
-    """Indices where a run of equal values starts in a non-empty 1D array."""
-    changes = np.flatnonzero(codes[1:] != codes[:-1])
-    changes += 1
-    return np.concatenate(([0], changes))
+def _chunk_runs(codes: np.ndarray):
+    """Runs of equal values of C-contiguous ``codes`` in memory order, chunk by chunk.
+
+    Yields ``(start, stop, starts, run_codes)`` for each chunk ``flat[start:stop]``:
+    where its runs start (int32, within the chunk) and their codes.  Real labels have
+    long runs (a few per row), so the passes that follow work per run, not per voxel.
+    """
+    flat = codes.reshape(-1)
+    for start in range(0, flat.size, _CHUNK):
+        chunk = flat[start:start + _CHUNK]
+        changes = np.flatnonzero(chunk[1:] != chunk[:-1]).astype(np.int32)
+        changes += 1
+        starts = np.concatenate((np.zeros(1, np.int32), changes))
+        yield start, start + chunk.size, starts, chunk[starts]
 
 
 def _renormalized(compact: np.ndarray, codes: np.ndarray, n_classes: int) -> np.ndarray:
@@ -397,9 +405,10 @@ def _renormalized(compact: np.ndarray, codes: np.ndarray, n_classes: int) -> np.
     values = np.array(compact, dtype=work_dtype, order="C")  # codes are C-contiguous
     if values.size == 0:
         return values
-    maxima, _ = _scan_classes(codes, n_classes + 2, values=values, absolute=True)
+    runs = list(_chunk_runs(codes))
+    maxima, _ = _scan_classes(codes, n_classes + 2, values=values, absolute=True, runs=runs)
     divisors = np.where(maxima > 0, maxima, 1)  # an all-zero class (or the ignore label) stays
-    _divide_by_class(values.reshape(-1), codes.reshape(-1), divisors, values.reshape(-1))
+    _divide_by_class(values.reshape(-1), divisors, values.reshape(-1), runs)
     return values
 
 
@@ -460,7 +469,7 @@ def _parts(box, codes, values, channel):
 
 
 def _scan_classes(codes: np.ndarray, size: int, values: np.ndarray | None = None, absolute: bool = False,
-                  boxes: bool = False) -> tuple[np.ndarray | None, list | None]:
+                  boxes: bool = False, runs: list | None = None) -> tuple[np.ndarray | None, list | None]:
     """One chunked pass over C-contiguous ``codes``: each code's largest value and box.
 
     Parameters
@@ -473,6 +482,8 @@ def _scan_classes(codes: np.ndarray, size: int, values: np.ndarray | None = None
     boxes : bool
         Give the bounding box of each code, as ``scipy.ndimage.find_objects`` (None if
         absent).
+    runs : list, optional
+        ``list(_chunk_runs(codes))``, if the caller has it already.
 
     Returns
     -------
@@ -484,20 +495,17 @@ def _scan_classes(codes: np.ndarray, size: int, values: np.ndarray | None = None
     For the boxes, a run within one row spans its own columns, a run over several rows
     all columns, and so on up: a few times faster than ``find_objects`` on every voxel.
     """
-    flat, flat_values = codes.reshape(-1), None if values is None else values.reshape(-1)
+    flat_values = None if values is None else values.reshape(-1)
     maxima = None if values is None else np.zeros(size, dtype=values.dtype)
     low = np.full((codes.ndim, size), np.iinfo(np.int64).max)
     high = np.full((codes.ndim, size), -1)
     block = [int(np.prod(codes.shape[axis:])) for axis in range(codes.ndim)]  # voxels per step of axis - 1
-    for start in range(0, flat.size, _CHUNK):
-        stop = min(start + _CHUNK, flat.size)
-        runs = _run_starts(flat[start:stop])
-        run_codes = flat[start:stop][runs]
+    for start, stop, starts, run_codes in _chunk_runs(codes) if runs is None else runs:
         if maxima is not None:
             chunk = np.abs(flat_values[start:stop]) if absolute else flat_values[start:stop]
-            np.maximum.at(maxima, run_codes, np.maximum.reduceat(chunk, runs))
+            np.maximum.at(maxima, run_codes, np.maximum.reduceat(chunk, starts))
         if boxes:
-            first = runs + start
+            first = starts.astype(np.int64) + start
             last = np.append(first[1:] - 1, stop - 1)
             first_at, last_at = np.unravel_index(first, codes.shape), np.unravel_index(last, codes.shape)
             for axis in range(codes.ndim):

@@ -98,6 +98,17 @@ def test_per_slice_compact_is_normalised_per_slice():
     np.testing.assert_allclose(compact, reference_compact(labels, [0, 1, 2], slice_axis=0), **TOL)
 
 
+@pytest.mark.parametrize("kind", ["rrw", "boundary", "kervadec", "ac"])
+def test_per_slice_on_1d_labels_makes_one_voxel_fields(kind):
+    """Each slice of a 1D array is one voxel: its class fills the field (this used to
+    return uninitialised memory)."""
+    labels = np.array([0, 1, 1, 2], dtype=np.uint8)
+    maps = compute_maps(labels, [0, 1, 2, 3], kind=kind, slice_axis=0)
+    np.testing.assert_array_equal(maps, reference_maps(labels, [0, 1, 2, 3], kind, slice_axis=0))
+    if kind == "rrw":
+        np.testing.assert_array_equal(compute_maps(labels, [0, 1, 2, 3], layout="compact", slice_axis=0), -1)
+
+
 def test_largest_value_is_exactly_minus_one():
     labels = blobs((17, 19, 13), 4, seed=3)
     compact = compute_maps(labels, [0, 1, 2, 3], layout="compact", spacing=(0.7, 0.9, 2.5))
