@@ -102,3 +102,43 @@ def liviaets_one_hot2dist(seg: np.ndarray, resolution=None) -> np.ndarray:
                 distance_transform_edt(posmask, sampling=resolution) - 1
             ) * posmask
     return res
+
+
+def reference_compact(labels, classes, spacing=None, slice_axis=None, ignore_label=None):
+    """The compact rrw map from the full reference: each voxel's value in its own class's
+    channel; 0 on the ignore label.  Shape labels.shape, float64."""
+    labels = np.asarray(labels)
+    full = reference_maps(labels, classes, "rrw", spacing, slice_axis, ignore_label)
+    compact = np.zeros(labels.shape)
+    for c, k in enumerate(classes):
+        compact[labels == k] = full[c][labels == k]
+    return compact
+
+
+def reference_expanded(compact, labels, classes, outside, ignore_label=None):
+    """Channel c: ``compact`` on class c, ``outside[c]`` elsewhere, 0 on the ignore label."""
+    labels = np.asarray(labels)
+    outside = np.broadcast_to(np.asarray(outside, dtype=float), (len(classes),))
+    out = np.stack([np.where(labels == k, compact, outside[c]) for c, k in enumerate(classes)])
+    if ignore_label is not None:
+        out[:, labels == ignore_label] = 0
+    return out
+
+
+def reference_patch_rrw(labels, classes, crop, spacing=None):
+    """The seed's per-patch rrw map of ``labels[crop]`` with the whole volume's distances:
+    ``-EDT / max`` with EDT measured in the whole volume and max taken within the crop."""
+    labels = np.asarray(labels)
+    patch = labels[crop]
+    out = []
+    for k in classes:
+        mask = labels == k
+        if not mask.any():
+            out.append(np.ones(patch.shape))
+            continue
+        inside = np.full(labels.shape, 1.0) if mask.all() else edt_scipy(mask, spacing)
+        inside = inside[crop]
+        in_patch = patch == k
+        largest = inside[in_patch].max() if in_patch.any() else 1.0
+        out.append(np.where(in_patch, -inside / largest, 1.0))
+    return np.stack(out)
