@@ -225,7 +225,9 @@ def bench_dask(shape, n_cases: int) -> None:
 
     from rwmaps_cli.cluster import run_dask
     from rwmaps_cli.dataset import find_dataset
-    from rwmaps_cli.run import Settings, process_case, run_local
+    from rwmaps_cli.compute import process_case
+    from rwmaps_cli.manifest import Settings
+    from rwmaps_cli.run import run_local
 
     print(f"\n## Dask: {n_cases} cases of {shape[0]}x{shape[1]}x{shape[2]}, 4 classes, npy; "
           "2-worker LocalCluster vs joblib --jobs 2")

@@ -21,7 +21,16 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 from .mapfile import load_map  # noqa: E402  (after __version__: the modules below read it)
-from .maps import ENGINES, KINDS, class_codes, compute_maps, compute_maps_batch, unique_labels  # noqa: E402
+from .maps import (  # noqa: E402
+    ENGINES,
+    KINDS,
+    LAYOUTS,
+    class_codes,
+    compute_maps,
+    compute_maps_batch,
+    expand_map,
+    unique_labels,
+)
 
-__all__ = ["ENGINES", "KINDS", "class_codes", "compute_maps", "compute_maps_batch", "load_map", "unique_labels",
-           "__version__"]
+__all__ = ["ENGINES", "KINDS", "LAYOUTS", "class_codes", "compute_maps", "compute_maps_batch", "expand_map",
+           "load_map", "unique_labels", "__version__"]

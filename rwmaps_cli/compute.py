@@ -479,7 +479,6 @@ def case_memory_need(case: Case, settings: Settings) -> int:
 def case_maps(volume: LabelVolume, settings: Settings, threads: int = 1, dtype: str | None = None) -> np.ndarray:
     """The map of one label volume as ``settings`` ask: ``(C, *spatial)``, or ``(*spatial)``
     compact, in ``dtype`` (default: the settings' dtype)."""
-    layout = {} if settings.layout == "full" else {"layout": settings.layout}  # TODO(merge kernel): always pass
     return compute_maps(
         volume.array,
         settings.classes,
@@ -490,7 +489,7 @@ def case_maps(volume: LabelVolume, settings: Settings, threads: int = 1, dtype: 
         dtype=np.dtype(dtype or settings.dtype),
         ignore_label=settings.ignore_label,
         threads=threads,
-        **layout,
+        layout=settings.layout,
     )
 
 

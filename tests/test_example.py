@@ -1,8 +1,7 @@
 """The examples train, as a user runs them, on maps written by the real ``rwmaps compute``.
 
-Every script in ``examples/`` takes ``--quick`` and exits 0.  The compact maps are the
-CLI's full maps cut to each voxel's own-class channel (what ``--layout compact`` stores),
-until the CLI writes them itself; then the ``--layout compact`` runs below stop skipping.
+Every script in ``examples/`` takes ``--quick`` and exits 0.  Full and compact maps are
+written by ``rwmaps compute`` itself (``--layout compact``).
 """
 
 from __future__ import annotations
@@ -13,8 +12,6 @@ import re
 import subprocess
 import sys
 
-import nibabel as nib
-import numpy as np
 import pytest
 from helpers import REPO, SAMPLE_DATA, run_rwmaps
 
@@ -39,28 +36,14 @@ def goes_down(losses: list[float]) -> bool:
     return sum(losses[-3:]) < sum(losses[:3])
 
 
-def cli_has_compact_layout() -> bool:
-    return "--layout" in run_rwmaps("compute", "--help", check=0).stdout
-
-
 @pytest.fixture(scope="module")
 def maps(tmp_path_factory):
-    """The toy dataset's full maps by the real CLI (npy and nii.gz), and compact maps cut from them."""
+    """The toy dataset's maps by the real CLI: full and compact, npy and nii.gz."""
     root = tmp_path_factory.mktemp("example_maps")
     for fmt in ("npy", "nii.gz"):
         run_rwmaps("compute", "--input", LABELS.parent, "--output", root / fmt, "--format", fmt, "--quiet", check=0)
-    for sub in ("compact_npy", "compact_nii"):
-        (root / sub).mkdir()
-    for label_file in sorted(LABELS.glob("*.nii.gz")):
-        label = nib.load(label_file)
-        codes = np.asarray(label.dataobj).astype(np.int64)  # classes 0, 1, 2 are channels 0, 1, 2
-        case = label_file.name.replace(".nii.gz", "")
-        full = np.load(root / "npy" / f"{case}.npy")
-        np.save(root / "compact_npy" / f"{case}.npy", np.take_along_axis(full, codes[None], axis=0)[0])
-        header = label.header.copy()
-        header.set_data_dtype(np.float32)
-        compact = np.take_along_axis(full, codes[None], axis=0)[0]
-        nib.save(nib.Nifti1Image(compact, label.affine, header), root / "compact_nii" / label_file.name)
+        run_rwmaps("compute", "--input", LABELS.parent, "--output", root / f"compact_{fmt}", "--format", fmt,
+                   "--layout", "compact", "--quiet", check=0)
     return root
 
 
@@ -85,15 +68,13 @@ def test_plain_pytorch_example_trains_on_compact_maps_with_patch_normalisation(m
 
 def test_plain_pytorch_example_with_the_cli_compact_layout():
     pytest.importorskip("torch")
-    if not cli_has_compact_layout():
-        pytest.skip("rwmaps compute has no --layout yet (the compact-layout branch)")
     assert goes_down(run_example(PLAIN, "--layout", "compact"))
 
 
 @pytest.mark.parametrize("mode", ["precomputed", "compact", "on-the-fly"])
 def test_monai_example_trains(maps, mode):
     pytest.importorskip("monai")
-    folder = {"precomputed": ["--maps", maps / "nii.gz"], "compact": ["--maps", maps / "compact_nii"],
+    folder = {"precomputed": ["--maps", maps / "nii.gz"], "compact": ["--maps", maps / "compact_nii.gz"],
               "on-the-fly": []}[mode]
     assert goes_down(run_example(MONAI, "--map", mode, *folder))
 
@@ -105,6 +86,4 @@ def test_monai_example_trains_with_dice_and_cross_entropy(maps):
 
 def test_monai_example_with_the_cli_compact_layout():
     pytest.importorskip("monai")
-    if not cli_has_compact_layout():
-        pytest.skip("rwmaps compute has no --layout yet (the compact-layout branch)")
     assert goes_down(run_example(MONAI, "--map", "compact"))

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from rwmaps_cli.errors import InputError
+from rwmaps_cli.maps import LAYOUTS  # the kernels own the layouts; a file stores one of them
 
 TMP_MARKER = ".rwmaps-tmp-"
-LAYOUTS = ("full", "compact")
 # gzip/deflate level for .nii.gz and .npz. Measured on a (4, 200, 256, 256) float32 map
 # (nested noisy ellipsoids, 210 MB raw; 2-core machine, nibabel 5.4, numpy 2.4):
 #   rrw map,      .nii.gz: level 1 2.2-2.4 s / 22.9 MB, level 6 3.7 s / 19.7 MB, level 9 6.0 s / 19.6 MB
