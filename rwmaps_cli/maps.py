@@ -2,7 +2,7 @@
 
 Every function here takes a label array and returns float maps of shape
 ``(C, *labels.shape)``, one channel per entry of ``classes``.  The exact definitions
-(see ``DESIGN.md``), with ``M = (labels == classes[c])`` and ``EDT(M)`` the distance of
+(see ``docs/design.md``), with ``M = (labels == classes[c])`` and ``EDT(M)`` the distance of
 each voxel of ``M`` to the nearest voxel outside ``M`` (0 outside ``M``; the image
 border is not a boundary):
 

@@ -1,7 +1,7 @@
 """Region-wise loss in PyTorch, from the compact (one channel) map.
 
 An ``rrw`` map has, at every voxel, its own class's value ``v = -EDT/max`` in the channel
-of that voxel's class and the outside value in every other channel (``DESIGN.md``, "The
+of that voxel's class and the outside value in every other channel (``docs/design.md``, "The
 compact layout").  So the loss ``mean(softmax(logits) * full_map)`` needs only ``v``::
 
     sum_c p_c * full_c = sum_c p_c * outside_c + p_own * (v - outside_own)

@@ -1,6 +1,6 @@
 """rwmaps_cli.torch: the compact-map loss equals the full-map loss, in values and gradients.
 
-Every full map here comes from ``compute_maps`` (or is written from DESIGN.md's formulas
+Every full map here comes from ``compute_maps`` (or is written from docs/design.md's formulas
 with scipy), never from the module under test; the compact map is the full map's
 own-class channel, taken with a numpy gather.  Everything is float64 so that a 1e-12
 tolerance catches a wrong term, not rounding.
