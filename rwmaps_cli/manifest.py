@@ -7,7 +7,8 @@ case), the per-case entries, and the one parser, :func:`read_manifest`.
 The manifest is rewritten atomically after every finished case, so it is valid JSON at
 every moment and a killed run still leaves the record of the cases it finished.  A
 rerun reads it to skip the cases whose map is done, with the same parameters, from an
-unchanged input; ``load_map`` finds a map's classes, kind and layout in it.
+unchanged input; ``load_map`` finds a map's classes, kind and layout in it.  The schema is
+written out in ``docs/design.md`` ("The manifest").
 """
 
 from __future__ import annotations

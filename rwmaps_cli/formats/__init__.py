@@ -9,6 +9,7 @@ The functions here are the whole file API the rest of rwmaps uses: read a label 
 (:func:`read_labels`, :func:`read_shape`, :func:`read_geometry`), write a map atomically
 (:func:`write_map`), and read what a map file says about itself (:func:`read_map_info`,
 :func:`load_map_array`).  The libraries behind each format are imported on first use.
+The file contract they implement is in ``docs/design.md`` ("Files").
 """
 
 from __future__ import annotations
