@@ -208,8 +208,29 @@ def compute_region_maps(
         raise ValueError("negative label values in a region-based label array")
     if not len(regions):
         raise ValueError("no regions given")
-    masks = region_masks(labels, regions)
     ignored = None if ignore_label is None else labels == int(ignore_label)
+    return compute_mask_maps(region_masks(labels, regions), kind=kind, spacing=spacing, slice_axis=slice_axis,
+                             ignored=ignored, engine=engine, dtype=dtype, threads=threads)
+
+
+def compute_mask_maps(
+    masks: np.ndarray,
+    kind: str = "rrw",
+    spacing: Sequence[float] | None = None,
+    slice_axis: int | None = None,
+    ignored: np.ndarray | None = None,
+    engine: str = "edt",
+    dtype: np.dtype | type = np.float32,
+    threads: int = 1,
+) -> np.ndarray:
+    """One binary map per boolean mask: ``(R, *spatial)`` from masks ``(R, *spatial)``.
+
+    Channel ``r`` is the class-1 channel of :func:`rwmaps_cli.maps.compute_maps` on the
+    binary image ``masks[r]``.  ``ignored`` (boolean, ``(*spatial)``) voxels are outside
+    every mask for the distances and 0 in every channel.  This is what a region-based
+    data loader needs on the fly, where the segmentation already is one mask per region.
+    """
+    masks = np.asarray(masks)
     out = np.empty(masks.shape, dtype=np.dtype(dtype))
     for r, mask in enumerate(masks):
         binary = mask.astype(np.uint8)
