@@ -79,6 +79,8 @@ def build_trainer(dataset: str | int, configuration: str, fold: int | str, train
     plans_dict = load_json(join(base, plans + ".json"))
     plans_dict["continue_training"] = continue_training  # nnU-Net 2.8 pops it in __init__
     dataset_json = load_json(join(base, "dataset.json"))
+    if getattr(cls, "rw_maps", None) is not None and not getattr(cls, "rw_on_the_fly", True):
+        _check_maps_early(Path(base), plans_dict, configuration, maps)
     instance = cls(plans=plans_dict, configuration=configuration, fold=fold, dataset_json=dataset_json,
                    device=torch.device(device))
     if maps is not None:
@@ -92,6 +94,22 @@ def build_trainer(dataset: str | int, configuration: str, fold: int | str, train
         instance.num_val_iterations_per_epoch = int(val_iterations)
     maybe_load_checkpoint(instance, continue_training, False, None)
     return instance
+
+
+def _check_maps_early(base: Path, plans: dict, configuration: str, maps) -> None:
+    """Read the maps manifest before nnU-Net builds anything, so a missing one is a one-line error."""
+    from .preprocessed import _resolved, default_output
+    from .store import read_manifest
+    from .trainers import MAPS_ENV
+
+    if maps is None and os.environ.get(MAPS_ENV):
+        maps = os.environ[MAPS_ENV]
+    if maps is None:
+        identifier = _resolved(plans.get("configurations", {}), configuration).get("data_identifier")
+        if identifier is None:
+            return  # an unknown configuration: nnU-Net says so itself
+        maps = default_output(base / identifier)
+    read_manifest(maps)
 
 
 def train(dataset: str | int, configuration: str, fold: int | str, trainer: str = "nnUNetTrainerRW",
