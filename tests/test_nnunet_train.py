@@ -47,13 +47,14 @@ def nnunet_root(tmp_path_factory):
     make_dataset(root / "raw", 901, "Tiny", n_cases=6, shape=(48, 48, 48), n_classes=4, seed=0)
     make_dataset(root / "raw", 902, "TinyRegions", n_cases=6, shape=(48, 48, 48), regions=True, seed=1)
     result = subprocess.run([sys.executable, "-c", "from nnunetv2.experiment_planning.plan_and_preprocess_entrypoints "
-                             "import plan_and_preprocess_entry as m; m()", "-d", "901", "902", "-c", "3d_fullres",
+                             "import plan_and_preprocess_entry as m; m()", "-d", "901", "902", "-c", "3d_fullres", "2d",
                              "-np", "1", "-npfp", "1"], capture_output=True, text=True, timeout=600,
                             env={**os.environ, "nnUNet_n_proc_DA": "1"})  # 0 crashes nnU-Net 2.8.1's planner
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("Dataset901_Tiny", "Dataset902_TinyRegions"):
         write_small_plans(root / "preprocessed" / name, PLANS)
         compute_preprocessed_maps(root / "preprocessed" / name / "nnUNetPlans_3d_fullres")
+    compute_preprocessed_maps(root / "preprocessed" / "Dataset901_Tiny" / "nnUNetPlans_2d")
     compute_preprocessed_maps(root / "preprocessed" / "Dataset901_Tiny" / "nnUNetPlans_3d_fullres",
                               output=root / "preprocessed" / "Dataset901_Tiny" / "compact", layout="compact")
     yield root
@@ -64,28 +65,35 @@ def nnunet_root(tmp_path_factory):
             os.environ[key] = value
 
 
-def data_folder(root, dataset):
+def data_folder(root, dataset, configuration="3d_fullres"):
     name = {901: "Dataset901_Tiny", 902: "Dataset902_TinyRegions"}[dataset]
-    return root / "preprocessed" / name / "nnUNetPlans_3d_fullres"
+    return root / "preprocessed" / name / f"nnUNetPlans_{configuration}"
 
 
-VARIANTS = {  # name: (dataset, maps folder relative to the dataset folder, or None for the default)
-    "full": (901, None),
-    "compact": (901, "compact"),
-    "regions": (902, None),
+VARIANTS = {  # name: (dataset, maps folder relative to the dataset folder or None for the default, configuration)
+    "full": (901, None, "3d_fullres"),
+    "compact": (901, "compact", "3d_fullres"),
+    "regions": (902, None, "3d_fullres"),
+    "2d": (901, None, "2d"),
 }
 
 
 def maps_arg(root, variant):
-    dataset, maps = VARIANTS[variant]
+    dataset, maps, _ = VARIANTS[variant]
     return None if maps is None else data_folder(root, dataset).parent / maps
+
+
+def maps_folder(root, variant):
+    dataset, maps, configuration = VARIANTS[variant]
+    folder = data_folder(root, dataset, configuration)
+    return folder.parent / (maps or f"{folder.name}_rwmaps")
 
 
 def build(root, variant, trainer="nnUNetTrainerRW", **kwargs):
     from rwmaps_cli.nnunet.train import build_trainer
 
-    dataset, _ = VARIANTS[variant]
-    return build_trainer(dataset, "3d_fullres", 0, trainer=trainer, plans=PLANS, device="cpu",
+    dataset, _, configuration = VARIANTS[variant]
+    return build_trainer(dataset, configuration, 0, trainer=trainer, plans=PLANS, device="cpu",
                          maps=maps_arg(root, variant), **kwargs)
 
 
@@ -126,9 +134,10 @@ def test_map_patches_line_up_with_seg_patches(nnunet_root, variant):
     trainer.rw_return_boxes = True
     trainer.initialize()
     dl_tr, dl_val = trainer.get_dataloaders()
-    maps = read_manifest(maps_arg(nnunet_root, variant) or data_folder(nnunet_root, VARIANTS[variant][0]).parent
-                         / "nnUNetPlans_3d_fullres_rwmaps")
+    maps = read_manifest(maps_folder(nnunet_root, variant))
     regions = variant == "regions"
+    two_d = variant == "2d"
+    assert maps.parameters["slice_axis"] == (0 if two_d else None)
     for _ in range(2):
         batch = next(dl_val)
         assert len(batch["rwmap"]) == len(batch["target"]) > 1  # one map per output scale
@@ -148,6 +157,9 @@ def test_map_patches_line_up_with_seg_patches(nnunet_root, variant):
                 expected[:, outside_image] = 1
                 if not regions:
                     expected[0, outside_image] = 0
+            if two_d:  # nnU-Net's 2d loader takes one slice along the first spatial axis
+                assert expected.shape[1] == 1
+                expected = expected[:, 0]
             np.testing.assert_array_equal(batch["rwmap"][0][j].numpy(), expected)
     for _ in range(3):
         batch = next(dl_tr)
@@ -158,7 +170,7 @@ def test_map_patches_line_up_with_seg_patches(nnunet_root, variant):
 TRAINER_RUNS = [(name, "full") for name in ("nnUNetTrainerRW", "nnUNetTrainerCERW", "nnUNetTrainerDiceRW",
                                             "nnUNetTrainerCERWGradual", "nnUNetTrainerDiceRWGradual",
                                             "nnUNetTrainerRWOnTheFly")]
-TRAINER_RUNS += [("nnUNetTrainerRW", "compact"), ("nnUNetTrainerRW", "regions"), ("nnUNetTrainerDiceRW", "regions"),
+TRAINER_RUNS += [("nnUNetTrainerRW", "compact"), ("nnUNetTrainerRW", "2d"), ("nnUNetTrainerRWOnTheFly", "2d"), ("nnUNetTrainerRW", "regions"), ("nnUNetTrainerDiceRW", "regions"),
                  ("nnUNetTrainerRWOnTheFly", "regions")]
 
 

@@ -73,7 +73,10 @@ def write_small_plans(preprocessed_dataset: str | Path, name: str = "nnUNetPlans
     for config in plans["configurations"].values():
         arch = config.get("architecture", {}).get("arch_kwargs")
         if arch is not None:
-            arch["features_per_stage"] = list(features)[: arch["n_stages"]]
+            widths = list(features)
+            while len(widths) < arch["n_stages"]:  # deeper plans: keep doubling, as nnU-Net does
+                widths.append(min(2 * widths[-1], 320))
+            arch["features_per_stage"] = widths[: arch["n_stages"]]
         if "patch_size" in config:
             config["patch_size"] = list(patch_size)[-len(config["patch_size"]):]
         if "batch_size" in config:

@@ -55,6 +55,8 @@ class nnUNetTrainerRW(nnUNetTrainer):
     rw_on_the_fly: bool = False
     #: The maps folder; None: $RWMAPS_MAPS, else the sibling ``<preprocessed>_rwmaps``.
     rw_maps_folder: str | None = None
+    #: On the fly only: "edt" (rwmaps' multi-label EDT) or "scipy" (one EDT per class, as the paper's code).
+    rw_engine: str = "edt"
     #: Set to a list to record each loss call's full-resolution (target, map) (tests).
     rw_record: list | None = None
     #: Return each sample's crop box in the batch (tests).
@@ -88,7 +90,7 @@ class nnUNetTrainerRW(nnUNetTrainer):
         lm = self.label_manager
         regions = [list(np.atleast_1d(r)) for r in lm.foreground_regions] if lm.has_regions else None
         if maps is None:
-            return MapTargetTransform(lm.all_labels, regions, "onthefly", "rrw", lm.ignore_label)
+            return MapTargetTransform(lm.all_labels, regions, "onthefly", "rrw", lm.ignore_label, engine=self.rw_engine)
         return MapTargetTransform(maps.classes, regions, maps.layout, maps.kind, lm.ignore_label)
 
     # ---- transforms: nnU-Net's, then the map made consistent, then deep supervision ----

@@ -43,10 +43,12 @@ class MapTargetTransform(BasicTransform):
     ignore_label : int, optional
     outside : float
         The value outside a class (1 for ``rrw``).
+    engine : {"edt", "scipy"}
+        On the fly only: rwmaps' multi-label EDT, or one scipy EDT per class (the paper's code).
     """
 
     def __init__(self, classes: Sequence[int], regions: Sequence[Sequence[int]] | None = None, mode: str = "full",
-                 kind: str = "rrw", ignore_label: int | None = None, outside: float = 1.0):
+                 kind: str = "rrw", ignore_label: int | None = None, outside: float = 1.0, engine: str = "edt"):
         super().__init__()
         if mode not in ("full", "compact", "onthefly"):
             raise ValueError(f"unknown mode {mode!r}")
@@ -56,6 +58,7 @@ class MapTargetTransform(BasicTransform):
         self.kind = kind
         self.ignore_label = ignore_label
         self.outside = float(outside)
+        self.engine = engine
 
     def apply(self, data_dict, **params):
         seg = data_dict["segmentation"]
@@ -83,10 +86,11 @@ class MapTargetTransform(BasicTransform):
 
     def _compute(self, seg, masks, ignored) -> torch.Tensor:
         if self.regions is not None:
-            maps = compute_mask_maps(masks.numpy(), kind=self.kind,
+            maps = compute_mask_maps(masks.numpy(), kind=self.kind, engine=self.engine,
                                      ignored=None if ignored is None else ignored.numpy())
         else:
-            maps = compute_maps(seg[0].numpy(), self.classes, kind=self.kind, ignore_label=self.ignore_label)
+            maps = compute_maps(seg[0].numpy(), self.classes, kind=self.kind, ignore_label=self.ignore_label,
+                                engine=self.engine)
         return torch.from_numpy(maps)
 
 
