@@ -35,7 +35,7 @@ memory order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -157,6 +157,29 @@ def compute_maps_batch(labels: np.ndarray, classes: Sequence[int], **kwargs) -> 
     for item, item_out in zip(labels, out):
         _compute(item, classes, out=item_out, dtype=dtype, **options)
     return out
+
+
+def expanded_channels(
+    compact: np.ndarray,
+    labels: np.ndarray,
+    classes: Sequence[int],
+    outside: float | Sequence[float] = 1.0,
+    ignore_label: int | None = None,
+) -> Iterator[np.ndarray]:
+    """The channels of ``expand_map(compact, labels, classes, outside, ignore_label=...)``,
+    one at a time: for a check that must never hold the C channels at once.
+
+    Yields
+    ------
+    channel : (*spatial) float32 array, for each class in order
+    """
+    codes = class_codes(labels, classes, ignore_label)
+    values = np.broadcast_to(np.asarray(outside, dtype=np.float32), (len(classes),))
+    compact = np.asarray(compact, dtype=np.float32)
+    for c in range(len(classes)):
+        channel = np.where(codes == c + 1, compact, values[c])
+        channel[codes == len(classes) + 1] = 0  # the ignore label: 0 in every channel
+        yield channel
 
 
 def expand_map(

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from .errors import InputError, UsageError
 from .formats import OUTPUT_FORMATS, TMP_MARKER, is_output_file, output_path, read_labels, read_shape
 from .manifest import MANIFEST_NAME, CaseResult, Settings, fingerprint, read_folder_manifest
 from .mapfile import load_map, map_info
+from .maps import expanded_channels
 from .run import run_local, threads_per_case
 
 # (rtol, atol) by the dtype the map is stored in: float32 recomputations agree to a few
@@ -324,8 +325,8 @@ def recompute_case(case: Case, settings: Settings, threads: int = 1) -> CaseResu
     start = time.perf_counter()
     problems = []
     try:
-        expected = case_maps(read_labels(case.input), settings, threads, dtype="float32")
-        stored, meta = load_map(case.output, expand=False)
+        expected = _expected(read_labels(case.input), settings, threads)
+        stored, meta = load_map(case.output, expand=False, mmap=None)  # a .npy map stays on disk
     except (InputError, ValueError) as error:
         problems.append(f"{case.output}: cannot recompute: {error}")
     except MemoryError:
@@ -335,21 +336,33 @@ def recompute_case(case: Case, settings: Settings, threads: int = 1) -> CaseResu
     return CaseResult(case.name, "checked", problems=problems, seconds=round(time.perf_counter() - start, 3))
 
 
-def _compare(path: Path, stored: np.ndarray, expected: np.ndarray, dtype: str, settings: Settings) -> list[str]:
+def _expected(volume, settings: Settings, threads: int) -> tuple[tuple[int, ...], Iterable[np.ndarray]]:
+    """(shape, channels) of the recomputed map.  A full rrw map is recomputed compact and
+    expanded one channel at a time: its C channels are never in memory at once."""
+    if settings.kind == "rrw" and settings.layout == "full":
+        compact = case_maps(volume, replace(settings, layout="compact"), threads, dtype="float32")
+        channels = expanded_channels(compact, volume.array, settings.classes, ignore_label=settings.ignore_label)
+        return (len(settings.classes), *compact.shape), channels
+    expected = case_maps(volume, settings, threads, dtype="float32")
+    return expected.shape, expected[np.newaxis] if settings.layout == "compact" else expected
+
+
+def _compare(path: Path, stored: np.ndarray, expected: tuple, dtype: str, settings: Settings) -> list[str]:
     """One line when the values differ beyond the tolerance of ``dtype``.
 
     Channel by channel, so the temporaries never exceed one channel (a map of 83 classes
     compared at once needed several maps' worth of memory).
     """
-    if stored.shape != expected.shape:
-        return [f"{path}: shape {_shape(stored.shape)}, a recomputation gives {_shape(expected.shape)}"]
+    shape, channels = expected
+    if stored.shape != shape:
+        return [f"{path}: shape {_shape(stored.shape)}, a recomputation gives {_shape(shape)}"]
     compact = settings.layout == "compact"
     if compact:
-        stored, expected = stored[np.newaxis], expected[np.newaxis]
+        stored = stored[np.newaxis]
     rtol, atol = TOLERANCES.get(dtype, TOLERANCES["float16"])
     wrong, worst = 0, None  # worst: (difference, channel, index, stored, recomputed)
-    for c in range(stored.shape[0]):
-        have, want = np.asarray(stored[c], dtype=np.float32), expected[c]
+    for c, want in enumerate(channels):
+        have = np.asarray(stored[c], dtype=np.float32)
         close = np.isclose(have, want, rtol=rtol, atol=atol)
         if close.all():
             continue

@@ -113,3 +113,14 @@ def test_the_summary_suggests_compact_when_full_maps_are_large(compact, tmp_path
     quiet = run_rwmaps("compute", "--input", compact / "labels", "--output", tmp_path / "compact", "--layout",
                        "compact", check=0)
     assert "hint" not in quiet.stderr
+
+
+def test_expanded_channels_are_expand_maps_channels(compact):
+    from rwmaps_cli.maps import expanded_channels
+
+    labels = label_array(compact / "labels", "case_000").copy()
+    labels[:3] = 9  # an ignore label
+    channel = compute_maps(labels, CLASSES, layout="compact", ignore_label=9)
+    outside = [0.95, 0.05, 0.5, 1.0]
+    np.testing.assert_array_equal(np.stack(list(expanded_channels(channel, labels, CLASSES, outside, 9))),
+                                  expand_map(channel, labels, CLASSES, outside, ignore_label=9))

@@ -171,12 +171,12 @@ class NiftiFormat(FileFormat):
 
         img = nib.load(path, mmap=False)
         info = self._info(img)
-        data = np.asanyarray(img.dataobj)
+        data = np.asanyarray(img.dataobj)  # Fortran-ordered (X, Y, Z, C), as nibabel reads it
         if info.layout == "full":
-            data = np.ascontiguousarray(np.moveaxis(data, -1, 0), dtype=np.float32)  # channels first
-        else:
-            data = np.asarray(data, dtype=np.float32)
-        return data.reshape(info.shape), info
+            # Channels first as a view: each channel stays one contiguous Fortran-ordered block,
+            # the labels' own order; a C-ordered copy would double the memory of an 83-class map.
+            data = np.moveaxis(data, -1, 0)
+        return data.astype(np.float32, copy=False).reshape(info.shape), info
 
 
 def _not_a_map(stored: tuple[int, ...], ours: bool):
