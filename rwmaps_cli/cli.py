@@ -38,15 +38,18 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--input", "input_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder of label files, searched recursively; or an nnU-Net dataset / labelsTr folder.")
-@click.option("--output", "output_dir", required=True, type=click.Path(path_type=Path),
-              help="Folder for the maps; mirrors the input tree.")
+              help="Folder of label files, searched recursively; one label file; an nnU-Net dataset / labelsTr "
+                   "folder; or an nnU-Net v2 preprocessed folder ($nnUNet_preprocessed/DatasetXXX/nnUNetPlans_3d_fullres).")
+@click.option("--output", "output_dir", type=click.Path(path_type=Path),
+              help="Folder for the maps; mirrors the input tree.  [required; for an nnU-Net preprocessed folder "
+                   "the default is its sibling <folder>_rwmaps]")
 @click.option("--kind", type=click.Choice(KINDS), default="rrw", show_default=True,
               help="rrw: rectified RW map; boundary: signed distance; kervadec: LIVIAETS Boundary-loss map; "
                    "ac: Active-Contour RW map.")
-@click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="nii.gz", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default=None,
               help="Output format. nii.gz/nii: X*Y*Z*C NIfTI with the input affine; npz/npy: (C, *spatial). "
-                   "npy and nii are the fastest (no compression).")
+                   "npy and nii are the fastest (no compression).  [default: nii.gz; npy for nnU-Net's "
+                   "preprocessed data]")
 @click.option("--layout", type=click.Choice(LAYOUTS), default="full", show_default=True,
               help="full: one channel per class, the file any training code loads; compact (rrw only): one "
                    "channel, each voxel's own-class value, C times smaller; rwmaps_cli.load_map / expand_map "
@@ -103,6 +106,7 @@ def compute(input_dir, output_dir, kind, fmt, layout, classes_text, num_classes,
     Example:
         rwmaps compute --input labels/ --output maps/
         rwmaps compute --input Dataset001_Liver/ --output maps/ --kind boundary --format npy
+        rwmaps compute --input $nnUNet_preprocessed/Dataset001_Liver/nnUNetPlans_3d_fullres
 
     A rerun skips the cases already done (see rwmaps.json in the output folder).
     Exit code: 0 when every case succeeded, 1 when any failed, 2 for a usage error.
@@ -287,6 +291,17 @@ def verify_command(input_dir, output_dir, sample, jobs, quiet) -> None:
         click.echo(f"rwmaps verify: {outcome}; {report.cases} label files, {report.maps} maps checked, "
                    f"{report.recomputed} recomputed and compared; {time.perf_counter() - start:.1f} s", err=True)
     sys.exit(1 if report.problems else 0)
+
+
+def _attach_nnunet() -> None:
+    """``rwmaps nnunet ...``: nnU-Net training with RW loss.  The group imports nnU-Net only
+    when a command runs, and says which extra to install when it is missing."""
+    from .nnunet.command import nnunet
+
+    cli.add_command(nnunet)
+
+
+_attach_nnunet()
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .dataset import Case, Dataset, find_dataset, read_dataset_json, union_of_values
+from .dataset import Case, Dataset, default_output, find_dataset, read_dataset_json, union_of_values
 from .errors import InputError, UnknownLabelsError, UsageError
 from .formats import (
     OUTPUT_DTYPES,
@@ -48,7 +48,9 @@ from .manifest import (
     part_manifest_name,
 )
 from .mapfile import map_is_complete
+from .formats.nnunet import is_preprocessed_folder, plans_fingerprint
 from .maps import compute_maps, unique_labels
+from .regions import compute_region_maps
 from .run import LocalRunner, Stop, available_memory, threads_per_case
 
 # Above this many bytes per full map, the summary suggests --layout compact.
@@ -89,10 +91,10 @@ class _Quiet:
 
 def compute_dataset(
     input_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
     *,
     kind: str = "rrw",
-    fmt: str = "nii.gz",
+    fmt: str | None = None,
     layout: str = "full",
     classes: Sequence[int] | None = None,
     spacing: str = "voxel",
@@ -117,7 +119,15 @@ def compute_dataset(
     Parameters
     ----------
     input_dir : path
-        A folder of label files (searched recursively), an nnU-Net dataset, or one file.
+        A folder of label files (searched recursively), an nnU-Net raw dataset, one file, or
+        an nnU-Net v2 preprocessed configuration folder
+        (``nnUNet_preprocessed/DatasetXXX/nnUNetPlans_3d_fullres``): then the maps are
+        computed from its segs (-1 as background), as ``.npy`` beside it, per slice for a
+        2d configuration, with the classes or regions of its ``dataset.json``.
+    output_dir : path, optional
+        Required, except for a preprocessed folder: its sibling ``<folder>_rwmaps``.
+    fmt : {"nii.gz", "nii", "npz", "npy"}, optional
+        Default ``nii.gz``; ``npy`` (memory-mapped by nnU-Net's loader) for a preprocessed folder.
     classes : sequence of int, optional
         The channels, in order.  Default: the ``labels`` of nnU-Net's ``dataset.json``
         when the input is an nnU-Net dataset, else the union of the values in all inputs.
@@ -159,9 +169,19 @@ def compute_dataset(
     """
     progress = progress or (lambda total, description: _Quiet())
     on_failure = on_failure or (lambda path, result: None)
+    input_dir = Path(input_dir)
+    preprocessed = is_preprocessed_folder(input_dir)
+    output_dir = Path(output_dir) if output_dir is not None else default_output(input_dir)
+    if output_dir is None:
+        raise UsageError("--output is required (only an nnU-Net preprocessed folder has a default)")
+    fmt = fmt or ("npy" if preprocessed else "nii.gz")
+    if preprocessed and fmt != "npy":
+        raise UsageError(f"--format {fmt}: maps of nnU-Net's preprocessed data are .npy, which its data "
+                         "loader memory-maps to crop patches")
     _check_options(kind, fmt, layout, dtype)
-    input_dir, output_dir = Path(input_dir), Path(output_dir)
     dataset = find_dataset(input_dir, output_dir, fmt, include, exclude)
+    if dataset.preprocessed is not None and dataset.preprocessed.is_2d and slice_axis is None:
+        slice_axis = dataset.preprocessed.slice_axis  # the 2D slices nnU-Net's 2d loader takes
     mine = _share(dataset.cases, part)
     jobs = _jobs(jobs, len(mine))
     stop = Stop()
@@ -171,13 +191,18 @@ def compute_dataset(
         exclusive = stack.enter_context(folder_lock(output_dir, part))
         runner = _runner(scheduler, jobs, stack)
         given = classes is not None or dataset.dataset_json is not None
-        class_list, ignore_label, failed = _settle_classes(dataset, classes, ignore_label, max_classes, runner,
-                                                           progress, stop)
-        settings = Settings(tuple(class_list), kind, spacing, slice_axis, dtype, fmt, engine, ignore_label, layout)
+        class_list, ignore_label, failed, regions = _settle_classes(dataset, classes, ignore_label, max_classes,
+                                                                    runner, progress, stop)
+        if regions is not None and layout == "compact":
+            raise UsageError(f"{dataset.dataset_json} is region-based: regions overlap, so their maps cannot share "
+                             "one channel; use --layout full")
+        settings = Settings(tuple(class_list), kind, spacing, slice_axis, dtype, fmt, engine, ignore_label, layout,
+                            regions)
         if strict and given and not stop:
             _refuse_unseen_classes(dataset, settings, max_classes, runner, progress, stop)
         manifest = _open_manifest(output_dir, settings, overwrite,
-                                  {"include": list(include), "exclude": list(exclude)}, part, mine)
+                                  {"include": list(include), "exclude": list(exclude)}, part, mine,
+                                  _source(dataset))
         outcome = Outcome(classes=settings.classes, manifest=manifest.path, ignored_files=len(dataset.skipped_files),
                           removed_temporaries=clean_temporaries(output_dir, all_writers_gone=exclusive))
         todo = []
@@ -226,7 +251,7 @@ def _stop_on_signals(stop: Stop) -> Iterator[None]:
 
 def _hints(dataset: Dataset, settings: Settings, manifest: Manifest, outcome: Outcome, check_unseen: bool):
     hints = []
-    if settings.kind == "rrw" and settings.layout == "full":
+    if settings.kind == "rrw" and settings.layout == "full" and settings.regions is None:
         largest = max((_voxels(case) for case in dataset.cases), default=0) * len(settings.classes) \
             * np.dtype(settings.dtype).itemsize
         if largest > COMPACT_HINT_BYTES:
@@ -282,8 +307,7 @@ _COMPRESSION = {("rrw", "full"): 0.02, ("ac", "full"): 0.02}
 
 def estimated_output_bytes(cases: Sequence[Case], settings: Settings) -> int:
     """Bytes the maps of ``cases`` will take on disk, from the label headers."""
-    channels = 1 if settings.layout == "compact" else len(settings.classes)
-    raw = sum(_voxels(case) for case in cases) * channels * np.dtype(settings.dtype).itemsize
+    raw = sum(_voxels(case) for case in cases) * map_channels(settings) * np.dtype(settings.dtype).itemsize
     if output_is_compressed(settings.fmt):
         raw = int(raw * _COMPRESSION.get((settings.kind, settings.layout), 0.5))
     return raw
@@ -346,20 +370,23 @@ def _runner(scheduler: str | None, jobs: int, stack: ExitStack):
 
 
 def _settle_classes(dataset: Dataset, classes, ignore_label, max_classes, runner, progress, stop):
-    """(class list, ignore label, {case name: failed result}) from the arguments or the data."""
-    json_classes, json_ignore = (read_dataset_json(dataset.dataset_json) if dataset.dataset_json is not None
-                                 else (None, None))
-    ignore_label = json_ignore if ignore_label is None else ignore_label
-    if classes is None and json_classes is not None:
-        classes = json_classes
+    """(class list, ignore label, {case name: failed result}, regions or None) from the
+    arguments or the data.  Regions come from a region-based ``dataset.json`` only."""
+    spec = read_dataset_json(dataset.dataset_json) if dataset.dataset_json is not None else None
+    ignore_label = spec.ignore_label if ignore_label is None and spec is not None else ignore_label
+    regions = tuple(tuple(r) for r in spec.regions) if spec is not None and spec.has_regions else None
+    if classes is None and spec is not None:
+        classes = spec.classes
+    elif classes is not None:
+        regions = None  # an explicit class list: one channel per class
     if classes is None:
-        return _scan_classes(dataset, ignore_label, max_classes, runner, progress, stop)
+        return (*_scan_classes(dataset, ignore_label, max_classes, runner, progress, stop), None)
     classes = [int(v) for v in classes]
     if not classes or len(set(classes)) != len(classes) or min(classes) < 0:
         raise UsageError(f"the class list {classes} must hold distinct non-negative integers")
     if ignore_label is not None and ignore_label in classes:
         raise UsageError(f"the ignore label {ignore_label} is also in the class list {classes}")
-    return classes, ignore_label, {}
+    return classes, ignore_label, {}, regions
 
 
 def _scan_classes(dataset: Dataset, ignore_label, max_classes, runner, progress, stop):
@@ -395,14 +422,26 @@ def _share(cases: list[Case], part: tuple[int, int] | None) -> list[Case]:
     return [case for i, case in enumerate(sorted(cases, key=lambda c: c.name)) if i % parts == part_id]
 
 
+def _source(dataset: Dataset) -> dict | None:
+    """What the maps of a preprocessed folder depend on beyond its segs: the plans."""
+    pre = dataset.preprocessed
+    if pre is None:
+        return None
+    return {"preprocessed": str(pre.folder), "configuration": pre.configuration, "plans_file": str(pre.plans_file),
+            "plans_fingerprint": plans_fingerprint(pre.plans_file), "dataset_json": str(pre.dataset_json)}
+
+
 def _open_manifest(output_dir: Path, settings: Settings, overwrite: bool, selection: dict,
-                   part: tuple[int, int] | None, mine: list[Case]) -> Manifest:
+                   part: tuple[int, int] | None, mine: list[Case], source: dict | None) -> Manifest:
     """The manifest this run writes: a plain run takes over every part's file into
-    ``rwmaps.json`` (it holds the folder alone); a part writes its own file."""
+    ``rwmaps.json`` (it holds the folder alone); a part writes its own file.  Maps of
+    other plans (nnU-Net re-preprocessed the data) are not reused."""
     name = MANIFEST_NAME if part is None else part_manifest_name(*part)
     previous = Manifest.load(output_dir)
-    if previous is None or overwrite:
-        return _taking_over(Manifest(output_dir, settings, __version__, selection=selection, name=name), part)
+    fresh = previous is None or overwrite or previous.header.get("source") != source
+    if fresh:
+        return _taking_over(Manifest(output_dir, settings, __version__, selection=selection, name=name,
+                                     source=source), part)
     if previous.settings is None:
         raise UsageError(f"{output_dir} holds maps whose parameters cannot be read ({previous.settings_error}); "
                          "use another --output, or --overwrite to recompute them all")
@@ -414,7 +453,8 @@ def _open_manifest(output_dir: Path, settings: Settings, overwrite: bool, select
                          "use another --output, or --overwrite to recompute them all")
     names = {case.name for case in mine}
     cases = previous.cases if part is None else {n: e for n, e in previous.cases.items() if n in names}
-    return _taking_over(Manifest(output_dir, settings, __version__, cases, selection, name=name), part)
+    return _taking_over(Manifest(output_dir, settings, __version__, cases, selection, name=name, source=source),
+                        part)
 
 
 def _taking_over(manifest: Manifest, part: tuple[int, int] | None) -> Manifest:
@@ -464,21 +504,37 @@ def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, run
 def _voxels(case: Case) -> int:
     """Voxels of a case from its header; 0 when it cannot be read (the worker reports why)."""
     try:
-        return int(np.prod(read_shape(case.input)))
+        return int(np.prod(read_shape(case.input, reader=case.reader)))
     except (InputError, ValueError, OSError):
         return 0
 
 
 def case_memory_need(case: Case, settings: Settings) -> int:
     """Estimated peak bytes of one case: its map plus input and four float32 volumes."""
-    voxels = _voxels(case)
-    channels = 1 if settings.layout == "compact" else len(settings.classes)
-    return voxels * (channels * np.dtype(settings.dtype).itemsize + 4 * 4 + 8)
+    return _voxels(case) * (map_channels(settings) * np.dtype(settings.dtype).itemsize + 4 * 4 + 8)
+
+
+def map_channels(settings: Settings) -> int:
+    """Channels of a stored map: 1 compact, one per region, else one per class."""
+    if settings.layout == "compact":
+        return 1
+    return len(settings.regions) if settings.regions is not None else len(settings.classes)
+
+
+def channel_labels(settings: Settings) -> list[int]:
+    """What a map file records for its channels: the class values (or the compact map's
+    class list); for regions, their indices (the regions themselves are in the manifest)."""
+    return list(range(len(settings.regions))) if settings.regions is not None else list(settings.classes)
 
 
 def case_maps(volume: LabelVolume, settings: Settings, threads: int = 1, dtype: str | None = None) -> np.ndarray:
-    """The map of one label volume as ``settings`` ask: ``(C, *spatial)``, or ``(*spatial)``
-    compact, in ``dtype`` (default: the settings' dtype)."""
+    """The map of one label volume as ``settings`` ask: ``(C, *spatial)``, ``(*spatial)``
+    compact, or ``(R, *spatial)`` for regions, in ``dtype`` (default: the settings' dtype)."""
+    if settings.regions is not None:
+        return compute_region_maps(volume.array, settings.regions, kind=settings.kind,
+                                   spacing=volume.spacing if settings.spacing == "physical" else None,
+                                   slice_axis=settings.slice_axis, ignore_label=settings.ignore_label,
+                                   engine=settings.engine, dtype=np.dtype(dtype or settings.dtype), threads=threads)
     return compute_maps(
         volume.array,
         settings.classes,
@@ -497,9 +553,9 @@ def process_case(case: Case, settings: Settings, threads: int = 1) -> CaseResult
     """Compute and write the map of one case; never raises for a problem with the case."""
 
     def compute() -> dict:
-        volume = read_labels(case.input)
+        volume = read_labels(case.input, reader=case.reader)
         data = case_maps(volume, settings, threads)
-        write_map(case.output, data, volume, settings.classes, settings.kind, layout=settings.layout)
+        write_map(case.output, data, volume, channel_labels(settings), settings.kind, layout=settings.layout)
         # The values present, so a class list entry that occurs in no case can be named.
         values = [int(v) for v in unique_labels(volume.array)]
         return {"status": "done", "shape": list(data.shape), "values": values}
@@ -511,7 +567,7 @@ def scan_case(case: Case, max_classes: int) -> CaseResult:
     """Read one case and list its label values (for the automatic class list)."""
 
     def scan() -> dict:
-        values = unique_labels(read_labels(case.input).array)
+        values = unique_labels(read_labels(case.input, reader=case.reader).array)
         if len(values) > max_classes:
             raise InputError(f"{len(values)} distinct values (more than --max-classes {max_classes}); "
                              "is this an image rather than a label map?")

@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
+from .regions import LabelSpec, LabelSpecError, read_label_spec
 from .formats import LABEL_SUFFIXES, label_suffix, output_path
+from .formats.nnunet import PreprocessedError, check_output, is_preprocessed_folder, list_cases, open_preprocessed
+from .formats.nnunet import default_output as nnunet_default_output
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,7 @@ class Case:
     input: Path
     output: Path
     name: str  # the input's path relative to the input root, POSIX style: the case's key
+    reader: str | None = None  # a format by name ("nnunet"), when the suffix does not say it
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class Dataset:
     cases: list[Case]
     skipped_files: list[Path]  # files that are not label files (ignored, counted)
     dataset_json: Path | None  # nnU-Net's dataset.json, when there is one
+    preprocessed: object | None = None  # formats.nnunet.PreprocessedFolder, for nnU-Net's preprocessed data
 
 
 def find_dataset(input_dir: Path, output_dir: Path, fmt: str, include: Sequence[str] = (),
@@ -55,6 +60,8 @@ def find_dataset(input_dir: Path, output_dir: Path, fmt: str, include: Sequence[
         is inside the input folder, or when two inputs would write the same map.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if is_preprocessed_folder(input_dir):
+        return _preprocessed(input_dir, output_dir, fmt)
     if input_dir.is_file():
         return _single_file(input_dir, output_dir, fmt)
     if not input_dir.is_dir():
@@ -75,6 +82,24 @@ def find_dataset(input_dir: Path, output_dir: Path, fmt: str, include: Sequence[
                          + (f";{patterns}" if patterns else "") + ")")
     _refuse_collisions(cases)
     return Dataset(labels_dir, cases, skipped, dataset_json)
+
+
+def default_output(input_dir: Path) -> Path | None:
+    """Where maps go when no output folder is given: beside nnU-Net's preprocessed folder
+    (``<folder>_rwmaps``, never inside it); None for other inputs (an output is required)."""
+    return nnunet_default_output(input_dir) if is_preprocessed_folder(input_dir) else None
+
+
+def _preprocessed(folder: Path, output_dir: Path, fmt: str) -> Dataset:
+    """nnU-Net's preprocessed configuration folder: its segs, read by the nnU-Net format."""
+    try:
+        preprocessed = open_preprocessed(folder)
+        check_output(folder, output_dir)
+        found = list_cases(folder)
+    except PreprocessedError as error:
+        raise UsageError(str(error)) from None
+    cases = [Case(case.seg, Path(output_dir) / f"{case.name}.{fmt}", case.name, reader="nnunet") for case in found]
+    return Dataset(folder, cases, [], preprocessed.dataset_json, preprocessed)
 
 
 def _selected(file_name: str, relative: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
@@ -118,39 +143,13 @@ def _refuse_collisions(cases: list[Case]) -> None:
             raise UsageError(f"{case.input} and {other.input} would both write {case.output}; rename one")
 
 
-def read_dataset_json(path: Path) -> tuple[list[int], int | None]:
-    """The class list and ignore label of an nnU-Net ``dataset.json``.
-
-    Both nnU-Net v2 (``{"background": 0, "liver": 1}``) and v1 (``{"0": "background"}``)
-    label maps are read; v2's ``"ignore"`` entry becomes the ignore label.  Region-based
-    labels (lists of values) have no single label value per channel and are refused.
-    """
+def read_dataset_json(path: Path) -> LabelSpec:
+    """The classes, ignore label and regions of an nnU-Net ``dataset.json`` (v1 or v2),
+    as :func:`rwmaps_cli.regions.read_label_spec` reads them; a UsageError when unusable."""
     try:
-        labels = json.loads(Path(path).read_text())["labels"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UsageError(f"{path}: cannot read the 'labels' of this dataset.json ({error})") from None
-    ignore = None
-    values = []
-    for key, value in labels.items():
-        if isinstance(value, str) and _is_int(key):  # nnU-Net v1: {"1": "liver"}
-            key, value = value, int(key)
-        if isinstance(value, list) or not _is_int(value):
-            raise UsageError(f"{path}: label {key!r} is {value!r}; region-based labels are not supported, "
-                             "pass --classes")
-        if key == "ignore":
-            ignore = int(value)
-        else:
-            values.append(int(value))
-    if len(set(values)) != len(values):
-        raise UsageError(f"{path}: two labels share a value: {labels}")
-    return sorted(values), ignore
-
-
-def _is_int(value) -> bool:
-    try:
-        return int(value) == float(value)
-    except (TypeError, ValueError):
-        return False
+        return read_label_spec(path)
+    except LabelSpecError as error:
+        raise UsageError(str(error)) from None
 
 
 def union_of_values(value_sets: Iterable[np.ndarray]) -> list[int]:

@@ -45,6 +45,7 @@ class Settings:
     engine: str = "edt"
     ignore_label: int | None = None
     layout: str = "full"  # "full": (C, *spatial); "compact": (*spatial), rrw only
+    regions: tuple[tuple[int, ...], ...] | None = None  # one channel per region (nnU-Net's region-based datasets)
 
     def to_parameters(self) -> dict:
         """The manifest's ``parameters``: what a rerun must share to reuse earlier maps
@@ -52,13 +53,14 @@ class Settings:
         parameters = asdict(self)
         parameters.pop("engine")
         parameters["classes"] = list(self.classes)
+        parameters["regions"] = None if self.regions is None else [list(r) for r in self.regions]
         return parameters
 
     @classmethod
     def from_parameters(cls, parameters: dict, engine: str | None = None) -> Settings:
         """The inverse of :meth:`to_parameters`; ValueError naming what is wrong.
 
-        A manifest of rwmaps 0.1 has no ``layout``: its maps are full.
+        A manifest of rwmaps 0.1 has no ``layout`` (its maps are full) and no ``regions``.
         """
         if not isinstance(parameters, dict):
             raise ValueError("has no 'parameters'")
@@ -73,6 +75,8 @@ class Settings:
                 engine=engine if engine in ENGINES else "edt",
                 ignore_label=None if parameters["ignore_label"] is None else int(parameters["ignore_label"]),
                 layout=parameters.get("layout", "full"),
+                regions=None if parameters.get("regions") is None
+                else tuple(tuple(int(v) for v in region) for region in parameters["regions"]),
             )
         except KeyError as error:
             raise ValueError(f"lacks parameter {error}") from None
@@ -193,12 +197,13 @@ class Manifest:
     """The manifest a run keeps current on disk: ``rwmaps.json``, or its part's file."""
 
     def __init__(self, output_dir: Path, settings: Settings, version: str, cases: dict | None = None,
-                 selection: dict | None = None, name: str = MANIFEST_NAME):
+                 selection: dict | None = None, name: str = MANIFEST_NAME, source: dict | None = None):
         self.path = Path(output_dir) / name
         self.settings = settings
         self.header = {"tool": "rwmaps", "version": version, "parameters": settings.to_parameters(),
                        "classes": list(settings.classes), "engine": settings.engine,
-                       "selection": selection or {"include": [], "exclude": []}}  # which files are cases
+                       "selection": selection or {"include": [], "exclude": []},  # which files are cases
+                       "source": source}  # for an nnU-Net preprocessed folder: its plans and their fingerprint
         self.cases: dict[str, dict] = dict(cases or {})
 
     @staticmethod

@@ -45,8 +45,8 @@ def _settled(info: MapInfo, record: MapRecord | None) -> MapInfo:
         raise InputError(f"holds an array of shape {info.shape}, not a {layout} map of 2D or 3D labels")
     classes = info.classes
     if classes is None and settings is not None:
-        classes = list(settings.classes)
-        if layout == "full" and len(classes) != info.shape[0]:
+        classes = list(settings.classes) if settings.regions is None else None  # regions: see meta["regions"]
+        if classes is not None and layout == "full" and len(classes) != info.shape[0]:
             classes = None  # the manifest describes another map
     return replace(info, layout=layout, spatial_ndim=spatial_ndim, classes=classes,
                    kind=info.kind or (settings.kind if settings else None))
@@ -165,6 +165,7 @@ def _meta(path: Path, info: MapInfo, record: MapRecord | None) -> dict:
         "manifest": str(record.manifest) if record else None,
         "parameters": deepcopy(parameters) if isinstance(parameters, dict) else None,  # cached: a copy
         "input": input_path, "ignore_label": settings.ignore_label if settings else None,
+        "regions": [list(r) for r in settings.regions] if settings and settings.regions else None,
     }
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .compute import case_maps, case_memory_need
+from .compute import case_maps, case_memory_need, channel_labels, map_channels
 from .dataset import Case, Dataset, find_dataset
 from .errors import InputError, UsageError
 from .formats import OUTPUT_FORMATS, TMP_MARKER, is_output_file, output_path, read_labels, read_shape
@@ -215,10 +215,10 @@ def _check_case(case: Case, record: dict | None, settings: Settings) -> tuple[li
     if recorded_shape is not None and info.shape != recorded_shape:
         problems.append(f"{out}: shape {_shape(info.shape)}, the manifest recorded {_shape(recorded_shape)}")
         return problems, False, False
-    if info.layout == "full" and info.shape[0] != len(settings.classes):
-        problems.append(f"{out}: {info.shape[0]} channels, the manifest's class list has {len(settings.classes)}")
+    if info.layout == "full" and info.shape[0] != map_channels(settings):
+        problems.append(f"{out}: {info.shape[0]} channels, the manifest's parameters make {map_channels(settings)}")
     try:
-        labels_shape = read_shape(case.input)
+        labels_shape = read_shape(case.input, reader=case.reader)
         if info.spatial_shape != labels_shape:
             problems.append(f"{out}: spatial shape {_shape(info.spatial_shape)} does not match the labels' "
                             f"{_shape(labels_shape)} ({case.input})")
@@ -242,7 +242,7 @@ def _stored_meta_problems(path: Path, info, settings: Settings) -> list[str]:
     problems = []
     said = {"layout": (info.layout, settings.layout), "kind": (info.kind, settings.kind),
             "dtype": (info.dtype, settings.dtype),
-            "classes": (info.classes, list(settings.classes) if info.classes is not None else None)}
+            "classes": (info.classes, channel_labels(settings) if info.classes is not None else None)}
     for what, (stored, expected) in said.items():
         if stored is not None and stored != expected:
             problems.append(f"{path}: {what} {stored!r}, the manifest says {expected!r}")
@@ -273,7 +273,7 @@ def _check_without_manifest(dataset: Dataset, output_dir: Path, report: Report) 
                                    f"(looked for {', '.join(p.name for p in candidates)})")
             continue
         try:
-            labels_shape = read_shape(case.input)
+            labels_shape = read_shape(case.input, reader=case.reader)
         except InputError as error:
             report.problems.append(f"{case.input}: cannot read the label file: {error}")
             continue
@@ -311,7 +311,7 @@ def _total_voxels(cases: list[Case]) -> int:
     total = 0
     for case in cases:
         try:
-            total += int(np.prod(read_shape(case.input)))
+            total += int(np.prod(read_shape(case.input, reader=case.reader)))
         except InputError:
             continue  # recompute_case reports it
     return total
@@ -325,7 +325,7 @@ def recompute_case(case: Case, settings: Settings, threads: int = 1) -> CaseResu
     start = time.perf_counter()
     problems = []
     try:
-        expected = _expected(read_labels(case.input), settings, threads)
+        expected = _expected(read_labels(case.input, reader=case.reader), settings, threads)
         stored, meta = load_map(case.output, expand=False, mmap=None)  # a .npy map stays on disk
     except (InputError, ValueError) as error:
         problems.append(f"{case.output}: cannot recompute: {error}")
@@ -339,7 +339,7 @@ def recompute_case(case: Case, settings: Settings, threads: int = 1) -> CaseResu
 def _expected(volume, settings: Settings, threads: int) -> tuple[tuple[int, ...], Iterable[np.ndarray]]:
     """(shape, channels) of the recomputed map.  A full rrw map is recomputed compact and
     expanded one channel at a time: its C channels are never in memory at once."""
-    if settings.kind == "rrw" and settings.layout == "full":
+    if settings.kind == "rrw" and settings.layout == "full" and settings.regions is None:
         compact = case_maps(volume, replace(settings, layout="compact"), threads, dtype="float32")
         channels = expanded_channels(compact, volume.array, settings.classes, ignore_label=settings.ignore_label)
         return (len(settings.classes), *compact.shape), channels

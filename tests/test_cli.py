@@ -144,7 +144,7 @@ def test_help_and_version():
                    "--slice-axis", "--engine", "--dtype", "--jobs", "--overwrite", "--quiet", "--ignore-label",
                    "--max-classes", "--debug"]:
         assert option in help_text
-    assert "[default: rrw]" in help_text and "[default: nii.gz]" in help_text
+    assert "[default: rrw]" in help_text and "[default: nii.gz; npy for" in help_text
     assert __version__ in run_rwmaps("--version", check=0).stdout
 
 

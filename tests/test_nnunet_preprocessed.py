@@ -2,18 +2,18 @@
 on folders written here by hand, without nnU-Net."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import blobs
 
-from rwmaps_cli.maps import compute_maps
+from rwmaps_cli.compute import compute_dataset
+from rwmaps_cli.errors import UsageError
+from rwmaps_cli.maps import compute_maps, expand_map
 from rwmaps_cli.nnunet import (
-    MapsFolderError,
     PreprocessedError,
-    compute_preprocessed_maps,
     default_output,
-    expand_compact,
     is_preprocessed_folder,
     list_cases,
     open_preprocessed,
@@ -23,6 +23,13 @@ from rwmaps_cli.nnunet import (
     read_seg,
 )
 from rwmaps_cli.regions import compute_region_maps
+
+
+def compute_preprocessed_maps(folder, output=None, layout="full") -> Path:
+    """What ``rwmaps compute --input FOLDER [--output OUTPUT] --layout LAYOUT`` runs; the maps folder."""
+    outcome = compute_dataset(folder, output, layout=layout, jobs=1)
+    return outcome.manifest.parent
+
 
 LABELS = {"background": 0, "a": 1, "b": 2, "c": 3}
 REGION_LABELS = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3}
@@ -106,7 +113,7 @@ def test_2d_configuration_slices_along_the_first_axis(tmp_path):
     assert pre.is_2d and pre.slice_axis == 0
     out = compute_preprocessed_maps(folder)
     manifest = read_manifest(out)
-    assert manifest.parameters["slice_axis"] == 0
+    assert manifest.parameters["slice_axis"] == 0  # nnU-Net's 2d loader slices along the first axis
     name = sorted(segs)[0]
     expected = compute_maps(segs[name], [0, 1, 2, 3], slice_axis=0)
     np.testing.assert_array_equal(np.load(out / f"{name}.npy"), expected)
@@ -119,10 +126,11 @@ def test_full_maps_match_compute_maps(tmp_path, fmt):
     assert out == default_output(folder)
     manifest = read_manifest(out)
     assert manifest.parameters == {"classes": [0, 1, 2, 3], "kind": "rrw", "layout": "full", "regions": None,
-                                   "slice_axis": None, "ignore_label": None, "spacing": "voxel", "format": "npy"}
+                                   "slice_axis": None, "ignore_label": None, "spacing": "voxel", "fmt": "npy",
+                                   "dtype": "float32"}
     assert manifest.source["plans_fingerprint"] == plans_fingerprint(folder.parent / "nnUNetPlans.json")
     for name, labels in segs.items():
-        assert manifest.cases[name]["status"] == "done" and manifest.cases[name]["output"] == f"{name}.npy"
+        assert manifest.cases[name]["status"] == "done" and Path(manifest.cases[name]["output"]).name == f"{name}.npy"
         stored = np.load(manifest.path(name), mmap_mode="r")
         assert stored.dtype == np.float32 and stored.flags.c_contiguous
         np.testing.assert_array_equal(stored, compute_maps(labels, [0, 1, 2, 3]))
@@ -140,7 +148,7 @@ def test_compact_maps_expand_to_the_full_maps(tmp_path):
         assert compact.shape == labels.shape
         assert (compact[labels == 4] == 0).all() and (compact >= -1).all() and (compact <= 0).all()
         full = compute_maps(labels, [0, 1, 2, 3], ignore_label=4)
-        np.testing.assert_array_equal(expand_compact(compact, labels, [0, 1, 2, 3], ignore_label=4), full)
+        np.testing.assert_array_equal(expand_map(compact, labels, [0, 1, 2, 3], ignore_label=4), full)
 
 
 def test_region_based_maps(tmp_path):
@@ -151,22 +159,18 @@ def test_region_based_maps(tmp_path):
     for name, labels in segs.items():
         np.testing.assert_array_equal(np.load(manifest.path(name)),
                                       compute_region_maps(labels, [[1, 2, 3], [2, 3], [3]]))
-    with pytest.raises(MapsFolderError, match="regions overlap"):
+    with pytest.raises(UsageError, match="regions overlap"):
         compute_preprocessed_maps(folder, output=tmp_path / "c", layout="compact")
 
 
 def test_rerun_skips_done_cases_and_recomputes_after_preprocessing(tmp_path):
     folder, _ = make_preprocessed(tmp_path, "npz")
-    seen = []
-    compute_preprocessed_maps(folder, progress=lambda name, entry: seen.append(name))
-    assert len(seen) == 3
-    seen.clear()
-    compute_preprocessed_maps(folder, progress=lambda name, entry: seen.append(name))
-    assert seen == []
+    assert compute_dataset(folder, jobs=1).done == 3
+    again = compute_dataset(folder, jobs=1)
+    assert (again.done, again.skipped) == (0, 3)
     plans = folder.parent / "nnUNetPlans.json"  # re-preprocessing rewrites the plans
     plans.write_text(plans.read_text() + " ")
-    compute_preprocessed_maps(folder, progress=lambda name, entry: seen.append(name))
-    assert len(seen) == 3
+    assert compute_dataset(folder, jobs=1).done == 3
 
 
 def test_a_bad_seg_fails_alone(tmp_path):
@@ -197,7 +201,7 @@ def test_bad_folders_raise_one_line_errors(tmp_path, breakage, message):
     else:
         folder = folder / "case_000.npz"
     with pytest.raises(PreprocessedError, match=message) as info:
-        compute_preprocessed_maps(folder)
+        open_preprocessed(folder) if breakage != "empty" else list_cases(folder)
     assert "\n" not in str(info.value) and isinstance(info.value, ValueError)
     assert is_preprocessed_folder(folder) == (breakage == "empty")  # an empty one is still recognised
 
@@ -205,7 +209,7 @@ def test_bad_folders_raise_one_line_errors(tmp_path, breakage, message):
 def test_output_inside_the_data_folder_is_refused(tmp_path):
     folder, _ = make_preprocessed(tmp_path, "npz")
     for output in (folder, folder / "maps"):
-        with pytest.raises(PreprocessedError, match="must not go inside"):
+        with pytest.raises(UsageError, match="must not go inside"):
             compute_preprocessed_maps(folder, output=output)
 
 

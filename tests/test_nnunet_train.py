@@ -19,14 +19,10 @@ pytest.importorskip("nnunetv2")
 import torch  # noqa: E402
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd  # noqa: E402
 
-from rwmaps_cli.maps import compute_maps  # noqa: E402
-from rwmaps_cli.nnunet import (  # noqa: E402
-    compute_preprocessed_maps,
-    expand_compact,
-    list_cases,
-    read_manifest,
-    read_seg,
-)
+from helpers import run_rwmaps  # noqa: E402
+
+from rwmaps_cli.maps import compute_maps, expand_map  # noqa: E402
+from rwmaps_cli.nnunet import list_cases, read_manifest, read_seg  # noqa: E402
 from rwmaps_cli.nnunet.synthetic import make_dataset, write_small_plans  # noqa: E402
 from rwmaps_cli.regions import compute_region_maps  # noqa: E402
 
@@ -51,12 +47,12 @@ def nnunet_root(tmp_path_factory):
                              "-np", "1", "-npfp", "1"], capture_output=True, text=True, timeout=600,
                             env={**os.environ, "nnUNet_n_proc_DA": "1"})  # 0 crashes nnU-Net 2.8.1's planner
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("Dataset901_Tiny", "Dataset902_TinyRegions"):
+    for name in ("Dataset901_Tiny", "Dataset902_TinyRegions"):  # the README's commands, as a user runs them
         write_small_plans(root / "preprocessed" / name, PLANS)
-        compute_preprocessed_maps(root / "preprocessed" / name / "nnUNetPlans_3d_fullres")
-    compute_preprocessed_maps(root / "preprocessed" / "Dataset901_Tiny" / "nnUNetPlans_2d")
-    compute_preprocessed_maps(root / "preprocessed" / "Dataset901_Tiny" / "nnUNetPlans_3d_fullres",
-                              output=root / "preprocessed" / "Dataset901_Tiny" / "compact", layout="compact")
+        run_rwmaps("compute", "--input", root / "preprocessed" / name / "nnUNetPlans_3d_fullres", check=0)
+    run_rwmaps("compute", "--input", root / "preprocessed" / "Dataset901_Tiny" / "nnUNetPlans_2d", check=0)
+    run_rwmaps("compute", "--input", root / "preprocessed" / "Dataset901_Tiny" / "nnUNetPlans_3d_fullres",
+               "--output", root / "preprocessed" / "Dataset901_Tiny" / "compact", "--layout", "compact", check=0)
     yield root
     for key, value in saved.items():
         if value is None:
@@ -148,7 +144,7 @@ def test_map_patches_line_up_with_seg_patches(nnunet_root, variant):
             stored = np.load(maps.path(case))
             if maps.layout == "compact":
                 labels = read_seg(data_folder(nnunet_root, 901) / f"{case}_seg.b2nd")
-                expected = expand_compact(crop_and_pad_nd(stored, box, 0), crop_and_pad_nd(labels, box, 0), CLASSES)
+                expected = expand_map(crop_and_pad_nd(stored, box, 0), crop_and_pad_nd(labels, box, 0), CLASSES)
             else:
                 expected = crop_and_pad_nd(stored, box, 0)
                 # nnU-Net's foreground boxes may reach past the image: there the seg is background (-1 -> 0),

@@ -34,7 +34,8 @@ def test_manifest_records_parameters_and_every_case(labels_dir, tmp_path):
     assert data["tool"] == "rwmaps" and data["version"] == __version__
     assert data["classes"] == [0, 1, 2, 3]
     assert data["parameters"] == {"classes": [0, 1, 2, 3], "kind": "boundary", "spacing": "voxel", "slice_axis": None,
-                                  "dtype": "float32", "fmt": "npy", "ignore_label": None, "layout": "full"}
+                                  "dtype": "float32", "fmt": "npy", "ignore_label": None, "layout": "full",
+                                  "regions": None}
     assert sorted(data["cases"]) == ["case_000.nii.gz", "sub/case_001.nii.gz", "sub/case_002.nii.gz"]
     entry = data["cases"]["sub/case_001.nii.gz"]
     assert entry["status"] == "done" and entry["error"] is None

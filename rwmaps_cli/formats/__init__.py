@@ -35,6 +35,7 @@ from .base import (
     input_errors,
 )
 from .nifti import NiftiFormat
+from .nnunet import NnunetSegFormat
 from .numpy import NpyFormat, NpzFormat, npy_header
 from .sitk import SitkFormat, sitk_affine
 
@@ -47,7 +48,9 @@ FORMATS: tuple[FileFormat, ...] = (
     SitkFormat("TIFF", (".tif", ".tiff"), "TIFFImageIO"),
     NpzFormat(),
     NpyFormat(),
+    NnunetSegFormat(),
 )
+_BY_NAME = {"nnunet": FORMATS[-1]}  # readers chosen by name, not by suffix (see read_labels)
 LABEL_SUFFIXES = tuple(suffix for fmt in FORMATS for suffix in fmt.suffixes)
 OUTPUT_FORMATS = tuple(fmt.output_name for fmt in FORMATS if fmt.output_name)
 OUTPUT_DTYPES = {fmt.output_name: fmt.map_dtypes for fmt in FORMATS if fmt.output_name}
@@ -147,8 +150,11 @@ def atomic_path(path: str | os.PathLike):
 # --------------------------------------------------------------------------- labels
 
 
-def read_labels(path: str | os.PathLike) -> LabelVolume:
+def read_labels(path: str | os.PathLike, reader: str | None = None) -> LabelVolume:
     """Read a 2D or 3D label volume; see :class:`LabelVolume` for what comes back.
+
+    ``reader``: a format by name instead of by suffix (``"nnunet"``: nnU-Net's preprocessed
+    ``.npy`` / ``.npz`` segs, whose suffixes other formats own).
 
     Raises
     ------
@@ -157,23 +163,23 @@ def read_labels(path: str | os.PathLike) -> LabelVolume:
         that cannot hold labels, vector pixels, or not 2D/3D.  One line, without the path.
     """
     path = Path(path)
-    fmt = format_for(path)
+    fmt = _BY_NAME[reader] if reader else format_for(path)
     with input_errors(path, fmt.name):
         return fmt.read_labels(path)
 
 
-def read_shape(path: str | os.PathLike) -> tuple[int, ...]:
+def read_shape(path: str | os.PathLike, reader: str | None = None) -> tuple[int, ...]:
     """Spatial shape of ``read_labels(path).array`` from the header only (cheap)."""
     path = Path(path)
-    fmt = format_for(path)
+    fmt = _BY_NAME[reader] if reader else format_for(path)
     with input_errors(path, fmt.name):
         return fmt.read_shape(path)
 
 
-def read_geometry(path: str | os.PathLike) -> tuple[tuple[float, ...], np.ndarray | None]:
+def read_geometry(path: str | os.PathLike, reader: str | None = None) -> tuple[tuple[float, ...], np.ndarray | None]:
     """(spacing per array axis, RAS+ affine or None) of a label file, from its header."""
     path = Path(path)
-    fmt = format_for(path)
+    fmt = _BY_NAME[reader] if reader else format_for(path)
     with input_errors(path, fmt.name):
         return fmt.read_geometry(path)
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 
 def _prepare(workdir: Path, n_classes: int, shape, n_cases: int, patch) -> str:
-    from .store import compute_preprocessed_maps
-    from .synthetic import make_dataset, write_small_plans
+    from rwmaps_cli.compute import compute_dataset
+    from rwmaps_cli.nnunet.synthetic import make_dataset, write_small_plans
 
     dataset_id = 950 + n_classes
     name = f"Dataset{dataset_id}_Bench{n_classes}"
@@ -42,9 +42,9 @@ def _prepare(workdir: Path, n_classes: int, shape, n_cases: int, patch) -> str:
                        env={**os.environ, "nnUNet_n_proc_DA": "1"})
     write_small_plans(pre, "nnUNetPlansBench", features=(16, 32, 64, 128), patch_size=patch)
     start = time.perf_counter()
-    compute_preprocessed_maps(pre / "nnUNetPlans_3d_fullres", threads=1)
+    compute_dataset(pre / "nnUNetPlans_3d_fullres", jobs=1)
     middle = time.perf_counter()
-    compute_preprocessed_maps(pre / "nnUNetPlans_3d_fullres", output=pre / "compact", layout="compact", threads=1)
+    compute_dataset(pre / "nnUNetPlans_3d_fullres", pre / "compact", layout="compact", jobs=1)
     print(f"{n_classes} classes: maps of {n_cases} cases {shape}: full {middle - start:.1f} s, compact "
           f"{time.perf_counter() - middle:.1f} s (0 when already written)", flush=True)
     return name
@@ -91,16 +91,15 @@ def measure_store(workdir: Path, shape, n_classes: int, patch=(64, 128, 128), re
     from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
     from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params
 
-    from ..maps import compute_maps
-    from .store import compact_from_full
-    from .synthetic import blob_labels
+    from rwmaps_cli.maps import compute_maps
+    from rwmaps_cli.nnunet.synthetic import blob_labels
 
     blosc2.set_nthreads(1)
     workdir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     labels = blob_labels(shape, n_classes, rng, sigma=4.0)
     full = compute_maps(labels, list(range(n_classes)), threads=2)
-    compact = compact_from_full(full, labels, list(range(n_classes)))
+    compact = compute_maps(labels, list(range(n_classes)), layout="compact")
     boxes = [[[int(s), int(s) + p] for s, p in zip((rng.integers(0, n - p + 1) for n, p in zip(shape, patch)), patch)]
              for _ in range(repeats)]
 

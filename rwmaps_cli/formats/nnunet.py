@@ -1,4 +1,4 @@
-"""Read nnU-Net v2's preprocessed data without importing nnU-Net.
+"""nnU-Net v2's preprocessed data, read without importing nnU-Net: the format's one owner.
 
 A preprocessed configuration folder is ``nnUNet_preprocessed/DatasetXXX_Name/<plans>_<cfg>``
 (for example ``nnUNetPlans_3d_fullres``), beside ``<plans>.json`` and ``dataset.json``.
@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..regions import LabelSpec, read_label_spec
+from .base import FileFormat, LabelVolume, check_ndim, diagonal_affine
 
 #: Files beside the configuration folders that are not plans.
 _NOT_PLANS = {"dataset.json", "dataset_fingerprint.json", "splits_final.json"}
@@ -354,3 +355,48 @@ def map_spacing(preprocessed: PreprocessedFolder, ndim: int = 3) -> list[float] 
     if len(spacing) == ndim - 1 and preprocessed.is_2d:
         return [1.0, *spacing]
     return None
+
+
+class NnunetSegFormat(FileFormat):
+    """A preprocessed seg (``<case>_seg.b2nd``, ``<case>_seg.npy``, ``<case>.npz`` key ``seg``)
+    as a label volume: ``(*spatial)``, -1 as background 0, the configuration's spacing.
+
+    The registry gives it ``.b2nd`` files; the ``.npy`` / ``.npz`` segs of nnU-Net 2.0-2.5
+    reach it by name (``formats.read_labels(path, reader="nnunet")``), as the cases of a
+    preprocessed folder do.
+    """
+
+    name = "nnU-Net preprocessed seg"
+    suffixes = (".b2nd",)
+
+    def read_labels(self, path: Path) -> LabelVolume:
+        labels = read_seg(path)
+        spacing = self.read_geometry(path)[0]
+        return LabelVolume(array=labels, spacing=spacing, affine=diagonal_affine(spacing))
+
+    def read_shape(self, path: Path) -> tuple[int, ...]:
+        shape = tuple(int(n) for n in _seg_shape(path)[1:])
+        check_ndim(shape)
+        return shape
+
+    def read_geometry(self, path: Path) -> tuple[tuple[float, ...], None]:
+        ndim = len(self.read_shape(path))
+        try:
+            spacing = map_spacing(open_preprocessed(Path(path).parent), ndim)
+        except PreprocessedError:
+            spacing = None  # a seg away from its folder: voxel units
+        return tuple(float(s) for s in spacing) if spacing else (1.0,) * ndim, None
+
+
+def _seg_shape(path: Path) -> tuple[int, ...]:
+    """The stored ``(1, *spatial)`` shape of a seg, from its header."""
+    path = Path(path)
+    if path.name.endswith(".b2nd"):
+        import blosc2
+
+        return tuple(blosc2.open(urlpath=str(path), mode="r").shape)
+    if path.suffix == ".npy":
+        return tuple(np.load(path, mmap_mode="r").shape)
+    with np.load(path) as archive:
+        return tuple(archive["seg"].shape)
+
