@@ -2,6 +2,7 @@
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 from helpers import blobs
@@ -127,3 +128,26 @@ def test_label_spec_errors_name_the_cause(tmp_path, content, message):
 def test_label_spec_of_an_unreadable_file(tmp_path):
     with pytest.raises(LabelSpecError, match="cannot read"):
         read_label_spec(tmp_path / "missing.json")
+
+
+def test_a_raw_region_based_dataset_gets_one_map_per_region(tmp_path):
+    """rwmaps compute on an nnU-Net raw dataset whose dataset.json has regions (BraTS-like):
+    no background channel, one binary map per (overlapping) region, and verify agrees."""
+    from helpers import run_rwmaps, write_nifti
+
+    from rwmaps_cli import load_map
+
+    root = tmp_path / "Dataset900_Regions"
+    for i in range(2):
+        write_nifti(root / "labelsTr" / f"case_{i}.nii.gz", blobs((20, 22, 12), 4, seed=i))
+    (root / "dataset.json").write_text(json.dumps({
+        "labels": {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3},
+        "regions_class_order": [1, 2, 3], "channel_names": {"0": "T1"}, "numTraining": 2, "file_ending": ".nii.gz"}))
+    run_rwmaps("compute", "--input", root, "--output", tmp_path / "maps", "--format", "npy", check=0)
+    maps, meta = load_map(tmp_path / "maps" / "case_0.npy")
+    labels = np.asarray(nib.load(root / "labelsTr" / "case_0.nii.gz").dataobj)
+    np.testing.assert_array_equal(maps, compute_region_maps(labels, [[1, 2, 3], [2, 3], [3]]))
+    assert meta["regions"] == [[1, 2, 3], [2, 3], [3]]
+    run_rwmaps("verify", "--input", root, "--output", tmp_path / "maps", check=0)
+    refused = run_rwmaps("compute", "--input", root, "--output", tmp_path / "compact", "--layout", "compact", check=2)
+    assert "regions overlap" in refused.stderr
