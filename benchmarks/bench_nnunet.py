@@ -1,7 +1,7 @@
 """Seconds per training iteration: precomputed maps against maps computed on the fly.
 
-    python -m rwmaps_cli.nnunet.benchmark --workdir /tmp/rwbench --classes 4 16
-    python -m rwmaps_cli.nnunet.benchmark --workdir /tmp/rwbench --store 128 256 256 4   # the maps store
+    python benchmarks/bench_nnunet.py --workdir /tmp/rwbench --classes 4 16
+    python benchmarks/bench_nnunet.py --workdir /tmp/rwbench --store 128 256 256 4   # the maps store
 
 ``--store Z Y X C``: how to store maps for nnU-Net's loader, ``.npy`` memory maps against
 blosc2 with nnU-Net's own chunking (``comp_blosc2_params`` for the patch): write time, size,
