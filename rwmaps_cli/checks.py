@@ -18,11 +18,14 @@ import numpy as np
 RRW_MIN_TOLERANCE = 1e-3
 
 
-def channel_statistics(maps, kind: str | None, slice_axis: int | None) -> tuple[list[dict], list[str]]:
+def channel_statistics(maps, kind: str | None, slice_axis: int | None,
+                       exclusive: bool = True) -> tuple[list[dict], list[str]]:
     """Per channel: inside voxels, value range, whether the values fit ``kind``; and the
     problems of the channels taken together (every voxel inside exactly one class...).
 
-    Reads one channel at a time (``maps`` may be a memory map).
+    Reads one channel at a time (``maps`` may be a memory map, or any sequence of
+    channels).  ``exclusive=False`` (region maps) skips the checks of the channels taken
+    together: regions overlap, and no channel is the background.
 
     "Inside" voxels, by kind: ``rrw``, ``boundary``: value < 0; ``ac``: value 0;
     ``kervadec``: value < 0, or 0 on the inner boundary (0 in a channel that is not 0
@@ -61,6 +64,8 @@ def channel_statistics(maps, kind: str | None, slice_axis: int | None) -> tuple[
             channel = np.asarray(maps[c], dtype=np.float32)
             inner = (channel == 0) & ~ignored & _field_not_zero(channel, slice_axis)
             stat["voxels"] += int(np.count_nonzero(inner))
+    if not exclusive:  # region maps: regions overlap and leave the background out
+        return stats, []
     return stats, _cross_channel_problems(kind, n_channels, zero_count, neg_count, ignored)
 
 

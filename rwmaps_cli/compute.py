@@ -47,7 +47,7 @@ from .manifest import (
     manifest_files,
     part_manifest_name,
 )
-from .mapfile import map_is_complete
+from .mapfile import map_info, map_is_complete
 from .formats.nnunet import is_preprocessed_folder, plans_fingerprint
 from .maps import compute_maps, unique_labels
 from .regions import compute_region_maps
@@ -178,6 +178,8 @@ def compute_dataset(
     if preprocessed and fmt != "npy":
         raise UsageError(f"--format {fmt}: maps of nnU-Net's preprocessed data are .npy, which its data "
                          "loader memory-maps to crop patches")
+    if preprocessed and (include or exclude):
+        raise UsageError("--include/--exclude select label files; a preprocessed folder's cases are nnU-Net's")
     _check_options(kind, fmt, layout, dtype)
     dataset = find_dataset(input_dir, output_dir, fmt, include, exclude)
     if dataset.preprocessed is not None and dataset.preprocessed.is_2d and slice_axis is None:
@@ -200,6 +202,8 @@ def compute_dataset(
                             regions)
         if strict and given and not stop:
             _refuse_unseen_classes(dataset, settings, max_classes, runner, progress, stop)
+        if stop:  # stopped while reading the labels: nothing written, not even a manifest
+            return Outcome(classes=settings.classes, not_finished=len(mine), stopped=stop.reason)
         manifest = _open_manifest(output_dir, settings, overwrite,
                                   {"include": list(include), "exclude": list(exclude)}, part, mine,
                                   _source(dataset))
@@ -208,7 +212,7 @@ def compute_dataset(
         todo = []
         for case in mine:
             if case.name in failed:  # unreadable while scanning the class list
-                manifest.record(case.input, case.output, failed[case.name])
+                manifest.record(case.input, case.output, failed[case.name], reader=case.reader)
                 outcome.failures.append((case.input, failed[case.name]))
                 on_failure(case.input, failed[case.name])
             elif not overwrite and _is_done(manifest, case):
@@ -224,7 +228,7 @@ def compute_dataset(
                                                               if r.name in {c.name for c in todo})
         clean_temporaries(output_dir, all_writers_gone=exclusive)  # a stop killed workers mid-write
     outcome.stopped = stop.reason
-    outcome.hints += _hints(dataset, settings, manifest, outcome, given and not stop)
+    outcome.hints += _hints(dataset, settings, manifest, outcome, given and not stop and part is None)
     return outcome
 
 
@@ -431,6 +435,15 @@ def _source(dataset: Dataset) -> dict | None:
             "plans_fingerprint": plans_fingerprint(pre.plans_file), "dataset_json": str(pre.dataset_json)}
 
 
+def _same_source(before: dict | None, now: dict | None) -> bool:
+    """Whether maps were made from the same preprocessing: the plans' content and the
+    configuration (however the folder's path was spelled)."""
+    if before is None or now is None:
+        return before is now
+    key = (lambda s: ((s.get("plans_fingerprint") or {}).get("sha256"), s.get("configuration")))
+    return key(before) == key(now)
+
+
 def _open_manifest(output_dir: Path, settings: Settings, overwrite: bool, selection: dict,
                    part: tuple[int, int] | None, mine: list[Case], source: dict | None) -> Manifest:
     """The manifest this run writes: a plain run takes over every part's file into
@@ -438,7 +451,12 @@ def _open_manifest(output_dir: Path, settings: Settings, overwrite: bool, select
     other plans (nnU-Net re-preprocessed the data) are not reused."""
     name = MANIFEST_NAME if part is None else part_manifest_name(*part)
     previous = Manifest.load(output_dir)
-    fresh = previous is None or overwrite or previous.header.get("source") != source
+    fresh = previous is None or overwrite or not _same_source(previous.header.get("source"), source)
+    if fresh and part is not None and previous is not None and (
+            previous.settings is None or changed_parameters(previous.settings, settings)):
+        raise UsageError(f"{output_dir} holds maps made with other parameters, which other parts may share: "
+                         "parts cannot --overwrite them; run once without --num-parts (with --overwrite), or "
+                         "use a new --output")
     if fresh:
         return _taking_over(Manifest(output_dir, settings, __version__, selection=selection, name=name,
                                      source=source), part)
@@ -485,11 +503,20 @@ def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, run
                                     f"{budget / 2**30:.1f} GiB available") for case in todo if need[case.name] > budget]
         runnable = [case for case in todo if need[case.name] <= budget]
     bar = progress(len(todo), "computing maps")
+    started_ns = time.time_ns()
     results = runner(runnable, process_case, memory_need=lambda case: need[case.name], stop=stop,
                      settings=settings, threads=threads_per_case(jobs))
-    for result in itertools.chain(too_big, results):  # lazily: recorded, and the bar moves, as cases finish
+    reported: set[str] = set()
+    results = itertools.chain(too_big, results, _written_before_the_stop(runnable, reported, started_ns, stop))
+    for result in results:  # lazily: recorded, and the bar moves, as cases finish
+        reported.add(result.name)
         case = by_name[result.name]
-        manifest.record(case.input, case.output, result)
+        try:
+            manifest.record(case.input, case.output, result, reader=case.reader)
+        except OSError as error:  # a full disk, a lost NFS handle: stop, the maps written so far stay
+            stop.set(f"cannot write {manifest.path.name}: {error.strerror or error}")
+            outcome.failures.append((case.input, CaseResult(case.name, "failed", error=stop.reason)))
+            continue
         bar.update()
         if result.status == "done":
             outcome.done += 1
@@ -499,6 +526,21 @@ def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, run
             if result.disk_full:  # every later case would fail the same way
                 stop.set("disk full")
     bar.close()
+
+
+def _written_before_the_stop(cases: list[Case], reported: set[str], started_ns: int, stop: Stop):
+    """After a stop, the maps that a worker renamed into place but could not report before it
+    was killed: a map file is complete once renamed, so it is recorded done, not lost."""
+    if not stop:
+        return
+    for case in cases:
+        if case.name in reported:
+            continue
+        try:
+            if case.output.stat().st_mtime_ns >= started_ns:
+                yield CaseResult(case.name, "done", shape=list(map_info(case.output).shape))
+        except (OSError, InputError):
+            continue  # not written: the case is not finished
 
 
 def _voxels(case: Case) -> int:

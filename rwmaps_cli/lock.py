@@ -70,6 +70,9 @@ def _try(file, kind: int) -> bool:
         fcntl.lockf(file, kind | fcntl.LOCK_NB)
     except (BlockingIOError, PermissionError):  # EAGAIN / EACCES: someone else holds it
         return False
+    except OSError as error:  # ENOLCK: NFS mounted with nolock, or NFSv3 without its lock manager
+        raise UsageError(f"{Path(file.name).parent}: the file system refuses locks ({error.strerror}); "
+                         "rwmaps needs them to keep writers apart (mount NFS with locking)") from None
     return True
 
 

@@ -222,11 +222,18 @@ class Manifest:
             return None
         return entry
 
-    def record(self, input_path: Path, output_path: Path, result: CaseResult) -> None:
-        """Store the result of one case and write the manifest to disk."""
-        entry = {"input": str(input_path), "output": str(output_path), "fingerprint": fingerprint(input_path),
-                 "status": result.status, "error": result.error, "shape": result.shape, "seconds": result.seconds,
-                 "values": result.values}
+    def record(self, input_path: Path, output_path: Path, result: CaseResult, reader: str | None = None) -> None:
+        """Store the result of one case and write the manifest to disk.
+
+        The input is recorded as an absolute path, so ``load_map`` finds the labels of a
+        map (to expand a compact one) from any working directory; ``reader`` names the
+        format that read it when its suffix does not (nnU-Net's segs).
+        """
+        entry = {"input": os.path.abspath(input_path), "output": str(output_path),
+                 "fingerprint": fingerprint(input_path), "status": result.status, "error": result.error,
+                 "shape": result.shape, "seconds": result.seconds, "values": result.values}
+        if reader is not None:
+            entry["reader"] = reader
         if result.status == "done":
             entry["bytes"] = Path(output_path).stat().st_size
         self.cases[result.name] = entry

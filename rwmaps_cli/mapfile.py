@@ -154,7 +154,7 @@ def _meta(path: Path, info: MapInfo, record: MapRecord | None) -> dict:
     spacing = info.spacing
     if spacing is None and input_path is not None:
         try:
-            spacing = read_geometry(input_path)[0]
+            spacing = read_geometry(input_path, reader=record.entry.get("reader"))[0]
         except InputError:
             spacing = None  # the input is not where the manifest says
         if spacing is not None and len(spacing) != info.spatial_ndim:
@@ -164,7 +164,8 @@ def _meta(path: Path, info: MapInfo, record: MapRecord | None) -> dict:
         "format": output_format(path), "dtype": info.dtype, "affine": info.affine, "stored_shape": info.stored_shape,
         "manifest": str(record.manifest) if record else None,
         "parameters": deepcopy(parameters) if isinstance(parameters, dict) else None,  # cached: a copy
-        "input": input_path, "ignore_label": settings.ignore_label if settings else None,
+        "input": input_path, "reader": record.entry.get("reader") if record else None,
+        "ignore_label": settings.ignore_label if settings else None,
         "regions": [list(r) for r in settings.regions] if settings and settings.regions else None,
     }
 
@@ -178,7 +179,7 @@ def _expand(compact: np.ndarray, info: MapInfo, meta: dict, labels, outside) -> 
     if labels is None:
         if meta["input"] is None:
             raise InputError("is a compact map: pass labels= to expand it, or expand=False")
-        labels = read_labels(meta["input"]).array
+        labels = read_labels(meta["input"], reader=meta["reader"]).array
     labels = np.asarray(labels)
     if labels.shape != compact.shape:
         raise InputError(f"compact map of shape {compact.shape} cannot be expanded with labels of shape {labels.shape}")

@@ -14,6 +14,7 @@ import signal
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import replace
 
 from .dataset import Case
 from .manifest import CaseResult
@@ -77,7 +78,8 @@ def run_local(
     """
     stop = stop if stop is not None else Stop()
     budget = available_memory()
-    queue, suspects = deque(cases), deque()
+    # Absolute paths: reused worker processes keep the working directory they started in.
+    queue, suspects = deque(replace(c, input=c.input.absolute(), output=c.output.absolute()) for c in cases), deque()
     executor = None
     try:
         while (queue or suspects) and not stop:

@@ -375,7 +375,8 @@ def _compare(path: Path, stored: np.ndarray, expected: tuple, dtype: str, settin
     if worst is None:
         return []
     difference, channel, at, have, want = worst
-    where = "the compact channel" if compact else f"channel {channel} = class {settings.classes[channel]}"
+    where = ("the compact channel" if compact else f"channel {channel} = region {settings.regions[channel]}"
+             if settings.regions is not None else f"channel {channel} = class {settings.classes[channel]}")
     return [f"{path}: values differ from a recomputation in {wrong:,} of {stored.size:,} values "
             f"(largest difference {difference:.4g}, {where}, "
             f"at {tuple(int(i) for i in at)}; stored {have:.6g}, "

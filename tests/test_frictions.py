@@ -136,3 +136,47 @@ def test_verify_of_an_83_class_map_needs_about_one_maps_worth_of_memory(tmp_path
     assert result["problems"] == []
     full_map = 83 * labels.size * 4
     assert result["peak"] < bound * full_map, f"peak {result['peak'] / full_map:.2f} maps"
+
+
+def test_a_stop_while_reading_the_labels_writes_no_manifest(mixed_folder, tmp_path):
+    """Ctrl-C during the class scan: nothing written, so the rerun is not refused."""
+    import os
+    import signal
+
+    from rwmaps_cli.compute import compute_dataset
+
+    class InterruptingBar:
+        def __init__(self, total, description):
+            pass
+
+        def update(self, n=1):
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: the run's handler takes it
+
+        def close(self):
+            pass
+
+    out = tmp_path / "maps"
+    outcome = compute_dataset(mixed_folder, out, include=["*_seg.nii.gz"], jobs=1, progress=InterruptingBar)
+    assert outcome.stopped == "SIGINT" and outcome.done == 0
+    assert not (out / "rwmaps.json").exists()
+    run_rwmaps("compute", "--input", mixed_folder, "--output", out, "--include", "*_seg.nii.gz", check=0)
+
+
+def test_a_compact_map_finds_its_labels_from_any_working_directory(mixed_folder, tmp_path, monkeypatch):
+    from rwmaps_cli import load_map
+
+    monkeypatch.chdir(mixed_folder.parent)
+    run_rwmaps("compute", "--input", mixed_folder.name, "--output", "maps", "--include", "*_seg.nii.gz",
+               "--layout", "compact", "--format", "npy", check=0)  # relative paths, as typed
+    monkeypatch.chdir("/")
+    maps, meta = load_map(tmp_path / "maps" / "case0_seg.npy")
+    assert maps.shape == (3, 16, 18, 10) and meta["input"] == str(mixed_folder / "case0_seg.nii.gz")
+
+
+def test_parts_cannot_overwrite_a_folder_made_with_other_parameters(mixed_folder, tmp_path):
+    out = tmp_path / "maps"
+    run_rwmaps("compute", "--input", mixed_folder, "--output", out, "--include", "*_seg.nii.gz", check=0)
+    refused = run_rwmaps("compute", "--input", mixed_folder, "--output", out, "--include", "*_seg.nii.gz",
+                         "--kind", "boundary", "--overwrite", "--num-parts", "2", "--part-id", "0", check=2)
+    assert "parts cannot --overwrite them" in refused.stderr
+    run_rwmaps("verify", "--input", mixed_folder, "--output", out, check=0)  # still whole

@@ -223,3 +223,22 @@ def test_bad_segs_raise(tmp_path):
     (tmp_path / "z_seg.b2nd").write_bytes(b"garbage")
     with pytest.raises(PreprocessedError, match="cannot read|needs blosc2"):
         read_seg(tmp_path / "z_seg.b2nd")
+
+
+def test_a_rerun_spelled_another_way_still_resumes(tmp_path, monkeypatch):
+    folder, _ = make_preprocessed(tmp_path, "npz")
+    monkeypatch.chdir(tmp_path)
+    assert compute_dataset(folder.relative_to(tmp_path), jobs=1).done == 3
+    again = compute_dataset(folder.resolve(), jobs=1)
+    assert (again.done, again.skipped) == (0, 3)
+
+
+@pytest.mark.parametrize("fmt", ["npz", "npy"])
+def test_load_map_expands_a_compact_map_of_nnunet_2_0_to_2_5_data(tmp_path, fmt):
+    from rwmaps_cli import load_map
+
+    folder, segs = make_preprocessed(tmp_path, fmt, ignore=True)
+    out = compute_preprocessed_maps(folder, output=tmp_path / "compact", layout="compact")
+    name = sorted(segs)[0]
+    full, meta = load_map(out / f"{name}.npy")  # the labels are read as nnU-Net's segs, -1 as background
+    np.testing.assert_array_equal(full, compute_maps(segs[name], [0, 1, 2, 3], ignore_label=4))

@@ -17,7 +17,7 @@ from rwmaps_cli.checks import channel_statistics
 from rwmaps_cli.errors import InputError
 from rwmaps_cli.formats import format_name, read_geometry, read_labels
 from rwmaps_cli.mapfile import is_map_file, load_map
-from rwmaps_cli.maps import KINDS
+from rwmaps_cli.maps import KINDS, expanded_channels
 
 # A "label file" with more distinct values than --max-classes (compute's threshold too) is
 # listed only that far, and flagged: it is likely an image.
@@ -94,13 +94,37 @@ def _value_counts(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.unique(array, return_counts=True)
 
 
+class _ExpandedChannels:
+    """The channels of a compact map, expanded one at a time as they are read: inspecting a
+    compact map of many classes never holds its C channels at once."""
+
+    def __init__(self, compact: np.ndarray, labels: np.ndarray, classes, ignore_label):
+        self.shape = (len(classes), *compact.shape)
+        self._expand = lambda: expanded_channels(compact, labels, classes, ignore_label=ignore_label)
+        self._channels, self._next = None, 0
+
+    def __getitem__(self, c: int) -> np.ndarray:
+        if self._channels is None or c < self._next:
+            self._channels, self._next = self._expand(), 0
+        for _ in range(c - self._next):
+            next(self._channels)
+        self._next = c + 1
+        return next(self._channels)
+
+
 def _describe_map(path: Path) -> dict:
-    maps, meta = load_map(path, mmap=None)  # a memory map where the format allows: read channel by channel
+    maps, meta = load_map(path, mmap=None, expand=False)  # a memory map where the format allows
+    if meta["layout"] == "compact":
+        if meta["input"] is None or meta["classes"] is None:
+            raise InputError("is a compact map, and no rwmaps.json names its labels: it cannot be expanded")
+        labels = read_labels(meta["input"], reader=meta["reader"]).array
+        maps = _ExpandedChannels(maps, labels, meta["classes"], meta["ignore_label"])
     n_channels, spatial = maps.shape[0], tuple(maps.shape[1:])
     parameters = meta["parameters"] or {}
     kind = meta["kind"] if meta["kind"] in KINDS else None
     slice_axis = parameters.get("slice_axis")
-    stats, problems = channel_statistics(maps, kind, slice_axis if isinstance(slice_axis, int) else None)
+    stats, problems = channel_statistics(maps, kind, slice_axis if isinstance(slice_axis, int) else None,
+                                         exclusive=meta["regions"] is None)
     classes = meta["classes"]
     names = class_names(Path(meta["input"])) if meta["input"] else {}
     channels = []
