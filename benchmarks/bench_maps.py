@@ -29,9 +29,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import distance_transform_edt
 
 # Many thin classes in Fortran order, as nibabel returns a real parcellation (section 4).
+from seed import median_times, seed_formula  # noqa: E402  (benchmarks/seed.py)
+
 from rwmaps_cli.synthetic import brain_like_labels  # noqa: F401  (also imported by the memory probe)
 
 BENCH = Path(__file__).resolve().parent
@@ -54,29 +55,6 @@ def synthetic_labels(shape, n_classes=4, seed=0) -> np.ndarray:
     return labels
 
 
-def seed_formula(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """The seed README's per-class scipy loop, on the one-hot ground truth."""
-    Y = np.stack([labels == c for c in range(n_classes)])[None].astype(np.float32)
-    rrwmap = np.zeros_like(Y)
-    for b in range(rrwmap.shape[0]):  # Batch dim
-        for c in range(rrwmap.shape[1]):  # Channel dim
-            rrwmap[b, c] = distance_transform_edt(Y[b, c])
-            rrwmap[b, c] = -1 * (rrwmap[b, c] / (np.max(rrwmap[b, c] + 1e-15)))
-    rrwmap[rrwmap == 0] = 1
-    return rrwmap[0]
-
-
-def median_time(functions: dict, repeats: int) -> dict:
-    """Median seconds of each function, calls interleaved so noise hits all alike."""
-    times = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
-
-
 # ---------------------------------------------------------------------------------------
 # 1. Kernel
 
@@ -89,10 +67,10 @@ def bench_kernel(shape, repeats: int, seed_repeats: int) -> None:
     labels = synthetic_labels(shape)
     classes = [0, 1, 2, 3]
     print(f"\n## kernel, 4 classes, {shape[0]}x{shape[1]}x{shape[2]} ({labels.size / 1e6:.0f} M voxels)")
-    seed_t = median_time({"seed": lambda: seed_formula(labels, 4)}, seed_repeats)["seed"]
+    seed_t = median_times({"seed": lambda: seed_formula(labels, 4)}, seed_repeats)["seed"]
     buffer = np.empty((4, *shape), dtype=np.float32)
     for threads in (1, 2):
-        t = median_time({
+        t = median_times({
             "edt": lambda: edt.edt(labels + 1, black_border=False, parallel=threads),
             "maps": lambda: compute_maps(labels, classes, threads=threads),
             "maps_out": lambda: compute_maps(labels, classes, threads=threads, out=buffer),
@@ -181,7 +159,7 @@ def bench_end_to_end(shape, n_cases: int) -> None:
                   "--classes", "0,1,2,3", "--overwrite"]
         naive_dir = tmp / "naive"
         naive_dir.mkdir()
-        t = median_time({
+        t = median_times({
             "naive": lambda: naive_loop(inputs, naive_dir, 4),
             "npy": lambda: subprocess.run([*rwmaps, "--output", str(tmp / "npy"), "--format", "npy", "--jobs", "2"],
                                           check=True),
@@ -202,7 +180,7 @@ def bench_many_classes(shape, n_classes: int) -> None:
 
     labels = brain_like_labels(shape, n_classes)
     print(f"\n## {n_classes} classes, {shape[0]}x{shape[1]}x{shape[2]} (whole-brain sized)")
-    t = median_time({"seed": lambda: seed_formula(labels, n_classes),
+    t = median_times({"seed": lambda: seed_formula(labels, n_classes),
                      "maps": lambda: compute_maps(labels, list(range(n_classes)))}, 1)
     seed_peak, maps_peak = peak_memory(shape, n_classes, "seed"), peak_memory(shape, n_classes, "maps")
     output = n_classes * np.prod(shape) * 4
@@ -239,7 +217,7 @@ def bench_dask(shape, n_cases: int) -> None:
                      tmp / "labels" / f"case_{i:03d}.nii.gz")
         rwmaps = [sys.executable, "-m", "rwmaps_cli", "compute", "--input", str(tmp / "labels"), "--quiet",
                   "--classes", "0,1,2,3", "--format", "npy", "--overwrite", "--jobs", "2"]
-        t = median_time({
+        t = median_times({
             "joblib": lambda: subprocess.run([*rwmaps, "--output", str(tmp / "joblib")], check=True),
             "dask": lambda: subprocess.run([*rwmaps, "--output", str(tmp / "dask"), "--scheduler", "local"],
                                            check=True),
@@ -256,8 +234,8 @@ def bench_dask(shape, n_cases: int) -> None:
                 Client(cluster, set_as_default=False) as client:
             runs = {"joblib": lambda: list(run_local(cases, process_case, 2, settings=settings, threads=1)),
                     "dask": lambda: list(run_dask(cases, process_case, client, settings=settings, threads=1))}
-            median_time(runs, 1)  # warm up both pools
-            t = median_time(runs, 3)
+            median_times(runs, 1)  # warm up both pools
+            t = median_times(runs, 3)
         print(f"pools already up: joblib {n_cases / t['joblib']:.2f} cases/s, Dask {n_cases / t['dask']:.2f} cases/s"
               f"  -> Dask / joblib = {t['joblib'] / t['dask']:.2f}   (medians of 3)")
 

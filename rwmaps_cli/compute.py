@@ -49,7 +49,7 @@ from .manifest import (
 )
 from .mapfile import map_info, map_is_complete
 from .formats.nnunet import is_preprocessed_folder, plans_fingerprint
-from .maps import compute_maps, unique_labels
+from .maps import check_layout, compute_maps, unique_labels
 from .regions import compute_region_maps
 from .run import LocalRunner, Stop, available_memory, threads_per_case
 
@@ -332,12 +332,10 @@ def _size(n_bytes: int) -> str:
 def _check_options(kind: str, fmt: str, layout: str, dtype: str) -> None:
     if np.dtype(dtype) not in OUTPUT_DTYPES[fmt]:
         raise UsageError(f"--dtype {dtype} cannot be stored as {fmt} (NIfTI has no float16); use --format npz or npy")
-    if layout == "compact" and kind == "ac":
-        raise UsageError("--layout compact: an ac map is 1 - one-hot and needs no file; a loader computes it "
-                         "with rwmaps_cli.expand_map(None, labels, classes, kind='ac')")
-    if layout == "compact" and kind != "rrw":
-        raise UsageError(f"--layout compact is for --kind rrw only: a {kind} map needs every class's outside "
-                         "distance, which one channel cannot hold")
+    try:
+        check_layout(kind, layout)
+    except ValueError as error:
+        raise UsageError(f"--layout {layout} --kind {kind}: {error}") from None
 
 
 def _is_done(manifest: Manifest, case: Case) -> bool:

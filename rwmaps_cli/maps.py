@@ -782,11 +782,20 @@ def _check_options(kind: str, engine: str, layout: str) -> None:
         raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    check_layout(kind, layout)
+
+
+def check_layout(kind: str, layout: str) -> None:
+    """ValueError, naming the way out, when ``kind`` has no map in ``layout``.
+
+    Only ``rrw`` has a compact form: ``boundary`` and ``kervadec`` need every class's
+    outside distance, and ``ac`` needs no file at all.
+    """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     if layout == "compact" and kind == "ac":
         raise ValueError("an ac map needs no compact file: it is 1 - one-hot of the labels, which a loader "
-                         "computes with expand_map(None, labels, classes, kind='ac')")
+                         "computes with rwmaps_cli.expand_map(None, labels, classes, kind='ac')")
     if layout == "compact" and kind != "rrw":
         raise ValueError(f"kind {kind!r} has no compact layout: each class's outside distance is "
                          "different information; use layout='full'")

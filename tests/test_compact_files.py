@@ -93,8 +93,8 @@ def test_inspect_expands_a_compact_map(compact):
 
 
 @pytest.mark.parametrize(("kind", "message"), [
-    ("boundary", "--layout compact is for --kind rrw only"),
-    ("kervadec", "--layout compact is for --kind rrw only"),
+    ("boundary", "--layout compact --kind boundary: kind 'boundary' has no compact layout"),
+    ("kervadec", "--layout compact --kind kervadec: kind 'kervadec' has no compact layout"),
     ("ac", "rwmaps_cli.expand_map(None, labels, classes, kind='ac')"),
 ])
 def test_compact_is_a_usage_error_for_other_kinds(compact, tmp_path, kind, message):
