@@ -72,7 +72,7 @@ def test_plain_pytorch_example_with_the_cli_compact_layout():
 
 
 @pytest.mark.parametrize("mode", ["precomputed", "compact", "on-the-fly"])
-def test_monai_example_trains(maps, mode):
+def test_monai_example_trains(maps, mode):  # compact: maps written by rwmaps compute --layout compact
     pytest.importorskip("monai")
     folder = {"precomputed": ["--maps", maps / "nii.gz"], "compact": ["--maps", maps / "compact_nii.gz"],
               "on-the-fly": []}[mode]
@@ -82,8 +82,3 @@ def test_monai_example_trains(maps, mode):
 def test_monai_example_trains_with_dice_and_cross_entropy(maps):
     pytest.importorskip("monai")
     run_example(MONAI, "--maps", maps / "nii.gz", "--loss", "dice_ce")  # finite; DiceCE on 15 steps is noisy
-
-
-def test_monai_example_with_the_cli_compact_layout():
-    pytest.importorskip("monai")
-    assert goes_down(run_example(MONAI, "--map", "compact"))
