@@ -180,3 +180,44 @@ def test_parts_cannot_overwrite_a_folder_made_with_other_parameters(mixed_folder
                          "--kind", "boundary", "--overwrite", "--num-parts", "2", "--part-id", "0", check=2)
     assert "parts cannot --overwrite them" in refused.stderr
     run_rwmaps("verify", "--input", mixed_folder, "--output", out, check=0)  # still whole
+
+
+def test_a_part_with_other_parameters_is_refused(mixed_folder, tmp_path):
+    out = tmp_path / "maps"
+    args = ["compute", "--input", mixed_folder, "--output", out, "--include", "*_seg.nii.gz", "--num-parts", "2"]
+    run_rwmaps(*args, "--part-id", "0", check=0)
+    refused = run_rwmaps(*args, "--part-id", "1", "--kind", "boundary", check=2)
+    assert "holds maps made with other parameters (--kind 'rrw' -> 'boundary')" in refused.stderr
+
+
+@pytest.fixture(scope="module")
+def brain(tmp_path_factory):
+    """An 83-class brain-like parcellation (NIfTI, as nibabel reads it) and its full npy map."""
+    import nibabel as nib
+
+    from rwmaps_cli.synthetic import brain_like_labels
+
+    root = tmp_path_factory.mktemp("brain")
+    (root / "labels").mkdir()
+    nib.save(nib.Nifti1Image(brain_like_labels((61, 73, 61), 83, seed=2).astype(np.int16), np.eye(4)),
+             root / "labels" / "brain.nii.gz")
+    run_rwmaps("compute", "--input", root / "labels", "--output", root / "maps", "--format", "npy", check=0)
+    return root
+
+
+def test_inspect_lists_all_83_labels_and_does_not_call_them_an_image(brain):
+    info = json.loads(run_rwmaps("inspect", brain / "labels" / "brain.nii.gz", "--json", check=0).stdout)
+    assert len(info["classes"]) == info["distinct_values"] == 83 and info["problems"] == []
+    few = json.loads(run_rwmaps("inspect", brain / "labels" / "brain.nii.gz", "--json", "--max-classes", "50",
+                                check=0).stdout)
+    assert len(few["classes"]) == 50 and "more than --max-classes 50" in few["problems"][0]
+
+
+def test_the_picture_of_an_83_class_map_is_an_overview_and_the_largest_classes(brain, tmp_path):
+    from rwmaps_cli.inspect import figure_pixels
+
+    for source in (brain / "maps" / "brain.npy", brain / "labels" / "brain.nii.gz"):
+        result = run_rwmaps("inspect", source, "--png", tmp_path / "brain.png", check=0)
+        width, height = figure_pixels(1 + 1 + 8)  # labels, overview, the 8 largest classes in the slice
+        assert f"({width} × {height} px" in result.stderr
+        assert (tmp_path / "brain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

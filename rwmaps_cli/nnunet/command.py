@@ -22,13 +22,20 @@ _PREDICT = ("import sys; import nnunetv2.inference.predict_from_raw_data as p; "
             "sys.argv[0] = '{name}'; p.{fn}()")
 
 
+class _Failed(click.ClickException):
+    """One line, ``rwmaps: ...``, as every error line rwmaps prints; exit code 1."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"rwmaps: {self.format_message()}", err=True)
+
+
 def _require():
     from .train import NnUNetMissing, require_nnunet
 
     try:
         require_nnunet()
     except NnUNetMissing:
-        raise click.ClickException(EXTRA_HINT) from None
+        raise _Failed(EXTRA_HINT) from None
 
 
 @click.group("nnunet")
@@ -72,7 +79,7 @@ def train_command(dataset, configuration, fold, trainer, device, plans, continue
                        continue_training=continue_training, epochs=epochs, iterations=iterations, maps=maps,
                        validate=not no_validation)
     except (MapsFolderError, PreprocessedError) as error:
-        raise click.ClickException(str(error)) from None
+        raise _Failed(str(error)) from None
     click.echo(f"trained: {folder}")
 
 
