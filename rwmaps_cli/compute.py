@@ -185,6 +185,7 @@ def compute_dataset(
     if dataset.preprocessed is not None and dataset.preprocessed.is_2d and slice_axis is None:
         slice_axis = dataset.preprocessed.slice_axis  # the 2D slices nnU-Net's 2d loader takes
     mine = _share(dataset.cases, part)
+    voxels = {case.name: case_voxels(case) for case in mine}  # one header read per case, used three times
     jobs = _jobs(jobs, len(mine))
     stop = Stop()
     with ExitStack() as stack:
@@ -220,15 +221,16 @@ def compute_dataset(
             else:
                 todo.append(case)
         if space_check and not stop:
-            _check_space(output_dir, todo, settings)
+            _check_space(output_dir, todo, settings, voxels)
         manifest.write()
+        reported = set()
         if not stop:
-            _compute_cases(todo, settings, manifest, runner, jobs, progress, on_failure, outcome, stop)
-        outcome.not_finished = len(todo) - outcome.done - sum(r.status == "failed" for _, r in outcome.failures
-                                                              if r.name in {c.name for c in todo})
+            reported = _compute_cases(todo, settings, manifest, runner, jobs, progress, on_failure, outcome, stop,
+                                      voxels)
+        outcome.not_finished = len(todo) - len(reported)
         clean_temporaries(output_dir, all_writers_gone=exclusive)  # a stop killed workers mid-write
     outcome.stopped = stop.reason
-    outcome.hints += _hints(dataset, settings, manifest, outcome, given and not stop and part is None)
+    outcome.hints += _hints(dataset, settings, manifest, outcome, given and not stop and part is None, voxels)
     return outcome
 
 
@@ -253,10 +255,11 @@ def _stop_on_signals(stop: Stop) -> Iterator[None]:
             signal.signal(signum, old)
 
 
-def _hints(dataset: Dataset, settings: Settings, manifest: Manifest, outcome: Outcome, check_unseen: bool):
+def _hints(dataset: Dataset, settings: Settings, manifest: Manifest, outcome: Outcome, check_unseen: bool,
+           voxels: dict[str, int]):
     hints = []
     if settings.kind == "rrw" and settings.layout == "full" and settings.regions is None:
-        largest = max((_voxels(case) for case in dataset.cases), default=0) * len(settings.classes) \
+        largest = max(voxels.values(), default=0) * len(settings.classes) \
             * np.dtype(settings.dtype).itemsize
         if largest > COMPACT_HINT_BYTES:
             hints.append(f"the largest map is {largest / 1e9:.1f} GB; --layout compact stores one channel "
@@ -309,16 +312,16 @@ def _refuse_unseen_classes(dataset: Dataset, settings: Settings, max_classes, ru
 _COMPRESSION = {("rrw", "full"): 0.02, ("ac", "full"): 0.02}
 
 
-def estimated_output_bytes(cases: Sequence[Case], settings: Settings) -> int:
-    """Bytes the maps of ``cases`` will take on disk, from the label headers."""
-    raw = sum(_voxels(case) for case in cases) * map_channels(settings) * np.dtype(settings.dtype).itemsize
+def estimated_output_bytes(voxels: int, settings: Settings) -> int:
+    """Bytes on disk of maps over ``voxels`` label voxels in all (from the label headers)."""
+    raw = voxels * map_channels(settings) * np.dtype(settings.dtype).itemsize
     if output_is_compressed(settings.fmt):
         raw = int(raw * _COMPRESSION.get((settings.kind, settings.layout), 0.5))
     return raw
 
 
-def _check_space(output_dir: Path, todo: Sequence[Case], settings: Settings) -> None:
-    need = estimated_output_bytes(todo, settings)
+def _check_space(output_dir: Path, todo: Sequence[Case], settings: Settings, voxels: dict[str, int]) -> None:
+    need = estimated_output_bytes(sum(voxels[case.name] for case in todo), settings)
     free = shutil.disk_usage(output_dir).free
     if need > free:
         raise UsageError(f"{output_dir}: the maps need about {_size(need)} and the file system has "
@@ -488,11 +491,13 @@ def _taking_over(manifest: Manifest, part: tuple[int, int] | None) -> Manifest:
 
 
 def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, runner, jobs: int, progress,
-                   on_failure, outcome: Outcome, stop: Stop) -> None:
+                   on_failure, outcome: Outcome, stop: Stop, voxels: dict[str, int]) -> set[str]:
+    """Run the cases, record each as it finishes; the names of the cases that reported."""
+    reported: set[str] = set()
     if not todo:
-        return
+        return reported
     by_name = {case.name: case for case in todo}
-    need = {case.name: case_memory_need(case, settings) for case in todo}
+    need = {case.name: case_memory_need(voxels[case.name], settings) for case in todo}
     runnable, too_big = todo, []
     if runner.limits_memory:  # a Dask worker has its own memory limit
         budget = available_memory()
@@ -504,7 +509,6 @@ def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, run
     started_ns = time.time_ns()
     results = runner(runnable, process_case, memory_need=lambda case: need[case.name], stop=stop,
                      settings=settings, threads=threads_per_case(jobs))
-    reported: set[str] = set()
     results = itertools.chain(too_big, results, _written_before_the_stop(runnable, reported, started_ns, stop))
     for result in results:  # lazily: recorded, and the bar moves, as cases finish
         reported.add(result.name)
@@ -524,6 +528,7 @@ def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, run
             if result.disk_full:  # every later case would fail the same way
                 stop.set("disk full")
     bar.close()
+    return reported
 
 
 def _written_before_the_stop(cases: list[Case], reported: set[str], started_ns: int, stop: Stop):
@@ -541,7 +546,7 @@ def _written_before_the_stop(cases: list[Case], reported: set[str], started_ns: 
             continue  # not written: the case is not finished
 
 
-def _voxels(case: Case) -> int:
+def case_voxels(case: Case) -> int:
     """Voxels of a case from its header; 0 when it cannot be read (the worker reports why)."""
     try:
         return int(np.prod(read_shape(case.input, reader=case.reader)))
@@ -549,9 +554,9 @@ def _voxels(case: Case) -> int:
         return 0
 
 
-def case_memory_need(case: Case, settings: Settings) -> int:
-    """Estimated peak bytes of one case: its map plus input and four float32 volumes."""
-    return _voxels(case) * (map_channels(settings) * np.dtype(settings.dtype).itemsize + 4 * 4 + 8)
+def case_memory_need(voxels: int, settings: Settings) -> int:
+    """Estimated peak bytes of a case of ``voxels`` voxels: its map plus input and four float32 volumes."""
+    return voxels * (map_channels(settings) * np.dtype(settings.dtype).itemsize + 4 * 4 + 8)
 
 
 def map_channels(settings: Settings) -> int:

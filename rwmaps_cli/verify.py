@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .compute import case_maps, case_memory_need, channel_labels, map_channels
+from .compute import case_maps, case_memory_need, case_voxels, channel_labels, map_channels
 from .dataset import Case, Dataset, find_dataset
 from .errors import InputError, UsageError
 from .formats import OUTPUT_FORMATS, TMP_MARKER, is_output_file, output_path, read_labels, read_shape
@@ -298,23 +298,14 @@ def _recompute(cases: list[Case], settings: Settings, jobs: int):
     if not cases:
         return
     jobs = max(1, min(jobs, len(cases)))
-    if jobs == 1 or _total_voxels(cases) < PARALLEL_MIN_VOXELS:
+    voxels = {case.name: case_voxels(case) for case in cases}  # 0 when unreadable: recompute_case reports it
+    if jobs == 1 or sum(voxels.values()) < PARALLEL_MIN_VOXELS:
         for case in cases:
             yield recompute_case(case, settings, threads=os.cpu_count() or 1)
         return
-    need = {case.name: 2 * case_memory_need(case, settings) for case in cases}
+    need = {case.name: 2 * case_memory_need(voxels[case.name], settings) for case in cases}
     yield from run_local(cases, recompute_case, jobs, memory_need=lambda case: need[case.name],
                          settings=settings, threads=threads_per_case(jobs))
-
-
-def _total_voxels(cases: list[Case]) -> int:
-    total = 0
-    for case in cases:
-        try:
-            total += int(np.prod(read_shape(case.input, reader=case.reader)))
-        except InputError:
-            continue  # recompute_case reports it
-    return total
 
 
 def recompute_case(case: Case, settings: Settings, threads: int = 1) -> CaseResult:

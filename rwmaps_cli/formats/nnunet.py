@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import numpy as np
 from ..errors import InputError
 from ..regions import LabelSpec, read_label_spec
 from .base import FileFormat, LabelVolume, check_ndim, diagonal_affine
+from .numpy import npy_header
 
 #: Files beside the configuration folders that are not plans.
 _NOT_PLANS = {"dataset.json", "dataset_fingerprint.json", "splits_final.json"}
@@ -371,7 +373,7 @@ class NnunetSegFormat(FileFormat):
 
     def read_labels(self, path: Path) -> LabelVolume:
         labels = read_seg(path)
-        spacing = self.read_geometry(path)[0]
+        spacing = _spacing(path, labels.ndim)
         return LabelVolume(array=labels, spacing=spacing, affine=diagonal_affine(spacing))
 
     def read_shape(self, path: Path) -> tuple[int, ...]:
@@ -380,23 +382,29 @@ class NnunetSegFormat(FileFormat):
         return shape
 
     def read_geometry(self, path: Path) -> tuple[tuple[float, ...], None]:
-        ndim = len(self.read_shape(path))
-        try:
-            spacing = map_spacing(open_preprocessed(Path(path).parent), ndim)
-        except PreprocessedError:
-            spacing = None  # a seg away from its folder: voxel units
-        return tuple(float(s) for s in spacing) if spacing else (1.0,) * ndim, None
+        return _spacing(path, len(self.read_shape(path))), None
+
+
+def _spacing(path: Path, ndim: int) -> tuple[float, ...]:
+    """The configuration's voxel sizes, from the plans beside the seg's folder; 1s for a
+    seg away from its folder (voxel units)."""
+    try:
+        spacing = map_spacing(open_preprocessed(Path(path).parent), ndim)
+    except PreprocessedError:
+        spacing = None
+    return tuple(float(s) for s in spacing) if spacing else (1.0,) * ndim
 
 
 def _seg_shape(path: Path) -> tuple[int, ...]:
-    """The stored ``(1, *spatial)`` shape of a seg, from its header."""
+    """The stored ``(1, *spatial)`` shape of a seg, from its header (no voxel is decompressed)."""
     path = Path(path)
     if path.name.endswith(".b2nd"):
         import blosc2
 
         return tuple(blosc2.open(urlpath=str(path), mode="r").shape)
     if path.suffix == ".npy":
-        return tuple(np.load(path, mmap_mode="r").shape)
-    with np.load(path) as archive:
-        return tuple(archive["seg"].shape)
+        with open(path, "rb") as file:
+            return npy_header(file)[0]
+    with zipfile.ZipFile(path) as archive, archive.open("seg.npy") as member:
+        return npy_header(member)[0]
 
