@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from .errors import UsageError
 from .formats import LAYOUTS, OUTPUT_FORMATS
 from .manifest import MANIFEST_NAME
 from .maps import ENGINES, KINDS
+from .run import usable_cores
 
 
 class _Usage(click.ClickException):
@@ -279,7 +279,7 @@ def verify_command(input_dir, output_dir, sample, jobs, quiet) -> None:
 
     start = time.perf_counter()
     try:
-        report = verify(input_dir, output_dir, sample=sample, jobs=jobs or os.cpu_count() or 1,
+        report = verify(input_dir, output_dir, sample=sample, jobs=jobs or usable_cores(),
                         progress=lambda total, description: _progress(total, description, quiet))
     except UsageError as error:
         raise _Usage(str(error)) from None

@@ -6,7 +6,9 @@ the small :class:`~rwmaps_cli.dataset.Case` (two paths and a name) and the recor
 through the scheduler: each worker reads its own labels and writes its own map by path, so
 the workers must see the same filesystem as this machine (paths are made absolute).
 
-Each Dask worker computes one case at a time and gives the case's distance transform all of
+Cases travel in batches (:class:`~rwmaps_cli.run.BatchSizer`): a Dask task costs a few
+milliseconds of scheduling, more than a small 2D case, so small cases go many to a task and
+large ones one by one.  Each Dask worker computes one case at a time and gives the case's distance transform all of
 its threads (``threads=`` the worker's ``nthreads``), as ``run_local`` gives each case
 ``cores // jobs`` threads: the cores are not oversubscribed, and a worker's memory limit only
 has to hold one case.  To run more cases at once on a node, start more worker processes.
@@ -14,7 +16,8 @@ has to hold one case.  To run more cases at once on a node, start more worker pr
 A worker process that dies mid-case (killed, out of memory) is Dask's business: the
 scheduler retries the case on another worker, up to its ``allowed-failures`` setting (Dask's
 default is 3 retries; the ``local`` cluster started here allows 1, as ``run_local`` does),
-and then the case gets a failed record saying so.  Memory-based throttling
+and then the case gets a failed record saying so.  When a batch of several cases kills its
+workers, each of its cases is sent again on its own, so only the culprit fails.  Memory-based throttling
 (``memory_need``) is local-only: Dask workers have their own memory limits.
 
 Dask is an optional dependency (``pip install 'rwmaps_cli[dask]'``), imported lazily here.
@@ -36,7 +39,7 @@ from dataclasses import replace
 from .dataset import Case
 from .errors import UsageError
 from .manifest import CaseResult
-from .run import WORKER_DIED, Stop
+from .run import WORKER_DIED, BatchSizer, Stop, run_batch, unreported, usable_cores
 
 CONNECT_TIMEOUT = 10  # seconds to reach a scheduler before giving up with a usage error
 POLL_SECONDS = 0.25  # how often to look for new workers (adaptive clusters) and for a stop while cases wait
@@ -71,10 +74,10 @@ def dask_client(scheduler: str, jobs: int | None = None):
     """A ``distributed.Client`` connected to ``scheduler`` (see :func:`run_dask`), closed at exit."""
     distributed = import_distributed()
     if scheduler == "local":
-        n_workers = max(1, jobs or os.cpu_count() or 1)
+        n_workers = max(1, jobs or usable_cores())
         cluster = distributed.LocalCluster(
             n_workers=n_workers,
-            threads_per_worker=max(1, (os.cpu_count() or 1) // n_workers),  # the cores, not more
+            threads_per_worker=max(1, usable_cores() // n_workers),  # the cores, not more
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
@@ -161,12 +164,15 @@ def _scheduler_address(distributed, scheduler: str) -> str:
 
 def _run(client, cases: list[Case], work: Callable[..., CaseResult], kwargs: dict,
          stop: Stop | None = None) -> Iterator[CaseResult]:
-    """At most one case per worker in flight; top up as cases finish or workers join.
-    When ``stop`` is set: no new case, the finished ones reported, the running ones cancelled."""
+    """At most one batch of cases per worker thread in flight (:class:`~rwmaps_cli.run.BatchSizer`);
+    top up as batches finish or workers join.  When ``stop`` is set: no new batch, the
+    finished ones reported, the running ones cancelled."""
     stop = stop if stop is not None else Stop()
     todo = deque(replace(case, input=case.input.absolute(), output=case.output.absolute()) for case in cases)
     finished: queue.SimpleQueue = queue.SimpleQueue()
-    in_flight: dict = {}  # future -> case
+    in_flight: dict = {}  # future -> its batch of cases
+    sizer = BatchSizer(max(1, len(client.nthreads())))
+    alone: set[str] = set()  # cases of a batch that killed its workers: each is retried on its own
     try:
         while todo or in_flight:
             if stop:
@@ -174,15 +180,18 @@ def _run(client, cases: list[Case], work: Callable[..., CaseResult], kwargs: dic
                 return
             if todo:
                 try:
-                    slots = max(1, len(client.nthreads())) - len(in_flight)
-                    for _ in range(min(slots, len(todo))):
-                        future = client.submit(_on_worker, work, todo[0], kwargs,
+                    workers = max(1, len(client.nthreads()))
+                    sizer.workers = workers
+                    for _ in range(min(workers - len(in_flight), len(todo))):
+                        size = 1 if todo[0].name in alone else min(sizer.size(len(todo)), len(todo))
+                        batch = [todo.popleft() for _ in range(size)]
+                        future = client.submit(_on_worker, work, batch, kwargs,
                                                key=f"{getattr(work, '__name__', 'work')}-{uuid.uuid4().hex}")
-                        in_flight[future] = todo.popleft()
+                        in_flight[future] = batch
                         future.add_done_callback(finished.put)
                 except Exception as error:  # the scheduler is gone: every case not reported yet fails
                     lost = f"lost the Dask scheduler before this case finished ({type(error).__name__}); rerun to retry"
-                    for case in [*in_flight.values(), *todo]:
+                    for case in [*(c for batch in in_flight.values() for c in batch), *todo]:
                         yield _failed(case, lost)
                     in_flight.clear()
                     return
@@ -190,9 +199,15 @@ def _run(client, cases: list[Case], work: Callable[..., CaseResult], kwargs: dic
                 future = finished.get(timeout=POLL_SECONDS)
             except queue.Empty:
                 continue
-            case = in_flight.pop(future, None)
-            if case is not None:
-                yield _outcome(future, case)
+            batch = in_flight.pop(future, None)
+            if batch is not None and len(batch) > 1 and _killed_its_workers(future):
+                alone.update(case.name for case in batch)  # which one did it? Each runs alone now
+                todo.extendleft(reversed(batch))
+            elif batch is not None:
+                results = _outcome(future, batch)
+                sizer.observe(results)
+                todo.extendleft(reversed(unreported(batch, results)))
+                yield from results
     finally:  # the caller stopped early (Ctrl-C): do not leave the cluster computing
         if in_flight:
             with suppress(Exception):  # a lost scheduler cancelled them already
@@ -206,23 +221,30 @@ def _finished_now(finished: queue.SimpleQueue, in_flight: dict) -> Iterator[Case
             future = finished.get_nowait()
         except queue.Empty:
             return
-        case = in_flight.pop(future, None)
-        if case is not None and future.status == "finished":
-            yield _outcome(future, case)
+        batch = in_flight.pop(future, None)
+        if batch is not None and future.status == "finished":
+            yield from _outcome(future, batch)
 
 
-def _on_worker(work: Callable[..., CaseResult], case: Case, kwargs: dict) -> CaseResult:
-    """Runs on the worker: ``work(case, **kwargs)`` with this worker's threads."""
+def _killed_its_workers(future) -> bool:
+    from distributed import KilledWorker
+
+    return future.status == "error" and isinstance(future.exception(), KilledWorker)
+
+
+def _on_worker(work: Callable[..., CaseResult], cases: list[Case], kwargs: dict) -> list[CaseResult]:
+    """Runs on the worker: ``work(case, **kwargs)`` for each case of a batch, with this
+    worker's threads."""
     if "threads" in kwargs:
         from distributed import get_worker
 
         worker = get_worker()
         kwargs = {**kwargs, "threads": max(1, int(getattr(getattr(worker, "state", worker), "nthreads", 1)))}
-    return work(case, **kwargs)
+    return run_batch(work, cases, kwargs)
 
 
-def _outcome(future, case: Case) -> CaseResult:
-    """The case's record, or a failed record for what Dask did to it."""
+def _outcome(future, batch: list[Case]) -> list[CaseResult]:
+    """The records of a batch's cases, or failed records for what Dask did to it."""
     from distributed import KilledWorker
     from distributed.utils import CancelledError
 
@@ -231,12 +253,14 @@ def _outcome(future, case: Case) -> CaseResult:
     except KilledWorker as error:
         tries = getattr(error, "allowed_failures", None)
         on = f", on {tries + 1} Dask workers in turn" if isinstance(tries, int) else " on every Dask worker it tried"
-        return _failed(case, f"{WORKER_DIED}{on}; see the worker logs")
+        return [_failed(case, f"{WORKER_DIED}{on}; see the worker logs") for case in batch]
     except CancelledError:
-        return _failed(case, "the Dask scheduler dropped this case (lost connection, or the cluster restarted)")
+        return [_failed(case, "the Dask scheduler dropped this case (lost connection, or the cluster restarted)")
+                for case in batch]
     except Exception as error:  # e.g. rwmaps is not installed where the workers run
-        return _failed(case, f"could not run on the Dask worker: {type(error).__name__}: {_one_line(error)}",
-                       traceback="".join(traceback.format_exception(type(error), error, error.__traceback__)))
+        detail = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        return [_failed(case, f"could not run on the Dask worker: {type(error).__name__}: {_one_line(error)}",
+                        traceback=detail) for case in batch]
 
 
 def _failed(case: Case, error: str, **fields) -> CaseResult:

@@ -20,7 +20,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from .dataset import Case, Dataset, default_output, find_dataset, read_dataset_j
 from .errors import InputError, UnknownLabelsError, UsageError
 from .formats import (
     OUTPUT_DTYPES,
+    OUTPUT_STORES_CLASSES,
     LabelVolume,
     clean_temporaries,
     output_is_compressed,
@@ -39,11 +40,14 @@ from .formats import (
 )
 from .lock import folder_lock
 from .manifest import (
+    DONE,
     MANIFEST_NAME,
     CaseResult,
     Manifest,
     Settings,
     changed_parameters,
+    fingerprint,
+    journal_path,
     manifest_files,
     part_manifest_name,
 )
@@ -51,7 +55,7 @@ from .mapfile import map_info, map_is_complete
 from .formats.nnunet import is_preprocessed_folder, plans_fingerprint
 from .maps import check_layout, compute_maps, unique_labels
 from .regions import compute_region_maps
-from .run import LocalRunner, Stop, available_memory, threads_per_case
+from .run import LocalRunner, Stop, threads_per_case, usable_cores
 
 # Above this many bytes per full map, the summary suggests --layout compact.
 COMPACT_HINT_BYTES = 1_000_000_000
@@ -185,7 +189,7 @@ def compute_dataset(
     if dataset.preprocessed is not None and dataset.preprocessed.is_2d and slice_axis is None:
         slice_axis = dataset.preprocessed.slice_axis  # the 2D slices nnU-Net's 2d loader takes
     mine = _share(dataset.cases, part)
-    voxels = {case.name: case_voxels(case) for case in mine}  # one header read per case, used three times
+    voxels = _HeaderVoxels()  # read when first needed, once per case, only for cases to compute
     jobs = _jobs(jobs, len(mine))
     stop = Stop()
     with ExitStack() as stack:
@@ -194,8 +198,11 @@ def compute_dataset(
         exclusive = stack.enter_context(folder_lock(output_dir, part))
         runner = _runner(scheduler, jobs, stack)
         given = classes is not None or dataset.dataset_json is not None
+        # A compact channel does not depend on the class list: with none given, each case
+        # is read once, and the list is the union of the values the workers report.
+        defer = not given and layout == "compact" and part is None and OUTPUT_STORES_CLASSES.get(fmt) is False
         class_list, ignore_label, failed, regions = _settle_classes(dataset, classes, ignore_label, max_classes,
-                                                                    runner, progress, stop)
+                                                                    runner, progress, stop, defer)
         if regions is not None and layout == "compact":
             raise UsageError(f"{dataset.dataset_json} is region-based: regions overlap, so their maps cannot share "
                              "one channel; use --layout full")
@@ -207,7 +214,7 @@ def compute_dataset(
             return Outcome(classes=settings.classes, not_finished=len(mine), stopped=stop.reason)
         manifest = _open_manifest(output_dir, settings, overwrite,
                                   {"include": list(include), "exclude": list(exclude)}, part, mine,
-                                  _source(dataset))
+                                  _source(dataset), defer)
         outcome = Outcome(classes=settings.classes, manifest=manifest.path, ignored_files=len(dataset.skipped_files),
                           removed_temporaries=clean_temporaries(output_dir, all_writers_gone=exclusive))
         todo = []
@@ -222,16 +229,53 @@ def compute_dataset(
                 todo.append(case)
         if space_check and not stop:
             _check_space(output_dir, todo, settings, voxels)
-        manifest.write()
         reported = set()
         if not stop:
             reported = _compute_cases(todo, settings, manifest, runner, jobs, progress, on_failure, outcome, stop,
-                                      voxels)
+                                      voxels, max_classes if defer else None)
         outcome.not_finished = len(todo) - len(reported)
+        if defer:
+            outcome.classes = _settle_deferred_classes(manifest, max_classes)
+        _fold(manifest, stop)
         clean_temporaries(output_dir, all_writers_gone=exclusive)  # a stop killed workers mid-write
     outcome.stopped = stop.reason
-    outcome.hints += _hints(dataset, settings, manifest, outcome, given and not stop and part is None, voxels)
+    outcome.hints += _hints(dataset, manifest.settings, manifest, outcome, given and not stop and part is None,
+                            voxels)
+    if defer and len(outcome.classes) > max_classes:
+        raise UsageError(f"the inputs hold {len(outcome.classes)} distinct label values, more than --max-classes "
+                         f"{max_classes}: are some of them images? Their maps are written; pass --classes, or "
+                         "raise --max-classes")
     return outcome
+
+
+def _fold(manifest: Manifest, stop: Stop) -> None:
+    """Fold the journal into the manifest at the end; on a full disk the journal keeps it all."""
+    try:
+        manifest.write()
+    except OSError as error:
+        manifest.close_journal()
+        stop.set(f"cannot write {manifest.path.name}: {error.strerror or error}")
+
+
+def _settle_deferred_classes(manifest: Manifest, max_classes: int) -> tuple[int, ...]:
+    """The class list of a deferred run: every value in a case that is done (this run's or
+    an earlier one's), less the ignore label."""
+    done = [entry.get("values") or [] for entry in manifest.cases.values() if entry.get("status") == DONE]
+    ignore = manifest.settings.ignore_label
+    classes = tuple(v for v in union_of_values(done) if v != ignore)
+    manifest.set_classes(classes)
+    return classes
+
+
+class _HeaderVoxels(dict):
+    """Voxels of each case by name, read from its header the first time they are asked for:
+    while the workers compute, so that 100,000 small cases do not wait for 100,000 header
+    reads before the first starts."""
+
+    def of(self, case: Case) -> int:
+        if case.name not in self:
+            self[case.name] = case_voxels(case)
+        return self[case.name]
 
 
 @contextmanager
@@ -321,11 +365,21 @@ def estimated_output_bytes(voxels: int, settings: Settings) -> int:
 
 
 def _check_space(output_dir: Path, todo: Sequence[Case], settings: Settings, voxels: dict[str, int]) -> None:
-    need = estimated_output_bytes(sum(voxels[case.name] for case in todo), settings)
+    need = estimated_output_bytes(_estimated_voxels(todo, voxels), settings)
     free = shutil.disk_usage(output_dir).free
     if need > free:
         raise UsageError(f"{output_dir}: the maps need about {_size(need)} and the file system has "
                          f"{_size(free)} free; free some space, choose another --output, or pass --no-space-check")
+
+
+def _estimated_voxels(todo: Sequence[Case], voxels: _HeaderVoxels, sample: int = 1000) -> int:
+    """Voxels of all cases to compute: every header up to ``sample`` cases, else the
+    headers of ``sample`` cases spread over the sorted list, scaled (an estimate, as the
+    compression is)."""
+    if len(todo) <= sample:
+        return sum(voxels.of(case) for case in todo)
+    step = len(todo) / sample
+    return int(sum(voxels.of(todo[int(i * step)]) for i in range(sample)) * step)
 
 
 def _size(n_bytes: int) -> str:
@@ -342,8 +396,15 @@ def _check_options(kind: str, fmt: str, layout: str, dtype: str) -> None:
 
 
 def _is_done(manifest: Manifest, case: Case) -> bool:
+    """Recorded done from the same input, and the map is the file that was written: two
+    ``stat`` calls.  A truncated, rewritten or replaced map has another size, time or inode."""
     entry = manifest.done_entry(case.name, case.input)
-    return entry is not None and map_is_complete(case.output, entry.get("shape"), entry.get("bytes"))
+    if entry is None:
+        return False
+    if entry.get("map") is not None:
+        return fingerprint(case.output, inode=True) == entry["map"]
+    # Entries of rwmaps 0.1 have no map fingerprint: check the map's header instead.
+    return map_is_complete(case.output, entry.get("shape"), entry.get("bytes"))
 
 
 def _check_writable(output_dir: Path) -> None:
@@ -357,7 +418,7 @@ def _check_writable(output_dir: Path) -> None:
 
 
 def _jobs(jobs: int | None, n_cases: int) -> int:
-    return max(1, min(jobs or os.cpu_count() or 1, n_cases))
+    return max(1, min(jobs or usable_cores(), n_cases))
 
 
 def _runner(scheduler: str | None, jobs: int, stack: ExitStack):
@@ -374,9 +435,10 @@ def _runner(scheduler: str | None, jobs: int, stack: ExitStack):
 # --------------------------------------------------------------------------- the class list
 
 
-def _settle_classes(dataset: Dataset, classes, ignore_label, max_classes, runner, progress, stop):
+def _settle_classes(dataset: Dataset, classes, ignore_label, max_classes, runner, progress, stop, defer: bool):
     """(class list, ignore label, {case name: failed result}, regions or None) from the
-    arguments or the data.  Regions come from a region-based ``dataset.json`` only."""
+    arguments or the data.  Regions come from a region-based ``dataset.json`` only.  With
+    ``defer`` and no list given, the list is empty: the run settles it at its end."""
     spec = read_dataset_json(dataset.dataset_json) if dataset.dataset_json is not None else None
     ignore_label = spec.ignore_label if ignore_label is None and spec is not None else ignore_label
     regions = tuple(tuple(r) for r in spec.regions) if spec is not None and spec.has_regions else None
@@ -384,6 +446,8 @@ def _settle_classes(dataset: Dataset, classes, ignore_label, max_classes, runner
         classes = spec.classes
     elif classes is not None:
         regions = None  # an explicit class list: one channel per class
+    if classes is None and defer:
+        return [], ignore_label, {}, None
     if classes is None:
         return (*_scan_classes(dataset, ignore_label, max_classes, runner, progress, stop), None)
     classes = [int(v) for v in classes]
@@ -446,10 +510,12 @@ def _same_source(before: dict | None, now: dict | None) -> bool:
 
 
 def _open_manifest(output_dir: Path, settings: Settings, overwrite: bool, selection: dict,
-                   part: tuple[int, int] | None, mine: list[Case], source: dict | None) -> Manifest:
+                   part: tuple[int, int] | None, mine: list[Case], source: dict | None, defer: bool) -> Manifest:
     """The manifest this run writes: a plain run takes over every part's file into
     ``rwmaps.json`` (it holds the folder alone); a part writes its own file.  Maps of
-    other plans (nnU-Net re-preprocessed the data) are not reused."""
+    other plans (nnU-Net re-preprocessed the data) are not reused.  A run that settles its
+    class list at the end (``defer``) reuses compact maps whatever list they were listed
+    under: a compact channel does not depend on it."""
     name = MANIFEST_NAME if part is None else part_manifest_name(*part)
     previous = Manifest.load(output_dir)
     fresh = previous is None or overwrite or not _same_source(previous.header.get("source"), source)
@@ -464,7 +530,7 @@ def _open_manifest(output_dir: Path, settings: Settings, overwrite: bool, select
     if previous.settings is None:
         raise UsageError(f"{output_dir} holds maps whose parameters cannot be read ({previous.settings_error}); "
                          "use another --output, or --overwrite to recompute them all")
-    changed = changed_parameters(previous.settings, settings)
+    changed = changed_parameters(previous.settings, settings, ignore=("classes",) if defer else ())
     if changed:
         before, now = previous.settings.to_parameters(), settings.to_parameters()
         named = ", ".join(f"{OPTION_OF_PARAMETER.get(key, key)} {before[key]!r} -> {now[key]!r}" for key in changed)
@@ -472,8 +538,11 @@ def _open_manifest(output_dir: Path, settings: Settings, overwrite: bool, select
                          "use another --output, or --overwrite to recompute them all")
     names = {case.name for case in mine}
     cases = previous.cases if part is None else {n: e for n, e in previous.cases.items() if n in names}
-    return _taking_over(Manifest(output_dir, settings, __version__, cases, selection, name=name, source=source),
-                        part)
+    if defer:
+        settings = replace(settings, classes=previous.settings.classes)  # until the end of this run
+    manifest = Manifest(output_dir, settings, __version__, cases, selection, name=name, source=source)
+    manifest.adopt(previous)
+    return _taking_over(manifest, part)
 
 
 def _taking_over(manifest: Manifest, part: tuple[int, int] | None) -> Manifest:
@@ -484,6 +553,7 @@ def _taking_over(manifest: Manifest, part: tuple[int, int] | None) -> Manifest:
         for stale in manifest_files(manifest.path.parent):
             if stale.name != MANIFEST_NAME:
                 stale.unlink()
+                journal_path(stale).unlink(missing_ok=True)
     return manifest
 
 
@@ -491,25 +561,22 @@ def _taking_over(manifest: Manifest, part: tuple[int, int] | None) -> Manifest:
 
 
 def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, runner, jobs: int, progress,
-                   on_failure, outcome: Outcome, stop: Stop, voxels: dict[str, int]) -> set[str]:
+                   on_failure, outcome: Outcome, stop: Stop, voxels: _HeaderVoxels,
+                   max_classes: int | None) -> set[str]:
     """Run the cases, record each as it finishes; the names of the cases that reported."""
     reported: set[str] = set()
     if not todo:
         return reported
     by_name = {case.name: case for case in todo}
-    need = {case.name: case_memory_need(voxels[case.name], settings) for case in todo}
-    runnable, too_big = todo, []
-    if runner.limits_memory:  # a Dask worker has its own memory limit
-        budget = available_memory()
-        too_big = [CaseResult(case.name, "failed",
-                              error=f"needs about {need[case.name] / 2**30:.1f} GiB of memory, more than the "
-                                    f"{budget / 2**30:.1f} GiB available") for case in todo if need[case.name] > budget]
-        runnable = [case for case in todo if need[case.name] <= budget]
+
+    def need(case: Case) -> int:  # the runner asks as it starts cases: headers read while others compute
+        return case_memory_need(voxels.of(case), settings)
+
     bar = progress(len(todo), "computing maps")
     started_ns = time.time_ns()
-    results = runner(runnable, process_case, memory_need=lambda case: need[case.name], stop=stop,
-                     settings=settings, threads=threads_per_case(jobs))
-    results = itertools.chain(too_big, results, _written_before_the_stop(runnable, reported, started_ns, stop))
+    results = runner(todo, process_case, memory_need=need, stop=stop,
+                     settings=settings, threads=threads_per_case(jobs), max_classes=max_classes)
+    results = itertools.chain(results, _written_before_the_stop(todo, reported, started_ns, stop))
     for result in results:  # lazily: recorded, and the bar moves, as cases finish
         reported.add(result.name)
         case = by_name[result.name]
@@ -520,7 +587,7 @@ def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, run
             outcome.failures.append((case.input, CaseResult(case.name, "failed", error=stop.reason)))
             continue
         bar.update()
-        if result.status == "done":
+        if result.status == DONE:
             outcome.done += 1
         else:
             outcome.failures.append((case.input, result))
@@ -594,18 +661,39 @@ def case_maps(volume: LabelVolume, settings: Settings, threads: int = 1, dtype: 
     )
 
 
-def process_case(case: Case, settings: Settings, threads: int = 1) -> CaseResult:
-    """Compute and write the map of one case; never raises for a problem with the case."""
+def process_case(case: Case, settings: Settings, threads: int = 1, max_classes: int | None = None) -> CaseResult:
+    """Read, compute and write the map of one case; never raises for a problem with the case.
+
+    With an empty class list (a compact run that settles it at its end) the case's own
+    values are its classes, and ``max_classes`` refuses a file with more (an image).
+    """
 
     def compute() -> dict:
+        input_stat = fingerprint(case.input)  # before the read: a file changed since is redone next time
         volume = read_labels(case.input, reader=case.reader)
-        data = case_maps(volume, settings, threads)
-        write_map(case.output, data, volume, channel_labels(settings), settings.kind, layout=settings.layout)
-        # The values present, so a class list entry that occurs in no case can be named.
+        # The values present: the deferred class list, and the hint naming classes in no case.
         values = [int(v) for v in unique_labels(volume.array)]
-        return {"status": "done", "shape": list(data.shape), "values": values}
+        if max_classes is not None and len(values) > max_classes:
+            raise InputError(_too_many_values(len(values), max_classes))
+        own = settings if settings.classes else replace(settings, classes=_own_classes(values, settings.ignore_label))
+        data = case_maps(volume, own, threads)
+        write_map(case.output, data, volume, channel_labels(own), settings.kind, layout=settings.layout)
+        return {"status": DONE, "shape": list(data.shape), "values": values, "input_stat": input_stat,
+                "map_stat": fingerprint(case.output, inode=True)}
 
     return contained(case.name, compute)
+
+
+def _own_classes(values: list[int], ignore_label: int | None) -> tuple[int, ...]:
+    """A case's values as its class list (compact maps do not depend on the list).  A case
+    of nothing but the ignore label gets one absent class: its map is all 0 either way."""
+    own = tuple(v for v in values if v != ignore_label)
+    return own or (ignore_label + 1,)
+
+
+def _too_many_values(found: int, max_classes: int) -> str:
+    return (f"{found} distinct values (more than --max-classes {max_classes}); "
+            "is this an image rather than a label map?")
 
 
 def scan_case(case: Case, max_classes: int) -> CaseResult:
@@ -614,8 +702,7 @@ def scan_case(case: Case, max_classes: int) -> CaseResult:
     def scan() -> dict:
         values = unique_labels(read_labels(case.input, reader=case.reader).array)
         if len(values) > max_classes:
-            raise InputError(f"{len(values)} distinct values (more than --max-classes {max_classes}); "
-                             "is this an image rather than a label map?")
+            raise InputError(_too_many_values(len(values), max_classes))
         return {"status": "scanned", "values": [int(v) for v in values]}
 
     return contained(case.name, scan)
@@ -626,7 +713,7 @@ def contained(name: str, body: Callable[[], dict]) -> CaseResult:
     start = time.perf_counter()
 
     def result(**fields) -> CaseResult:
-        return CaseResult(name, seconds=round(time.perf_counter() - start, 3), **fields)
+        return CaseResult(name, seconds=round(time.perf_counter() - start, 4), **fields)
 
     try:
         return result(**body())

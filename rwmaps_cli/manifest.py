@@ -4,18 +4,25 @@ This module owns the schema: :class:`Settings` (the parameters that decide the m
 to and from the manifest's header, :class:`CaseResult` (what a worker reports for one
 case), the per-case entries, and the one parser, :func:`read_manifest`.
 
-The manifest is rewritten atomically after every finished case, so it is valid JSON at
-every moment and a killed run still leaves the record of the cases it finished.  A
-rerun reads it to skip the cases whose map is done, with the same parameters, from an
-unchanged input; ``load_map`` finds a map's classes, kind and layout in it.  The schema is
-written out in ``docs/design.md`` ("The manifest").
+A run records each finished case by appending one line to a journal beside the manifest
+(``rwmaps.journal``: JSON lines, one ``write`` each, so a case costs the same whether it is
+the first or the 100,000th), and folds the journal into ``rwmaps.json`` (an atomic rewrite)
+when it starts and when it ends.  A reader (:func:`read_manifest`) takes the manifest and
+then the journal's lines, newest last, and ignores a torn last line: after a SIGKILL at
+any moment, every case recorded before it is there.  The journal names the manifest it
+belongs to (``journal_id``), so a journal left beside a newer manifest is never applied
+to it.  Each part of a job array has its own manifest and journal: one writer per file,
+which stays right on NFS.  A rerun reads it to skip the cases whose map is done, with
+the same parameters, from an unchanged input; ``load_map`` finds a map's classes, kind and
+layout in it.  The schema, and why a journal, is in ``docs/design.md`` ("The manifest").
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+import secrets
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .formats import LAYOUTS, OUTPUT_FORMATS, atomic_path
@@ -23,6 +30,8 @@ from .maps import ENGINES, KINDS
 
 MANIFEST_NAME = "rwmaps.json"
 PART_MANIFEST_GLOB = "rwmaps.part-*-of-*.json"  # one per part of a job array: no two writers share a file
+JOURNAL_SUFFIX = ".journal"  # rwmaps.json -> rwmaps.journal, beside it
+DONE, FAILED = "done", "failed"  # a case's status in the manifest
 
 
 def part_manifest_name(part: int, parts: int) -> str:
@@ -61,6 +70,8 @@ class Settings:
         """The inverse of :meth:`to_parameters`; ValueError naming what is wrong.
 
         A manifest of rwmaps 0.1 has no ``layout`` (its maps are full) and no ``regions``.
+        A compact run whose class list is settled at its end (none was given) has an empty
+        one until then.
         """
         if not isinstance(parameters, dict):
             raise ValueError("has no 'parameters'")
@@ -84,7 +95,7 @@ class Settings:
             raise ValueError(f"has invalid parameters ({error})") from None
         if (settings.kind not in KINDS or settings.spacing not in ("voxel", "physical") or settings.dtype not in DTYPES
                 or settings.fmt not in OUTPUT_FORMATS or settings.layout not in LAYOUTS
-                or not settings.classes):
+                or (not settings.classes and settings.layout != "compact")):
             raise ValueError(f"has invalid parameters {parameters}")
         return settings
 
@@ -107,6 +118,8 @@ class CaseResult:
     traceback: str | None = None
     unknown_labels: bool = False  # failed because labels hold values outside the class list
     disk_full: bool = False  # failed because the output file system is full
+    input_stat: dict | None = None  # the input's fingerprint, taken by the worker before it read it
+    map_stat: dict | None = None  # the written map's fingerprint, taken by the worker after the rename
 
 
 @dataclass
@@ -118,6 +131,7 @@ class ManifestFile:
     cases: dict[str, dict]
     settings: Settings | None
     settings_error: str | None  # why ``settings`` is None
+    journaled: int = 0  # how many of the cases came from the journal (not yet folded into the manifest)
 
 
 def read_manifest(path: str | os.PathLike) -> ManifestFile:
@@ -148,7 +162,45 @@ def read_manifest(path: str | os.PathLike) -> ManifestFile:
     except ValueError as error:
         settings, settings_error = None, str(error)
     cases = {name: entry for name, entry in cases.items() if isinstance(entry, dict)}
-    return ManifestFile(path, header, cases, settings, settings_error)
+    journaled = read_journal(journal_path(path), header.get("journal_id"))
+    cases.update(journaled)
+    return ManifestFile(path, header, cases, settings, settings_error, journaled=len(journaled))
+
+
+def journal_path(manifest_path: str | os.PathLike) -> Path:
+    """``rwmaps.journal`` beside ``rwmaps.json`` (``rwmaps.part-0-of-2.journal`` for a part)."""
+    path = Path(manifest_path)
+    return path.with_name(path.stem + JOURNAL_SUFFIX)
+
+
+def read_journal(path: Path, journal_id: str | None) -> dict[str, dict]:
+    """The case entries a journal holds, the newest per case, if it belongs to the manifest
+    whose ``journal_id`` is given; else none.
+
+    A line that is not a whole JSON object (the last one, torn by a kill mid-write) is
+    ignored: it is a case that was never recorded, which a rerun computes again.
+    """
+    if journal_id is None:
+        return {}
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except OSError as error:
+        raise ValueError(f"{path.name}: {error.strerror or error}") from None
+    try:
+        if json.loads(lines[0]).get("journal_id") != journal_id:
+            return {}  # a journal of an earlier manifest (a crash between the two renames)
+    except (ValueError, AttributeError):
+        return {}
+    cases = {}
+    for line in lines[1:]:
+        try:
+            record = json.loads(line)
+            cases[record["name"]] = record["entry"]
+        except (ValueError, KeyError, TypeError):
+            continue  # torn (a kill mid-write) or empty (after the last newline)
+    return {name: entry for name, entry in cases.items() if isinstance(entry, dict)}
 
 
 def manifest_files(folder: str | os.PathLike) -> list[Path]:
@@ -175,6 +227,7 @@ def read_folder_manifest(folder: str | os.PathLike) -> ManifestFile:
     files = manifest_files(folder)
     if not files:
         raise FileNotFoundError(Path(folder) / MANIFEST_NAME)
+
     parsed = []
     for path in files:
         try:
@@ -190,21 +243,32 @@ def read_folder_manifest(folder: str | os.PathLike) -> ManifestFile:
     if disagree:
         settings, error = None, (f"{', '.join(disagree)} and {newest.path.name} were made with other parameters "
                                  "(parts of one run must share them)")
-    return ManifestFile(Path(folder) / MANIFEST_NAME, newest.header, cases, settings, error)
+    return ManifestFile(Path(folder) / MANIFEST_NAME, newest.header, cases, settings, error,
+                        journaled=sum(one.journaled for one in parsed))
 
 
 class Manifest:
-    """The manifest a run keeps current on disk: ``rwmaps.json``, or its part's file."""
+    """The manifest a run keeps current on disk: ``rwmaps.json`` (or its part's file) and
+    its journal.
+
+    :meth:`record` appends one line to the journal per case (O(1), whatever the number
+    of cases); :meth:`write` folds everything into the manifest with one atomic rewrite
+    and starts a new, empty journal.  A run writes at its start and at its end; a run
+    killed in between leaves the manifest plus a journal, which the next reader applies.
+    """
 
     def __init__(self, output_dir: Path, settings: Settings, version: str, cases: dict | None = None,
                  selection: dict | None = None, name: str = MANIFEST_NAME, source: dict | None = None):
         self.path = Path(output_dir) / name
+        self.journal = journal_path(self.path)
         self.settings = settings
         self.header = {"tool": "rwmaps", "version": version, "parameters": settings.to_parameters(),
                        "classes": list(settings.classes), "engine": settings.engine,
                        "selection": selection or {"include": [], "exclude": []},  # which files are cases
                        "source": source}  # for an nnU-Net preprocessed folder: its plans and their fingerprint
         self.cases: dict[str, dict] = dict(cases or {})
+        self._journal_fd: int | None = None
+        self._unwritten = True  # cases or header differ from what the manifest on disk says
 
     @staticmethod
     def load(output_dir: Path) -> ManifestFile | None:
@@ -215,49 +279,112 @@ class Manifest:
         except (FileNotFoundError, ValueError):
             return None
 
+    def set_classes(self, classes: tuple[int, ...]) -> None:
+        """Settle the class list after the cases ran (compact maps do not depend on it)."""
+        self.settings = replace(self.settings, classes=tuple(classes))
+        self.header["parameters"] = self.settings.to_parameters()
+        self.header["classes"] = list(classes)
+        self._unwritten = True
+
     def done_entry(self, name: str, input_path: Path) -> dict | None:
         """The entry of a case recorded done from the same input, else None."""
         entry = self.cases.get(name)
-        if entry is None or entry.get("status") != "done" or entry.get("fingerprint") != fingerprint(input_path):
+        if entry is None or entry.get("status") != DONE or entry.get("fingerprint") != fingerprint(input_path):
             return None
         return entry
 
     def record(self, input_path: Path, output_path: Path, result: CaseResult, reader: str | None = None) -> None:
-        """Store the result of one case and write the manifest to disk.
+        """Store the result of one case: one line appended to the journal.
 
         The input is recorded as an absolute path, so ``load_map`` finds the labels of a
         map (to expand a compact one) from any working directory; ``reader`` names the
-        format that read it when its suffix does not (nnU-Net's segs).
+        format that read it when its suffix does not (nnU-Net's segs).  The fingerprints
+        are the worker's (taken around its own read and write) when it sent them.
         """
         entry = {"input": os.path.abspath(input_path), "output": str(output_path),
-                 "fingerprint": fingerprint(input_path), "status": result.status, "error": result.error,
-                 "shape": result.shape, "seconds": result.seconds, "values": result.values}
+                 "fingerprint": result.input_stat or fingerprint(input_path), "status": result.status,
+                 "error": result.error, "shape": result.shape, "seconds": result.seconds, "values": result.values}
         if reader is not None:
             entry["reader"] = reader
-        if result.status == "done":
-            entry["bytes"] = Path(output_path).stat().st_size
+        if result.status == DONE:
+            entry["map"] = result.map_stat or fingerprint(output_path, inode=True)
+            entry["bytes"] = entry["map"]["size"] if entry["map"] else None
         self.cases[result.name] = entry
-        self.write()
+        self._append({"name": result.name, "entry": entry})
+
+    def _append(self, record: dict) -> None:
+        """One ``write`` of one line: a kill leaves the line whole or torn, never two half lines."""
+        if "journal_id" not in self.header:
+            self.write()  # a journal applies to the manifest that names it: write that first
+        if self._journal_fd is None:
+            self._journal_fd = os.open(self.journal, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+            self._write_line({"journal_id": self.header["journal_id"]})
+        self._write_line(record)
+
+    def _write_line(self, record: dict) -> None:
+        data = (json.dumps(record) + "\n").encode()
+        while data:  # a regular file takes it in one write; a short write is only possible on a full disk
+            data = data[os.write(self._journal_fd, data):]
 
     def write(self) -> None:
-        """Write atomically: a temporary file beside it, then a rename."""
+        """Fold the journal into the manifest: an atomic rewrite (a temporary beside it,
+        then a rename), and a new journal id, so the old journal no longer applies."""
+        if not self._unwritten and self._journal_fd is None:
+            return  # the manifest on disk already says all of it (a rerun of a finished folder)
+        self.close_journal()
+        self.header["journal_id"] = secrets.token_hex(8)
         with atomic_path(self.path) as tmp:
-            tmp.write_text(json.dumps({**self.header, "cases": self.cases}, indent=1) + "\n")
+            tmp.write_text(manifest_text(self.header, self.cases))
+        self.journal.unlink(missing_ok=True)
+        self._unwritten = False
+
+    def close_journal(self) -> None:
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
+
+    def adopt(self, previous: ManifestFile) -> None:
+        """Mark the manifest on disk as already current when ``previous`` (what was read)
+        says exactly what this one would write: then :meth:`write` has nothing to do."""
+        same = (previous.path == self.path and not previous.journaled and previous.cases == self.cases
+                and {k: v for k, v in previous.header.items() if k != "journal_id"} == self.header)
+        if same:
+            self.header["journal_id"] = previous.header.get("journal_id")
+            self._unwritten = False
 
 
-def fingerprint(path: Path) -> dict | None:
-    """Size and modification time of an input: changes when the file does."""
+def manifest_text(header: dict, cases: dict[str, dict]) -> str:
+    """The manifest as JSON text: the header indented, one line per case.
+
+    One line per case keeps 100,000 cases readable and lets CPython's C encoder write
+    them (``json.dumps`` with ``indent`` falls back to the pure-Python encoder, about 7x
+    slower).
+    """
+    head = json.dumps(header, indent=1)
+    body = ",\n".join(f"  {json.dumps(name)}: {json.dumps(entry)}" for name, entry in cases.items())
+    return head[:-2] + ',\n "cases": {' + ("\n" + body + "\n " if body else "") + "}\n}\n"
+
+
+def fingerprint(path: str | os.PathLike, inode: bool = False) -> dict | None:
+    """Size and modification time of a file (and its inode): changes when the file does.
+
+    A map's fingerprint has the inode too: a map replaced by another file (a rename onto
+    it) has a new inode even when size and time agree.
+    """
     try:
-        stat = Path(path).stat()
+        stat = os.stat(path)
     except OSError:
         return None
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    found = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    if inode:
+        found["inode"] = stat.st_ino
+    return found
 
 
-def changed_parameters(before: Settings, now: Settings) -> list[str]:
-    """The names of the parameters that differ (``"fmt"``, ``"classes"``...)."""
+def changed_parameters(before: Settings, now: Settings, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The names of the parameters that differ (``"fmt"``, ``"classes"``...), except ``ignore``."""
     old, new = before.to_parameters(), now.to_parameters()
-    return [key for key in new if old.get(key) != new.get(key)]
+    return [key for key in new if old.get(key) != new.get(key) and key not in ignore]
 
 
 # --------------------------------------------------------------------------- finding a map's manifest
@@ -294,6 +421,15 @@ def manifest_for_map(path: str | os.PathLike) -> MapRecord | None:
     return nearest
 
 
+def _journal_state(manifest_path: Path) -> tuple[int, int] | None:
+    """Size and mtime of a manifest's journal (None if absent): a run in progress appends to it."""
+    try:
+        stat = journal_path(manifest_path).stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
 _MANIFEST_CACHE: dict[tuple, tuple[ManifestFile, dict[str, list[dict]]]] = {}
 
 
@@ -305,7 +441,8 @@ def _cached_manifest(folder: Path) -> tuple[ManifestFile, dict[str, list[dict]]]
     map of every epoch, and a manifest of many cases takes milliseconds to parse.
     """
     try:
-        key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in manifest_files(folder))
+        key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns, _journal_state(p))
+                    for p in manifest_files(folder))
     except OSError:
         return None
     if not key:

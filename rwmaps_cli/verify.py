@@ -30,7 +30,7 @@ from .formats import OUTPUT_FORMATS, TMP_MARKER, is_output_file, output_path, re
 from .manifest import MANIFEST_NAME, CaseResult, Settings, fingerprint, read_folder_manifest
 from .mapfile import load_map, map_info
 from .maps import expanded_channels
-from .run import run_local, threads_per_case
+from .run import run_local, threads_per_case, usable_cores
 
 # (rtol, atol) by the dtype the map is stored in: float32 recomputations agree to a few
 # ulps; a float16 map is a float32 one rounded to 11 significant bits (half an ulp is
@@ -301,7 +301,7 @@ def _recompute(cases: list[Case], settings: Settings, jobs: int):
     voxels = {case.name: case_voxels(case) for case in cases}  # 0 when unreadable: recompute_case reports it
     if jobs == 1 or sum(voxels.values()) < PARALLEL_MIN_VOXELS:
         for case in cases:
-            yield recompute_case(case, settings, threads=os.cpu_count() or 1)
+            yield recompute_case(case, settings, threads=usable_cores())
         return
     need = {case.name: 2 * case_memory_need(voxels[case.name], settings) for case in cases}
     yield from run_local(cases, recompute_case, jobs, memory_need=lambda case: need[case.name],

@@ -3,7 +3,6 @@ live writers.  Every test runs real, concurrent ``rwmaps compute`` processes."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -17,6 +16,7 @@ from helpers import blobs, dead_pid, run_rwmaps, write_nifti
 
 from rwmaps_cli.formats import TMP_MARKER
 from rwmaps_cli.formats.base import _HOST
+from rwmaps_cli.manifest import read_manifest
 
 N_CASES = 12
 
@@ -42,8 +42,8 @@ def done_cases(out: Path) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for path in sorted(out.glob("rwmaps*.json")):
         try:
-            cases = json.loads(path.read_text())["cases"]
-        except (OSError, ValueError, KeyError):
+            cases = read_manifest(path).cases  # with the journal beside it, which a running run appends to
+        except (OSError, ValueError):
             continue
         for name, entry in cases.items():
             if entry["status"] == "done":

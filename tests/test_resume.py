@@ -15,7 +15,7 @@ from helpers import blobs, dead_pid, run_rwmaps, write_nifti
 from rwmaps_cli import __version__
 from rwmaps_cli.dataset import Case
 from rwmaps_cli.formats import TMP_MARKER
-from rwmaps_cli.manifest import CaseResult
+from rwmaps_cli.manifest import CaseResult, read_folder_manifest
 from rwmaps_cli.run import WORKER_DIED, run_local
 
 
@@ -94,29 +94,59 @@ def test_sigkill_mid_run_then_rerun_gives_a_clean_runs_maps(tmp_path):
             "--engine", "scipy"]  # the slow engine: the run lasts long enough to be killed
     process = subprocess.Popen([sys.executable, "-m", "rwmaps_cli", *map(str, args), "--output", str(out)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline, done = time.monotonic() + 120, 0
+    deadline, done = time.monotonic() + 120, set()
     try:
         while time.monotonic() < deadline and process.poll() is None:
-            path = out / "rwmaps.json"
-            if path.exists():
-                data = json.loads(path.read_text())  # valid JSON at every moment
-                done = sum(case["status"] == "done" for case in data["cases"].values())
-                if done >= 2:
+            if (out / "rwmaps.json").exists():
+                cases = read_folder_manifest(out).cases  # the manifest and its journal: readable at every moment
+                done = {name for name, case in cases.items() if case["status"] == "done"}
+                if len(done) >= 2:
                     break
             time.sleep(0.01)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the run and its workers, as a crash would
+        os.killpg(process.pid, signal.SIGKILL)  # the run and its workers, while they record, as a crash would
         process.wait()
-    assert 2 <= done < 16, "the run should be killed mid-way"
+    assert 2 <= len(done) < 16, "the run should be killed mid-way"
+    recorded = {name for name, case in read_folder_manifest(out).cases.items() if case["status"] == "done"}
+    assert done <= recorded  # nothing recorded before the kill is lost
     for path in out.glob("*.npy"):  # whatever has a final name is complete
         assert np.load(path).shape == (4, 64, 64, 48)
-    run_rwmaps(*args, "--output", out, check=0)
+    rerun = run_rwmaps(*args, "--output", out, check=0)
+    assert f"{16 - len(recorded)} done, {len(recorded)} skipped" in rerun.stderr  # recorded cases are not redone
     run_rwmaps(*args, "--output", clean, check=0)
     assert not [p for p in out.rglob("*") if TMP_MARKER in p.name]
     assert sorted(p.name for p in out.glob("*.npy")) == sorted(p.name for p in clean.glob("*.npy"))
     for path in clean.glob("*.npy"):
         np.testing.assert_array_equal(np.load(out / path.name), np.load(path))
     assert all(case["status"] == "done" for case in manifest(out)["cases"].values())
+
+
+def test_a_torn_journal_line_is_ignored(tmp_path):
+    labels_dir = tmp_path / "labels"
+    for i in range(3):
+        write_nifti(labels_dir / f"case_{i}.nii.gz", blobs((12, 10, 8), 3, seed=i))
+    out = tmp_path / "maps"
+    args = ["compute", "--input", labels_dir, "--output", out, "--format", "npy"]
+    run_rwmaps(*args, check=0)
+    parsed = read_folder_manifest(out)
+    # As a kill mid-run leaves it: the manifest with two cases, the journal with the third
+    # and a torn line (a write cut short).
+    third = "case_2.nii.gz"
+    header = {k: v for k, v in parsed.header.items()}
+    cases = {name: entry for name, entry in parsed.cases.items() if name != third}
+    (out / "rwmaps.json").write_text(json.dumps({**header, "cases": cases}))
+    journal = out / "rwmaps.journal"
+    journal.write_text(json.dumps({"journal_id": header["journal_id"]}) + "\n"
+                       + json.dumps({"name": third, "entry": parsed.cases[third]}) + "\n"
+                       + '{"name": "case_9.nii.gz", "entry": {"status": "do')
+    again = read_folder_manifest(out)
+    assert set(again.cases) == {"case_0.nii.gz", "case_1.nii.gz", third} and again.journaled == 1
+    assert "3 skipped" in run_rwmaps(*args, check=0).stderr  # the journal's case counts as done
+    assert not journal.exists() and set(json.loads((out / "rwmaps.json").read_text())["cases"]) == set(again.cases)
+    # A journal that names another manifest (left by a crash before a rewrite) is not applied.
+    journal.write_text(json.dumps({"journal_id": "another"}) + "\n"
+                       + json.dumps({"name": "case_9.nii.gz", "entry": {"status": "done"}}) + "\n")
+    assert "case_9.nii.gz" not in read_folder_manifest(out).cases
 
 
 # A work function for run_local that really kills its worker process for some cases.

@@ -54,6 +54,7 @@ _BY_NAME = {"nnunet": FORMATS[-1]}  # readers chosen by name, not by suffix (see
 LABEL_SUFFIXES = tuple(suffix for fmt in FORMATS for suffix in fmt.suffixes)
 OUTPUT_FORMATS = tuple(fmt.output_name for fmt in FORMATS if fmt.output_name)
 OUTPUT_DTYPES = {fmt.output_name: fmt.map_dtypes for fmt in FORMATS if fmt.output_name}
+OUTPUT_STORES_CLASSES = {fmt.output_name: fmt.stores_classes for fmt in FORMATS if fmt.output_name}
 _BY_OUTPUT_NAME = {fmt.output_name: fmt for fmt in FORMATS if fmt.output_name}
 
 
@@ -194,7 +195,7 @@ def write_map(
     classes: Sequence[int] | np.ndarray,
     kind: str,
     layout: str = "full",
-    compresslevel: int = DEFAULT_COMPRESSLEVEL,
+    compresslevel: int | None = None,
 ) -> None:
     """Write a map atomically; the format follows ``path``'s suffix.
 
@@ -211,8 +212,10 @@ def write_map(
     kind : str
         The map kind, e.g. ``"rrw"``; stored in the file where the format can.
     layout : {"full", "compact"}
-    compresslevel : int, 0-9
-        For .nii.gz and .npz.
+    compresslevel : int, 0-9, optional
+        A zlib level for .nii.gz and .npz.  Default: .nii.gz through ISA-L at its level 2
+        (standard gzip, 3-6x faster than zlib at about zlib 1's size: see
+        ``formats/nifti.py``), .npz at zlib level 1.
 
     Raises
     ------
@@ -242,7 +245,7 @@ def _check_map(fmt: FileFormat, data, volume: LabelVolume, classes: np.ndarray, 
         raise ValueError(f"{classes.size} classes for {data.shape[0]} map channels")
     if data.shape != expected:
         raise ValueError(f"{layout} map shape {data.shape} does not match {expected}")
-    if not 0 <= compresslevel <= 9:
+    if compresslevel is not None and not 0 <= compresslevel <= 9:
         raise ValueError(f"compresslevel must be 0..9, got {compresslevel}")
 
 
@@ -273,7 +276,7 @@ def load_map_array(path: str | os.PathLike, mmap: bool = False) -> tuple[np.ndar
 
 
 __all__ = [
-    "DEFAULT_COMPRESSLEVEL", "FORMATS", "LABEL_SUFFIXES", "LAYOUTS", "OUTPUT_DTYPES", "OUTPUT_FORMATS", "TMP_MARKER",
+    "DEFAULT_COMPRESSLEVEL", "FORMATS", "LABEL_SUFFIXES", "LAYOUTS", "OUTPUT_DTYPES", "OUTPUT_FORMATS", "OUTPUT_STORES_CLASSES", "TMP_MARKER",
     "FileFormat", "LabelVolume", "MapInfo", "atomic_path", "clean_temporaries", "format_for", "format_name",
     "is_map", "label_suffix", "load_map_array", "npy_header", "output_format", "output_path", "read_geometry",
     "read_labels", "read_map_info", "read_shape", "sitk_affine", "write_map",

@@ -30,7 +30,8 @@ TMP_MARKER = ".rwmaps-tmp-"
 #   rrw map, .npz: np.savez_compressed (zlib level 6) 2.5 s / 19.6 MB, level 1 1.1 s / 22.9 MB
 #   boundary, .npz: savez_compressed 8.0 s / 101.8 MB, level 1 4.2 s / 110 MB
 # Level 1 is also nibabel's own default.  Against level 6 it costs 8-16 % more disk and
-# saves 38-56 % of the write time; level 9 buys < 1 % more.
+# saves 38-56 % of the write time; level 9 buys < 1 % more.  The zlib level of .npz; .nii.gz
+# goes through ISA-L, faster still (formats/nifti.py, ISAL_LEVEL).
 DEFAULT_COMPRESSLEVEL = 1
 
 
@@ -130,6 +131,7 @@ class FileFormat:
     map_dtypes: tuple[np.dtype, ...] = ()
     can_mmap = False  # load_map(mmap=True) returns a memory map
     compressed = False  # maps are written compressed (gzip, deflate)
+    stores_classes = False  # a compact map file holds the class list (else only the manifest does)
 
     # ------------------------------------------------------------------ labels
     def read_labels(self, path: Path) -> LabelVolume:
@@ -149,7 +151,7 @@ class FileFormat:
         return False
 
     def write_map(self, tmp: Path, final: Path, data: np.ndarray, volume: LabelVolume, content: MapContent,
-                  compresslevel: int) -> None:
+                  compresslevel: int | None) -> None:
         """Write ``data`` ((C, *spatial) full or (*spatial) compact) to ``tmp``."""
         raise ValueError(f"{self.name} cannot store maps")
 

@@ -21,7 +21,17 @@ import numpy as np
 
 from rwmaps_cli.errors import InputError
 
-from .base import FileFormat, LabelVolume, MapContent, MapInfo, check_labels, check_map_array, check_ndim, diagonal_affine
+from .base import (
+    DEFAULT_COMPRESSLEVEL,
+    FileFormat,
+    LabelVolume,
+    MapContent,
+    MapInfo,
+    check_labels,
+    check_map_array,
+    check_ndim,
+    diagonal_affine,
+)
 
 _NPZ_LABEL_KEYS = ("labels", "label", "seg", "segmentation", "arr_0")
 _MAP_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
@@ -64,7 +74,7 @@ class NpyFormat(FileFormat):
         return True if len(shape) == 4 else None  # labels are 2D or 3D; a 2D/3D float array needs the manifest
 
     def write_map(self, tmp: Path, final: Path, data: np.ndarray, volume: LabelVolume, content: MapContent,
-                  compresslevel: int) -> None:
+                  compresslevel: int | None) -> None:
         data = data if data.flags.c_contiguous or data.flags.f_contiguous else np.ascontiguousarray(data)
         with open(tmp, "wb") as raw:  # np.save's bytes, written by Python: a full disk raises ENOSPC
             header = np.lib.format.header_data_from_array_1_0(data)
@@ -98,6 +108,7 @@ class NpzFormat(FileFormat):
     name = ".npz"
     suffixes = (".npz",)
     output_name = "npz"
+    stores_classes = True
     map_dtypes = _MAP_DTYPES
     compressed = True
 
@@ -131,7 +142,7 @@ class NpzFormat(FileFormat):
             return "map.npy" in archive.namelist()
 
     def write_map(self, tmp: Path, final: Path, data: np.ndarray, volume: LabelVolume, content: MapContent,
-                  compresslevel: int) -> None:
+                  compresslevel: int | None) -> None:
         arrays = {
             "map": data,
             "classes": np.asarray(content.classes, dtype=np.int64),
@@ -141,6 +152,7 @@ class NpzFormat(FileFormat):
         }
         # The layout of np.savez_compressed (one 'key.npy' member per array), written with
         # zipfile directly because savez_compressed has no compression level (it uses 6).
+        compresslevel = DEFAULT_COMPRESSLEVEL if compresslevel is None else compresslevel
         compression = zipfile.ZIP_DEFLATED if compresslevel > 0 else zipfile.ZIP_STORED
         with open(tmp, "wb") as raw, zipfile.ZipFile(raw, "w", compression, compresslevel=compresslevel) as archive:
             for key, array in arrays.items():
