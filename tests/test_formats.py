@@ -31,6 +31,7 @@ from rwmaps_cli.formats import (
     write_map,
 )
 from rwmaps_cli.mapfile import map_is_complete
+from rwmaps_cli.synthetic import brain_like_labels
 
 SPACING_XYZ = (0.7, 0.8, 3.0)  # anisotropic on purpose: axis-order mistakes show up
 SITK_3D = (".mha", ".mhd", ".nrrd", ".nhdr")
@@ -719,3 +720,44 @@ def test_map_is_complete(tmp_path, suffix, spatial):
     assert not map_is_complete(out, shape, size)
     out.write_bytes(b"\0" * size)  # right size, not a map
     assert not map_is_complete(out, shape, size)
+
+
+# --------------------------------------------------------------------------- ISA-L gzip
+
+
+@pytest.mark.parametrize("layout", ["full", "compact"])
+def test_isal_gzip_maps_open_in_nibabel_simpleitk_and_monai(tmp_path, layout):
+    """.nii.gz maps are written by ISA-L: standard gzip that every reader opens alike."""
+    from monai.transforms import LoadImage
+
+    volume, _, _ = volume_from_nifti(tmp_path, (17, 12, 9))
+    maps = some_maps(volume, 3)
+    data = maps if layout == "full" else maps[0]
+    out = tmp_path / "m.nii.gz"
+    write_map(out, data, volume, [0, 1, 2], "rrw", layout=layout)
+    stored = np.moveaxis(data, 0, -1) if layout == "full" else data  # X x Y x Z (x C) as NIfTI keeps it
+    np.testing.assert_array_equal(np.asanyarray(nib.load(out).dataobj), stored)
+    by_itk = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))  # ITK reverses every axis, the 4th too
+    np.testing.assert_array_equal(by_itk, stored.T)
+    np.testing.assert_array_equal(np.asarray(LoadImage(image_only=True)(str(out))), stored)
+    plain = gzip.decompress(out.read_bytes())  # one standard gzip member: Python's zlib agrees
+    np.testing.assert_array_equal(np.frombuffer(plain[352:], "<f4").reshape(stored.shape, order="F"), stored)
+
+
+def test_labels_read_through_isal_equal_nibabels(tmp_path):
+    """Label .nii.gz files (zlib-written, as every tool writes them) read by ISA-L: the
+    same array, dtype, memory order and header as nib.load; and a NIfTI-2 file too."""
+    labels = brain_like_labels((21, 18, 13), n_classes=9, dtype=np.int16)
+    for image_class in (nib.Nifti1Image, nib.Nifti2Image):
+        path = tmp_path / f"{image_class.__name__}.nii.gz"
+        nib.save(image_class(labels, np.diag([0.8, 0.9, 2.5, 1.0])), path)
+        volume = read_labels(path)
+        reference = nib.load(path)
+        np.testing.assert_array_equal(volume.array, np.asanyarray(reference.dataobj))
+        assert volume.array.dtype == np.int16 and volume.array.flags.f_contiguous
+        np.testing.assert_allclose(volume.spacing, (0.8, 0.9, 2.5), rtol=1e-6)
+        np.testing.assert_array_equal(volume.affine, reference.affine)
+    truncated = tmp_path / "truncated.nii.gz"
+    truncated.write_bytes((tmp_path / "Nifti1Image.nii.gz").read_bytes()[:-40])
+    with pytest.raises(InputError, match="truncated or not a valid NIfTI"):
+        read_labels(truncated)
