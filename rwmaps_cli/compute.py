@@ -677,7 +677,8 @@ def process_case(case: Case, settings: Settings, threads: int = 1, max_classes: 
             raise InputError(_too_many_values(len(values), max_classes))
         own = settings if settings.classes else replace(settings, classes=_own_classes(values, settings.ignore_label))
         data = case_maps(volume, own, threads)
-        write_map(case.output, data, volume, channel_labels(own), settings.kind, layout=settings.layout)
+        write_map(case.output, data, volume, channel_labels(own), settings.kind, layout=settings.layout,
+                  threads=threads)
         return {"status": DONE, "shape": list(data.shape), "values": values, "input_stat": input_stat,
                 "map_stat": fingerprint(case.output, inode=True)}
 

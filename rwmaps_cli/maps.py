@@ -306,12 +306,12 @@ def _compute_c(codes, n_classes, kind, spacing, axis, engine, threads, layout, d
         out = np.empty((n_classes, *codes.shape), dtype=dtype)
     ones = np.ones(n_classes)
     if kind == "ac":
-        _expand(out, None, codes, n_classes, ones)
+        _expand(out, None, codes, n_classes, ones, threads=threads)
     elif kind == "rrw" and axis is None:
         _full_rrw_field(out, codes, n_classes, spacing, engine, threads)
     elif kind == "rrw":
         values = _own_class_values(codes, n_classes, spacing, axis, engine, threads, np.float32, None)
-        _expand(out, values, codes, n_classes, ones)
+        _expand(out, values, codes, n_classes, ones, threads=threads)
     else:
         _boundary_maps(out, codes, n_classes, kind, spacing, axis, engine, threads)
     return out
@@ -372,10 +372,32 @@ def _own_values_field(codes, n_classes, spacing, engine, threads, out) -> np.nda
         return values
     distance = _inside_distance(codes, n_classes, spacing, engine, threads)
     runs = list(_chunk_runs(codes))  # found once, used by both passes
-    maxima, _ = _scan_classes(codes, n_classes + 2, values=distance, runs=runs)
+    # Both passes split the chunks over the case's threads: numpy's loops release the GIL,
+    # so one large case uses the cores after the EDT too (each thread owns its chunks).
+    shares = _shares(runs, threads)
+    partial = _in_threads(lambda share: _scan_classes(codes, n_classes + 2, values=distance, runs=share)[0], shares)
+    maxima = np.maximum.reduce(partial)
     values = distance if out is None else out
-    _divide_by_class(distance.reshape(-1), _rrw_divisors(maxima), values.reshape(-1), runs)
+    divisors = _rrw_divisors(maxima)
+    _in_threads(lambda share: _divide_by_class(distance.reshape(-1), divisors, values.reshape(-1), share), shares)
     return values
+
+
+def _shares(items: list, threads: int) -> list[list]:
+    """``items`` cut into ``threads`` contiguous shares (fewer if there are fewer items)."""
+    threads = max(1, min(threads, len(items)))
+    bounds = np.linspace(0, len(items), threads + 1).astype(int)
+    return [items[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _in_threads(function, items: list) -> list:
+    """``[function(item) for item in items]``, one thread per item (in this thread if one)."""
+    if len(items) <= 1:
+        return [function(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(items)) as pool:
+        return list(pool.map(function, items))
 
 
 def _full_rrw_field(out, codes, n_classes, spacing, engine, threads) -> None:
@@ -390,7 +412,7 @@ def _full_rrw_field(out, codes, n_classes, spacing, engine, threads) -> None:
         return
     distance = _inside_distance(codes, n_classes, spacing, engine, threads)
     maxima, boxes = _scan_classes(codes, n_classes + 2, values=distance, boxes=True)
-    _expand(out, distance, codes, n_classes, np.ones(n_classes), boxes, _rrw_divisors(maxima))
+    _expand(out, distance, codes, n_classes, np.ones(n_classes), boxes, _rrw_divisors(maxima), threads)
 
 
 def _rrw_divisors(maxima: np.ndarray) -> np.ndarray:
@@ -437,7 +459,7 @@ def _renormalized(compact: np.ndarray, codes: np.ndarray, n_classes: int) -> np.
     return values
 
 
-def _expand(out, values, codes, n_classes, outside, boxes=None, divisors=None) -> None:
+def _expand(out, values, codes, n_classes, outside, boxes=None, divisors=None, threads=1) -> None:
     """Fill ``out`` (C, *codes.shape) from C-contiguous ``codes``: class c gets ``values``
     (0 if None; ``values / divisors[c + 1]`` if divisors are given), other voxels
     ``outside[c]``, the ignore label 0.
@@ -449,19 +471,27 @@ def _expand(out, values, codes, n_classes, outside, boxes=None, divisors=None) -
         _, boxes = _scan_classes(codes, n_classes + 2, boxes=True)
     ignore_box = boxes[n_classes + 1]
     ignored = None if ignore_box is None else codes[ignore_box] == n_classes + 1
-    for c in range(n_classes):
-        channel = out[c]
-        channel.fill(outside[c])
-        for part_codes, part_values, part_out in _parts(boxes[c + 1], codes, values, channel):
-            mask = part_codes == c + 1
-            if values is None:
-                np.copyto(part_out, 0, where=mask)
-            elif divisors is None:
-                np.copyto(part_out, part_values, where=mask, casting="same_kind")
-            else:
-                np.divide(part_values, divisors[c + 1], out=part_out, where=mask, casting="same_kind")
-        if ignored is not None:
-            np.copyto(channel[ignore_box], 0, where=ignored)
+
+    def fill(channels: list[int]) -> None:  # channels are disjoint: the threads share nothing they write
+        for c in channels:
+            _fill_channel(out[c], c, values, codes, outside, boxes, divisors, ignore_box, ignored)
+
+    _in_threads(fill, _shares(list(range(n_classes)), threads))
+
+
+def _fill_channel(channel, c, values, codes, outside, boxes, divisors, ignore_box, ignored) -> None:
+    """Channel ``c`` of :func:`_expand`."""
+    channel.fill(outside[c])
+    for part_codes, part_values, part_out in _parts(boxes[c + 1], codes, values, channel):
+        mask = part_codes == c + 1
+        if values is None:
+            np.copyto(part_out, 0, where=mask)
+        elif divisors is None:
+            np.copyto(part_out, part_values, where=mask, casting="same_kind")
+        else:
+            np.divide(part_values, divisors[c + 1], out=part_out, where=mask, casting="same_kind")
+    if ignored is not None:
+        np.copyto(channel[ignore_box], 0, where=ignored)
 
 
 def _parts(box, codes, values, channel):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 from helpers import blobs
@@ -280,6 +281,7 @@ def test_expand_map_errors(args, kwargs, message):
 
 _PROBE = r"""
 import json, sys
+import nibabel as nib
 import numpy as np
 from rwmaps_cli.maps import compute_maps
 labels = np.load(sys.argv[1])  # made in another process: no freed temporaries to reuse here
@@ -303,3 +305,32 @@ def test_compact_peak_memory_is_at_most_labels_plus_three_volumes(tmp_path):
     measured = json.loads(result.stdout)
     # The bound the issue sets at 512^3, checked at 4 M voxels; the output is one of the volumes.
     assert measured["volume"] <= measured["peak"] <= measured["labels"] + 3 * measured["volume"], measured
+
+
+@pytest.mark.parametrize("kind, layout", [("rrw", "compact"), ("rrw", "full"), ("ac", "full"), ("kervadec", "full")])
+@pytest.mark.parametrize("order", ["F", "C"])
+def test_threads_split_the_passes_after_the_edt_without_changing_a_value(kind, layout, order):
+    """A case's threads share the passes after the distance transform (chunks, channels):
+    the maps are bit for bit the one-thread maps, in nibabel's and SimpleITK's order."""
+    labels = brain_like_labels((37, 41, 29), n_classes=23, order=order, seed=3)
+    labels[labels == 5] = 30  # an ignore label spread over its box
+    classes = [c for c in range(23) if c != 5]
+    one = compute_maps(labels, classes, kind=kind, layout=layout, ignore_label=30, threads=1)
+    for threads in (2, 3, 64):  # 64: more threads than chunks or channels
+        np.testing.assert_array_equal(compute_maps(labels, classes, kind=kind, layout=layout, ignore_label=30,
+                                                   threads=threads), one)
+
+
+def test_a_map_compressed_on_several_threads_reads_back_the_same(tmp_path):
+    from rwmaps_cli.formats import load_map_array, read_labels, write_map
+
+    labels = brain_like_labels((64, 70, 90), n_classes=12)
+    path = tmp_path / "labels.nii.gz"
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), path)
+    volume = read_labels(path)
+    compact = compute_maps(volume.array, list(range(12)), layout="compact")
+    write_map(tmp_path / "one.nii.gz", compact, volume, list(range(12)), "rrw", layout="compact")
+    write_map(tmp_path / "two.nii.gz", compact, volume, list(range(12)), "rrw", layout="compact", threads=2)
+    for name in ("one.nii.gz", "two.nii.gz"):
+        np.testing.assert_array_equal(load_map_array(tmp_path / name)[0], compact)
+        np.testing.assert_array_equal(np.asanyarray(nib.load(tmp_path / name).dataobj), compact)

@@ -196,6 +196,7 @@ def write_map(
     kind: str,
     layout: str = "full",
     compresslevel: int | None = None,
+    threads: int = 1,
 ) -> None:
     """Write a map atomically; the format follows ``path``'s suffix.
 
@@ -216,6 +217,8 @@ def write_map(
         A zlib level for .nii.gz and .npz.  Default: .nii.gz through ISA-L at its level 2
         (standard gzip, 3-6x faster than zlib at about zlib 1's size: see
         ``formats/nifti.py``), .npz at zlib level 1.
+    threads : int
+        Threads that may compress (ISA-L's .nii.gz: the bytes then differ, the map not).
 
     Raises
     ------
@@ -227,7 +230,7 @@ def write_map(
     classes = np.asarray(classes, dtype=np.int64)
     _check_map(fmt, data, volume, classes, layout, compresslevel)
     with atomic_path(path) as tmp:
-        fmt.write_map(tmp, path, data, volume, MapContent(classes, kind, layout), compresslevel)
+        fmt.write_map(tmp, path, data, volume, MapContent(classes, kind, layout), compresslevel, threads)
 
 
 def _check_map(fmt: FileFormat, data, volume: LabelVolume, classes: np.ndarray, layout: str,

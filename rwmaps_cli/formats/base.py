@@ -151,7 +151,7 @@ class FileFormat:
         return False
 
     def write_map(self, tmp: Path, final: Path, data: np.ndarray, volume: LabelVolume, content: MapContent,
-                  compresslevel: int | None) -> None:
+                  compresslevel: int | None, threads: int = 1) -> None:
         """Write ``data`` ((C, *spatial) full or (*spatial) compact) to ``tmp``."""
         raise ValueError(f"{self.name} cannot store maps")
 

@@ -74,7 +74,7 @@ class NpyFormat(FileFormat):
         return True if len(shape) == 4 else None  # labels are 2D or 3D; a 2D/3D float array needs the manifest
 
     def write_map(self, tmp: Path, final: Path, data: np.ndarray, volume: LabelVolume, content: MapContent,
-                  compresslevel: int | None) -> None:
+                  compresslevel: int | None, threads: int = 1) -> None:
         data = data if data.flags.c_contiguous or data.flags.f_contiguous else np.ascontiguousarray(data)
         with open(tmp, "wb") as raw:  # np.save's bytes, written by Python: a full disk raises ENOSPC
             header = np.lib.format.header_data_from_array_1_0(data)
@@ -142,7 +142,7 @@ class NpzFormat(FileFormat):
             return "map.npy" in archive.namelist()
 
     def write_map(self, tmp: Path, final: Path, data: np.ndarray, volume: LabelVolume, content: MapContent,
-                  compresslevel: int | None) -> None:
+                  compresslevel: int | None, threads: int = 1) -> None:
         arrays = {
             "map": data,
             "classes": np.asarray(content.classes, dtype=np.int64),
