@@ -2,6 +2,9 @@
 
 Prints ratios measured in the same run (the machines are shared and noisy):
 
+0. **the manifest**: what recording one more case costs after n cases, for the options
+   considered: rewriting the JSON (indented, as 0.1 did; plain; every 100 cases) against
+   appending one journal line (0.2);
 1. **many small cases**: N PNG label tiles (128x128, 4 classes, cut from brain-like
    volumes, as SimpleITK returns them) through ``rwmaps compute --format npy --jobs 2``
    (the service, in process), time per case by decile of the run, against a naive loop in
@@ -152,6 +155,59 @@ def bench_small(sizes: list[int], root: Path, dask_size: int | None) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# 0. The manifest: what recording one more case costs, by how many are recorded already
+
+
+def bench_manifest(sizes: list[int], root: Path) -> None:
+    """The options for recording a case, each timed on its n-th case (median of 50)."""
+    import json
+
+    from rwmaps_cli.manifest import CaseResult, Manifest, Settings
+
+    print("\n## recording one case in the manifest, after n cases (ms per case, median of 50)")
+    print("| n | rewrite, indent=1 (0.1) | rewrite, no indent | rewrite every 100 cases | journal line (0.2) |")
+    print("|---|---|---|---|---|")
+    settings = Settings(classes=(0, 1, 2, 3), fmt="npy")
+    entry = {"input": "/data/labels/tile_000001.png", "output": "/data/maps/tile_000001.npy",
+             "fingerprint": {"size": 1834, "mtime_ns": 1764650000000000000}, "status": "done", "error": None,
+             "shape": [4, 128, 128], "seconds": 0.0021, "values": [0, 1, 2, 3],
+             "map": {"size": 262272, "mtime_ns": 1764650000000000000, "inode": 123456}, "bytes": 262272}
+    folder = root / "manifest"
+    folder.mkdir(exist_ok=True)
+    for n in sizes:
+        cases = {f"tile_{i:06d}.png": dict(entry) for i in range(n)}
+        header = {"tool": "rwmaps", "parameters": settings.to_parameters()}
+
+        def rewrite(indent):
+            (folder / "m.json").write_text(json.dumps({**header, "cases": cases}, indent=indent))
+
+        timings = {}
+        for name, record in {"indent": lambda: rewrite(1), "plain": lambda: rewrite(None),
+                             "every 100": lambda: rewrite(None)}.items():
+            repeats = 50 if name != "every 100" else 5
+            samples = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                record()
+                samples.append(time.perf_counter() - start)
+            timings[name] = float(np.median(samples)) / (100 if name == "every 100" else 1)
+        manifest = Manifest(folder, settings, "bench", cases)
+        manifest.write()
+        result = CaseResult("x", "done", shape=[4, 128, 128], seconds=0.002, values=[0, 1, 2, 3],
+                            input_stat=entry["fingerprint"], map_stat=entry["map"])
+        samples = []
+        for i in range(50):
+            result.name = f"new_{i}"
+            start = time.perf_counter()
+            manifest.record(Path(entry["input"]), Path(entry["output"]), result)
+            samples.append(time.perf_counter() - start)
+        manifest.close_journal()
+        timings["journal"] = float(np.median(samples))
+        print(f"| {n:,} | {timings['indent'] * 1000:.2f} | {timings['plain'] * 1000:.2f} | "
+              f"{timings['every 100'] * 1000:.3f} | {timings['journal'] * 1000:.4f} |", flush=True)
+
+
+# ---------------------------------------------------------------------------------------
 # 2 and 3. Large cases against their parts
 
 
@@ -239,7 +295,7 @@ def bench_brains(root: Path, shape, n_classes: int, n_cases: int, repeats: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test of the script")
-    parser.add_argument("--only", choices=["small", "large"], help="one section only")
+    parser.add_argument("--only", choices=["manifest", "small", "large"], help="one section only")
     parser.add_argument("--small", default="1000,10000,100000", help="numbers of small cases (comma-separated)")
     parser.add_argument("--dask", type=int, default=0, help="also time --scheduler local on this many tiles")
     parser.add_argument("--repeats", type=int, default=3)
@@ -253,6 +309,8 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
     print(f"# bench_scale on {os.cpu_count()} cores, inputs in {root}")
     try:
+        if args.only in (None, "manifest"):
+            bench_manifest([1000, 10000] if args.quick else [1000, 10000, 100000], root)
         if args.only in (None, "small"):
             bench_small(sizes, root, args.dask if not args.quick else 0)
         if args.only in (None, "large"):
