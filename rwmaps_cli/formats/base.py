@@ -118,6 +118,9 @@ class FileFormat:
         Lower-case endings this format claims, longest first (``".nii.gz"``).
     output_name : str or None
         The ``--format`` value when the format writes maps (``"nii.gz"``), else None.
+    reader_name : str or None
+        The name a caller picks this reader by (``read_labels(path, reader=...)``), for
+        files whose suffix another format owns (nnU-Net's ``.npy`` segs); else None.
     map_dtypes : tuple of numpy dtype
         The map dtypes it can store.
     can_mmap : bool
@@ -127,6 +130,7 @@ class FileFormat:
     name = "?"
     suffixes: tuple[str, ...] = ()
     output_name: str | None = None
+    reader_name: str | None = None
     map_dtypes: tuple[np.dtype, ...] = ()
     can_mmap = False  # load_map(mmap=True) returns a memory map
     compressed = False  # maps are written compressed (gzip, deflate)

@@ -37,7 +37,7 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
 from .loader import nnUNetDataLoaderRW
 from .losses import RWCompoundLoss, RWDeepSupervisionLoss
-from ..formats.nnunet import default_output
+from .preprocessed import default_output
 from .store import MapsFolder, MapsFolderError, read_manifest
 from .transforms import DownsampleMapForDSTransform, MapTargetTransform
 
