@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from rwmaps_cli.errors import InputError
-from rwmaps_cli.maps import LAYOUTS  # the kernels own the layouts; a file stores one of them
+from rwmaps_cli.maps import LAYOUTS, MAP_DTYPES  # the kernels own the layouts and dtypes; a file stores them
 
 TMP_MARKER = ".rwmaps-tmp-"
 # gzip/deflate level for .nii.gz and .npz. Measured on a (4, 200, 256, 256) float32 map
@@ -122,7 +122,7 @@ class FileFormat:
         The name a caller picks this reader by (``read_labels(path, reader=...)``), for
         files whose suffix another format owns (nnU-Net's ``.npy`` segs); else None.
     map_dtypes : tuple of numpy dtype
-        The map dtypes it can store.
+        The map dtypes it can store: :data:`rwmaps_cli.maps.MAP_DTYPES`, or fewer.
     can_mmap : bool
         Whether :meth:`load_map` can return a read-only memory map.
     """
@@ -186,8 +186,9 @@ def check_labels(array: np.ndarray) -> np.ndarray:
 
 
 def check_map_array(shape: tuple[int, ...], dtype: np.dtype, layout: str | None) -> None:
-    if dtype.kind != "f":
-        raise InputError(f"holds a {dtype} array; a map is float32 or float16")
+    if dtype.kind != "f":  # reading is lenient about the float width; writing takes MAP_DTYPES only
+        raise InputError(f"holds a {dtype} array; a map holds floats (rwmaps writes "
+                         f"{' or '.join(map(str, MAP_DTYPES))})")
     allowed = {"full": (3, 4), "compact": (2, 3), None: (2, 3, 4)}[layout]
     if len(shape) not in allowed:
         raise InputError(f"holds an array of shape {shape}; a {layout or ''} map is "

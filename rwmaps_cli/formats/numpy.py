@@ -21,10 +21,19 @@ import numpy as np
 
 from rwmaps_cli.errors import InputError
 
-from .base import FileFormat, LabelVolume, MapContent, MapInfo, check_labels, check_map_array, check_ndim, diagonal_affine
+from .base import (
+    MAP_DTYPES,
+    FileFormat,
+    LabelVolume,
+    MapContent,
+    MapInfo,
+    check_labels,
+    check_map_array,
+    check_ndim,
+    diagonal_affine,
+)
 
 _NPZ_LABEL_KEYS = ("labels", "label", "seg", "segmentation", "arr_0")
-_MAP_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 
 def npy_header(fileobj: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
@@ -41,7 +50,7 @@ class NpyFormat(FileFormat):
     name = ".npy"
     suffixes = (".npy",)
     output_name = "npy"
-    map_dtypes = _MAP_DTYPES
+    map_dtypes = MAP_DTYPES
     can_mmap = True
 
     def read_labels(self, path: Path) -> LabelVolume:
@@ -98,7 +107,7 @@ class NpzFormat(FileFormat):
     name = ".npz"
     suffixes = (".npz",)
     output_name = "npz"
-    map_dtypes = _MAP_DTYPES
+    map_dtypes = MAP_DTYPES
     compressed = True
 
     def read_labels(self, path: Path) -> LabelVolume:

@@ -193,7 +193,7 @@ def _panels(view: dict, axis: int | None, index: int | None) -> tuple[list[int],
     return [values.index(v) for v in by_size[:MAX_CLASS_PANELS]], True
 
 
-def _own_class_values(maps: np.ndarray, codes: np.ndarray) -> np.ndarray:
+def _own_values_in_map(maps: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Each voxel's value in its own class's channel (the compact channel); 0 where unknown."""
     own = np.take_along_axis(maps, np.clip(codes, 0, None)[np.newaxis], axis=0)[0]
     return np.where(codes >= 0, own, 0.0)
@@ -251,7 +251,7 @@ def _figure(view: dict, path: Path, axis: int | None, index: int | None, channel
     axes[0].set_title(title, fontsize=10)
 
     if overview:
-        own = _own_class_values(np.stack([plane(maps[c]) for c in range(n_channels)]), codes)
+        own = _own_values_in_map(np.stack([plane(maps[c]) for c in range(n_channels)]), codes)
         bound = max(float(np.abs(own).max()), 1e-6)
         image = show(axes[1], own, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound))
         figure.colorbar(image, ax=axes[1], shrink=0.8).ax.tick_params(labelsize=7)
