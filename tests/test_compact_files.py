@@ -36,7 +36,7 @@ def test_a_compact_file_loads_as_the_full_map(compact, fmt, case):
     path = compact / fmt / f"{case}.{fmt}"
     full, meta = load_map(path)
     np.testing.assert_array_equal(full, compute_maps(labels, CLASSES))
-    assert meta["layout"] == "compact" and meta["classes"] == CLASSES and meta["kind"] == "rrw"
+    assert meta.layout == "compact" and meta.classes == CLASSES and meta.kind == "rrw"
     channel, _ = load_map(path, expand=False)
     assert channel.shape == labels.shape  # a 2D map is (H, W), not (H, W, 1)
     np.testing.assert_array_equal(channel, compute_maps(labels, CLASSES, layout="compact"))
@@ -124,3 +124,8 @@ def test_expanded_channels_are_expand_maps_channels(compact):
     outside = [0.95, 0.05, 0.5, 1.0]
     np.testing.assert_array_equal(np.stack(list(expanded_channels(channel, labels, CLASSES, outside, 9))),
                                   expand_map(channel, labels, CLASSES, outside, ignore_label=9))
+
+
+def test_outside_is_refused_for_a_compact_map_left_compact(compact):
+    with pytest.raises(ValueError, match="not to expand=False"):
+        load_map(compact / "npy" / "case_000.npy", expand=False, outside=[0.95, 0.05, 0.05, 0.05])

@@ -170,7 +170,7 @@ def test_a_compact_map_finds_its_labels_from_any_working_directory(mixed_folder,
                "--layout", "compact", "--format", "npy", check=0)  # relative paths, as typed
     monkeypatch.chdir("/")
     maps, meta = load_map(tmp_path / "maps" / "case0_seg.npy")
-    assert maps.shape == (3, 16, 18, 10) and meta["input"] == str(mixed_folder / "case0_seg.nii.gz")
+    assert maps.shape == (3, 16, 18, 10) and meta.input == str(mixed_folder / "case0_seg.nii.gz")
 
 
 def test_parts_cannot_overwrite_a_folder_made_with_other_parameters(mixed_folder, tmp_path):

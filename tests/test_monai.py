@@ -79,7 +79,7 @@ def test_load_imaged_keeps_the_map_aligned_with_its_label(maps, case):
     assert isinstance(data["full"], MetaTensor)
     np.testing.assert_array_equal(data["full"].numpy(), full)  # channels first, values untouched
     np.testing.assert_array_equal(data["full"].affine.numpy(), data["label"].affine.numpy())
-    np.testing.assert_array_equal(data["full"].affine.numpy(), meta["affine"])
+    np.testing.assert_array_equal(data["full"].affine.numpy(), meta.affine)
     # physical-space transforms keep them on the same grid
     data = Compose([Orientationd(keys=["label", "full"], axcodes="LPS"),
                     Spacingd(keys=["label", "full"], pixdim=(1.5, 1.5, 2.0), mode=("nearest", "bilinear"))])(data)

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -206,19 +207,39 @@ def describe_map(kind: str, layout: str, spatial_ndim: int) -> str:
     return f"rwmaps {kind} {layout} {spatial_ndim}d"
 
 
-def parse_description(text: str) -> tuple[bool, str | None, str | None, int | None]:
-    """(is an rwmaps map, kind, layout, spatial_ndim) from :func:`describe_map`'s text.
+class MapDescription(NamedTuple):
+    """What a map file's self-description says (:func:`parse_description`).
+
+    Attributes
+    ----------
+    is_map : bool
+        The text starts with ``rwmaps``.
+    kind, layout : str or None
+        None when the text is not an rwmaps description (layout ``"full"`` when it is
+        but names none: rwmaps 0.1).
+    spatial_ndim : int or None
+        2 or 3; None when the text does not say (rwmaps 0.1).
+    """
+
+    is_map: bool
+    kind: str | None
+    layout: str | None
+    spatial_ndim: int | None
+
+
+def parse_description(text: str) -> MapDescription:
+    """What :func:`describe_map`'s text says: is it a map, its kind, layout, spatial rank.
 
     Maps of rwmaps 0.1 say only ``"rwmaps KIND"``: full 3D maps (their 2D maps were told
     apart by the manifest; 0.2 writes the rank into the file).
     """
     words = text.split()
     if not words or words[0] != "rwmaps":
-        return False, None, None, None
+        return MapDescription(False, None, None, None)
     kind = words[1] if len(words) > 1 else None
     layout = words[2] if len(words) > 2 and words[2] in LAYOUTS else "full"
     match = re.fullmatch(r"([23])d", words[3]) if len(words) > 3 else None
-    return True, kind, layout, int(match.group(1)) if match else None
+    return MapDescription(True, kind, layout, int(match.group(1)) if match else None)
 
 
 # --------------------------------------------------------------------------- errors
