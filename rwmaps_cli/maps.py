@@ -1,19 +1,11 @@
 """Region-wise maps from label arrays: the pure kernels (no files, no printing).
 
 Every function here takes a label array and returns float maps of shape
-``(C, *labels.shape)``, one channel per entry of ``classes``.  The exact definitions
-(see ``docs/design.md``), with ``M = (labels == classes[c])`` and ``EDT(M)`` the distance of
-each voxel of ``M`` to the nearest voxel outside ``M`` (0 outside ``M``; the image
-border is not a boundary):
-
-==========  ============================  ===========  =========  ==================
-kind        inside ``M``                  outside      ``M`` empty ``M`` fills field
-==========  ============================  ===========  =========  ==================
-rrw         ``-EDT / max(EDT)``           ``1``        all 1      all -1
-boundary    ``-EDT(M)``                   EDT(not M)   all 0      all 0
-kervadec    ``-(EDT(M) - 1)``             EDT(not M)   all 0      all 0
-ac          ``0``                         ``1``        all 1      all 0
-==========  ============================  ===========  =========  ==================
+``(C, *labels.shape)``, one channel per entry of ``classes``.  The exact definitions of
+the kinds (``rrw``, ``boundary``, ``kervadec``, ``ac``) are the table of ``README.md`` ("The
+maps"), with ``M = (labels == classes[c])`` and ``EDT(M)`` the distance of each voxel of ``M``
+to the nearest voxel outside ``M`` (0 outside ``M``; the image border is not a boundary);
+``docs/design.md`` adds what the table does not say.
 
 Layouts.  An ``rrw`` map is the outside value 1 in every channel but the voxel's own
 class, so ``layout="compact"`` returns one channel ``(*spatial)``: each voxel's own-class

@@ -129,3 +129,14 @@ def test_expanded_channels_are_expand_maps_channels(compact):
 def test_outside_is_refused_for_a_compact_map_left_compact(compact):
     with pytest.raises(ValueError, match="not to expand=False"):
         load_map(compact / "npy" / "case_000.npy", expand=False, outside=[0.95, 0.05, 0.05, 0.05])
+
+
+def test_a_compact_map_finds_its_labels_from_any_working_directory(mixed_folder, tmp_path, monkeypatch):
+    from rwmaps_cli import load_map
+
+    monkeypatch.chdir(mixed_folder.parent)
+    run_rwmaps("compute", "--input", mixed_folder.name, "--output", "maps", "--include", "*_seg.nii.gz",
+               "--layout", "compact", "--format", "npy", check=0)  # relative paths, as typed
+    monkeypatch.chdir("/")
+    maps, meta = load_map(tmp_path / "maps" / "case0_seg.npy")
+    assert maps.shape == (3, 16, 18, 10) and meta.input == str(mixed_folder / "case0_seg.nii.gz")

@@ -89,7 +89,7 @@ def test_kervadec_equals_liviaets_one_hot2dist_in_voxel_units():
 
 
 # ---------------------------------------------------------------------------------------
-# Hand-made edge cases, with the exact values docs/design.md defines
+# Hand-made edge cases, with the exact values the kinds table of README.md defines
 
 EMPTY = {"rrw": 1, "boundary": 0, "kervadec": 0, "ac": 1}
 FULL = {"rrw": -1, "boundary": 0, "kervadec": 0, "ac": 0}

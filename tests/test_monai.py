@@ -199,7 +199,7 @@ def test_fidelity_benchmark_finds_flips_and_rotations_exact_and_affine_not():
     """The published table's exact rows are exact, and its comparison can tell a difference."""
     fidelity = load_fidelity_benchmark()
     shape, patch, classes = (30, 36, 14), (20, 24, 10), list(range(7))
-    labels = fidelity.brain_like_labels(shape, len(classes), seed=3)
+    labels = fidelity.shell_and_voronoi_labels(shape, len(classes), seed=3)
     assert labels.flags.f_contiguous and set(np.unique(labels)) == set(classes)
     full = compute_maps(labels, classes)
     compact = fidelity.own_channel(full, labels, classes)
