@@ -2,8 +2,10 @@
 
 Each format is a small :class:`~rwmaps_cli.formats.base.FileFormat` object (the model is
 nnU-Net v2's ``imageio/``): ``nifti.py`` (nibabel), ``sitk.py`` (SimpleITK: MetaImage,
-NRRD, PNG, TIFF), ``numpy.py`` (``.npy``, ``.npz``).  To add a format, write one such
-object and list it in ``FORMATS``; nothing else in the package looks at a suffix.
+NRRD, PNG, TIFF), ``numpy.py`` (``.npy``, ``.npz``), ``nnunet.py`` (nnU-Net's preprocessed
+segs).  To add a format, write one such object and list it in ``FORMATS``; nothing else in
+the package looks at a suffix.  A format whose files carry another format's suffix is chosen
+by the name it carries (``FileFormat.reader_name``, e.g. ``read_labels(path, reader="nnunet")``).
 
 The functions here are the whole file API the rest of rwmaps uses: read a label volume
 (:func:`read_labels`, :func:`read_shape`, :func:`read_geometry`), write a map atomically
