@@ -92,7 +92,7 @@ def measure_store(workdir: Path, shape, n_classes: int, patch=(64, 128, 128), re
     from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params
 
     from rwmaps_cli.maps import compute_maps
-    from rwmaps_cli.nnunet.synthetic import blob_labels
+    from rwmaps_cli.synthetic import blob_labels
 
     blosc2.set_nthreads(1)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -60,10 +60,11 @@ OFF = 0.05
 
 
 # ---------------------------------------------------------------------------------------
-# Brain-like labels
+# Brain-like labels: cortical shells and stretched Voronoi cells (not the package's
+# rwmaps_cli.synthetic.brain_like_labels, which the other benchmarks use)
 
 
-def brain_like_labels(shape, n_classes, spacing=SPACING, seed=0) -> np.ndarray:
+def shell_and_voronoi_labels(shape, n_classes, spacing=SPACING, seed=0) -> np.ndarray:
     """Labels like a parcellation, Fortran-ordered uint8.
 
     Background 0 outside an ellipsoid head; a 4 mm shell under its surface split by angle
@@ -187,7 +188,7 @@ def fidelity(shape, patch, n_classes, n_volumes) -> dict[str, dict[str, dict[str
     classes = list(range(n_classes))
     results: dict[str, list] = {}
     for v in range(n_volumes):
-        labels = brain_like_labels(shape, n_classes, seed=v)
+        labels = shell_and_voronoi_labels(shape, n_classes, seed=v)
         full = compute_maps(labels, classes)
         compact = own_channel(full, labels, classes)
         for i, (name, make) in enumerate(augmentations(shape, patch).items()):
@@ -252,7 +253,7 @@ def write_case(root: Path, labels: np.ndarray, classes) -> dict[str, Path]:
 def cost(shape, n_classes, patch, repeats) -> list[tuple[str, float]]:
     """Seconds per sample of each way to give the loader a map (the label's own load excluded)."""
     classes = list(range(n_classes))
-    labels = brain_like_labels(shape, n_classes, seed=0)
+    labels = shell_and_voronoi_labels(shape, n_classes, seed=0)
     window = tuple(slice(0, p) for p in patch)
     with tempfile.TemporaryDirectory() as scratch:
         paths = write_case(Path(scratch), labels, classes)

@@ -5,7 +5,7 @@
     python examples/train_monai_rw.py --quick --map compact      # compact maps + ExpandRegionWiseMapd
     python examples/train_monai_rw.py --quick --loss dice_ce     # a loss the paper compared against
 
-Needs MONAI (``pip install "rwmaps_cli[monai]"``; CPU is enough).  The toy dataset has
+Needs MONAI (``pip install -e ".[monai]"`` in the clone; CPU is enough).  The toy dataset has
 labels only, so the image is the labels plus noise.
 
 Where the map comes from (``--map``):

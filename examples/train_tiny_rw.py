@@ -5,7 +5,7 @@
                                                        #   sample_data/Dataset001_Toy --output maps_toy --format npy
     python examples/train_tiny_rw.py --layout compact --renormalize patch   # one channel per case
 
-Needs PyTorch (``pip install "rwmaps_cli[torch]"``; CPU is enough).  The toy dataset has
+Needs PyTorch (``pip install -e ".[torch]"`` in the clone; CPU is enough).  The toy dataset has
 labels only, so the "image" is made from the labels plus noise.
 
 The Dataset memory-maps each ``.npy`` map and reads only the patch it crops.  A full map

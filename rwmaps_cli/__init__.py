@@ -20,7 +20,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-from .mapfile import load_map  # noqa: E402  (after __version__: the modules below read it)
+from .mapfile import MapMeta, load_map  # noqa: E402  (after __version__: the modules below read it)
 from .maps import (  # noqa: E402
     ENGINES,
     KINDS,
@@ -32,5 +32,5 @@ from .maps import (  # noqa: E402
     unique_labels,
 )
 
-__all__ = ["ENGINES", "KINDS", "LAYOUTS", "class_codes", "compute_maps", "compute_maps_batch", "expand_map",
+__all__ = ["ENGINES", "KINDS", "LAYOUTS", "MapMeta", "class_codes", "compute_maps", "compute_maps_batch", "expand_map",
            "load_map", "unique_labels", "__version__"]

@@ -52,7 +52,7 @@ from .manifest import (
     part_manifest_name,
 )
 from .mapfile import map_info, map_is_complete
-from .formats.nnunet import is_preprocessed_folder, plans_fingerprint
+from .nnunet.preprocessed import is_preprocessed_folder, plans_fingerprint
 from .maps import check_layout, compute_maps, unique_labels
 from .regions import compute_region_maps
 from .run import LocalRunner, Stop, threads_per_case, usable_cores

@@ -12,8 +12,8 @@ import numpy as np
 from .errors import UsageError
 from .regions import LabelSpec, LabelSpecError, read_label_spec
 from .formats import LABEL_SUFFIXES, label_suffix, output_path
-from .formats.nnunet import PreprocessedError, check_output, is_preprocessed_folder, list_cases, open_preprocessed
-from .formats.nnunet import default_output as nnunet_default_output
+from .nnunet.preprocessed import PreprocessedError, check_output, is_preprocessed_folder, list_cases, open_preprocessed
+from .nnunet.preprocessed import default_output as nnunet_default_output
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Dataset:
     cases: list[Case]
     skipped_files: list[Path]  # files that are not label files (ignored, counted)
     dataset_json: Path | None  # nnU-Net's dataset.json, when there is one
-    preprocessed: object | None = None  # formats.nnunet.PreprocessedFolder, for nnU-Net's preprocessed data
+    preprocessed: object | None = None  # nnunet.preprocessed.PreprocessedFolder, for nnU-Net's preprocessed data
 
 
 def find_dataset(input_dir: Path, output_dir: Path, fmt: str, include: Sequence[str] = (),

@@ -16,3 +16,10 @@ class UsageError(Exception):
 
 class UnknownLabelsError(ValueError):
     """Labels hold values that are neither in the class list nor the ignore label."""
+
+
+class PreprocessedError(ValueError):
+    """nnU-Net preprocessed data rwmaps cannot use: a folder without plans or cases, an
+    output folder inside it.  One line that names the folder or file, because no caller
+    prefixes it (unlike :class:`InputError`); a seg file that cannot be read raises
+    ``rwmaps_cli.formats.nnunet.SegError``, which is both."""

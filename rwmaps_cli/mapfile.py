@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from copy import deepcopy
-from dataclasses import replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,62 @@ import numpy as np
 from .errors import InputError
 from .formats import MapInfo, can_mmap, is_map, output_format, load_map_array, read_geometry, read_labels, read_map_info
 from .manifest import MapRecord, manifest_for_map
+
+
+@dataclass(frozen=True)
+class MapMeta:
+    """What :func:`load_map` knows about a map besides its array.
+
+    Attributes
+    ----------
+    classes : list of int or None
+        The label value of each channel (full) or the class list (compact); None when unknown.
+    spacing : tuple of float or None
+        Voxel sizes in array-axis order.
+    kind : str or None
+        ``"rrw"``, ``"boundary"``, ``"kervadec"`` or ``"ac"``.
+    layout : {"full", "compact"}
+    format : str
+        The output format (``"nii.gz"``, ``"nii"``, ``"npz"``, ``"npy"``).
+    dtype : str
+        The dtype as stored (``"float32"``, ``"float16"``).
+    affine : (4, 4) float64 ndarray or None
+        NIfTI maps only.
+    stored_shape : tuple of int
+        The array exactly as stored (NIfTI: channels last).
+    manifest : str or None
+        The ``rwmaps.json`` that lists this map.
+    parameters : dict or None
+        That manifest's parameters (a copy).
+    input : str or None
+        The label file the manifest records for this map.
+    reader : str or None
+        The reader that file is read with, when its suffix does not say (``"nnunet"``).
+    ignore_label : int or None
+    regions : list of list of int or None
+        The labels of each channel of a region-based map (nnU-Net regions).
+    """
+
+    classes: list[int] | None
+    spacing: tuple[float, ...] | None
+    kind: str | None
+    layout: str
+    format: str
+    dtype: str
+    affine: np.ndarray | None
+    stored_shape: tuple[int, ...]
+    manifest: str | None = None
+    parameters: dict | None = None
+    input: str | None = None
+    reader: str | None = None
+    ignore_label: int | None = None
+    regions: list[list[int]] | None = None
+
+    def __getitem__(self, key: str):
+        """``meta["classes"]``, as rwmaps 0.1's dict was read; prefer ``meta.classes``."""
+        if key not in {f.name for f in fields(self)}:
+            raise KeyError(key)
+        return getattr(self, key)
 
 
 def map_info(path: str | os.PathLike, record: MapRecord | None = None) -> MapInfo:
@@ -45,7 +101,7 @@ def _settled(info: MapInfo, record: MapRecord | None) -> MapInfo:
         raise InputError(f"holds an array of shape {info.shape}, not a {layout} map of 2D or 3D labels")
     classes = info.classes
     if classes is None and settings is not None:
-        classes = list(settings.classes) if settings.regions is None else None  # regions: see meta["regions"]
+        classes = list(settings.classes) if settings.regions is None else None  # regions: see MapMeta.regions
         if classes is not None and layout == "full" and len(classes) != info.shape[0]:
             classes = None  # the manifest describes another map
     return replace(info, layout=layout, spatial_ndim=spatial_ndim, classes=classes,
@@ -88,7 +144,7 @@ def load_map(
     expand: bool = True,
     labels: np.ndarray | None = None,
     outside: float | Sequence[float] = 1.0,
-) -> tuple[np.ndarray, dict]:
+) -> tuple[np.ndarray, MapMeta]:
     """Read a map written by ``rwmaps compute``, in any output format, channels first.
 
     Parameters
@@ -114,11 +170,12 @@ def load_map(
     maps : ndarray
         ``(C, *spatial)`` float32 (full, or compact expanded), or ``(*spatial)`` (compact,
         ``expand=False``).  NIfTI's ``X × Y × Z × C`` is moved to channels first.
-    meta : dict
-        ``classes`` (label value of each channel, or None when unknown), ``spacing``,
-        ``kind``, ``layout``, ``format``, ``dtype`` (as stored), ``affine`` ((4, 4) for
-        NIfTI, else None), ``manifest`` (the ``rwmaps.json`` that lists this map, or
-        None), ``parameters`` (its parameters) and ``input`` (the label file it records).
+    meta : MapMeta
+        ``meta.classes`` (label value of each channel, or None when unknown),
+        ``spacing``, ``kind``, ``layout``, ``format``, ``dtype`` (as stored), ``affine``
+        ((4, 4) for NIfTI, else None), ``manifest`` (the ``rwmaps.json`` that lists this
+        map, or None), ``parameters`` (its parameters), ``input`` (the label file it
+        records) and the rest of :class:`MapMeta`.
 
     Raises
     ------
@@ -126,7 +183,9 @@ def load_map(
         One line, without the path, when the file cannot be read as a map, or a compact
         map cannot be expanded (no labels).
     ValueError
-        An unsupported suffix, or ``mmap`` for a format other than ``.npy``.
+        An unsupported suffix, ``mmap`` for a format other than ``.npy``, or ``outside``
+        other than 1 for a full map (its outside values are in the file: use a compact
+        map, or :func:`rwmaps_cli.expand_map`, for the class-imbalance variant).
     """
     path = Path(path)
     output_format(path)  # ValueError for a name no map has
@@ -142,12 +201,24 @@ def load_map(
     info = _settled(info, record)
     data = data.reshape(info.shape) if not mmap else data
     meta = _meta(path, info, record if listed else None)
+    _check_outside_applies(info.layout, expand, outside)
     if info.layout == "compact" and expand:
         data = _expand(data, info, meta, labels, outside)
     return data, meta
 
 
-def _meta(path: Path, info: MapInfo, record: MapRecord | None) -> dict:
+def _check_outside_applies(layout: str, expand: bool, outside) -> None:
+    """``outside`` is used only when a compact map is expanded; anywhere else it would be
+    silently ignored, so a value other than the default 1 is refused."""
+    if layout == "compact" and expand:
+        return
+    if np.any(np.asarray(outside, dtype=np.float64) != 1.0):
+        what = "a full map, whose outside values are in the file" if layout == "full" else "expand=False"
+        raise ValueError(f"outside= applies when a compact map is expanded, not to {what}; compute a compact map "
+                         "(--layout compact) or call rwmaps_cli.expand_map on the labels")
+
+
+def _meta(path: Path, info: MapInfo, record: MapRecord | None) -> MapMeta:
     settings = record.parsed.settings if record else None
     parameters = record.parsed.header.get("parameters") if record else None
     input_path = record.entry.get("input") if record else None
@@ -159,29 +230,29 @@ def _meta(path: Path, info: MapInfo, record: MapRecord | None) -> dict:
             spacing = None  # the input is not where the manifest says
         if spacing is not None and len(spacing) != info.spatial_ndim:
             spacing = None
-    return {
-        "classes": info.classes, "spacing": spacing, "kind": info.kind, "layout": info.layout,
-        "format": output_format(path), "dtype": info.dtype, "affine": info.affine, "stored_shape": info.stored_shape,
-        "manifest": str(record.manifest) if record else None,
-        "parameters": deepcopy(parameters) if isinstance(parameters, dict) else None,  # cached: a copy
-        "input": input_path, "reader": record.entry.get("reader") if record else None,
-        "ignore_label": settings.ignore_label if settings else None,
-        "regions": [list(r) for r in settings.regions] if settings and settings.regions else None,
-    }
+    return MapMeta(
+        classes=info.classes, spacing=spacing, kind=info.kind, layout=info.layout, format=output_format(path),
+        dtype=info.dtype, affine=info.affine, stored_shape=info.stored_shape,
+        manifest=str(record.manifest) if record else None,
+        parameters=deepcopy(parameters) if isinstance(parameters, dict) else None,  # cached: a copy
+        input=input_path, reader=record.entry.get("reader") if record else None,
+        ignore_label=settings.ignore_label if settings else None,
+        regions=[list(r) for r in settings.regions] if settings and settings.regions else None,
+    )
 
 
-def _expand(compact: np.ndarray, info: MapInfo, meta: dict, labels, outside) -> np.ndarray:
+def _expand(compact: np.ndarray, info: MapInfo, meta: MapMeta, labels, outside) -> np.ndarray:
     from .maps import expand_map
 
     if info.classes is None:
         raise InputError("is a compact map, and its class list is unknown (no rwmaps.json lists it); "
                          "load it with expand=False")
     if labels is None:
-        if meta["input"] is None:
+        if meta.input is None:
             raise InputError("is a compact map: pass labels= to expand it, or expand=False")
-        labels = read_labels(meta["input"], reader=meta["reader"]).array
+        labels = read_labels(meta.input, reader=meta.reader).array
     labels = np.asarray(labels)
     if labels.shape != compact.shape:
         raise InputError(f"compact map of shape {compact.shape} cannot be expanded with labels of shape {labels.shape}")
     return expand_map(np.asarray(compact, dtype=np.float32), labels, info.classes, outside=outside,
-                      ignore_label=meta["ignore_label"])
+                      ignore_label=meta.ignore_label)

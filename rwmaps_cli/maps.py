@@ -1,19 +1,11 @@
 """Region-wise maps from label arrays: the pure kernels (no files, no printing).
 
 Every function here takes a label array and returns float maps of shape
-``(C, *labels.shape)``, one channel per entry of ``classes``.  The exact definitions
-(see ``docs/design.md``), with ``M = (labels == classes[c])`` and ``EDT(M)`` the distance of
-each voxel of ``M`` to the nearest voxel outside ``M`` (0 outside ``M``; the image
-border is not a boundary):
-
-==========  ============================  ===========  =========  ==================
-kind        inside ``M``                  outside      ``M`` empty ``M`` fills field
-==========  ============================  ===========  =========  ==================
-rrw         ``-EDT / max(EDT)``           ``1``        all 1      all -1
-boundary    ``-EDT(M)``                   EDT(not M)   all 0      all 0
-kervadec    ``-(EDT(M) - 1)``             EDT(not M)   all 0      all 0
-ac          ``0``                         ``1``        all 1      all 0
-==========  ============================  ===========  =========  ==================
+``(C, *labels.shape)``, one channel per entry of ``classes``.  The exact definitions of
+the kinds (``rrw``, ``boundary``, ``kervadec``, ``ac``) are the table of ``README.md`` ("The
+maps"), with ``M = (labels == classes[c])`` and ``EDT(M)`` the distance of each voxel of ``M``
+to the nearest voxel outside ``M`` (0 outside ``M``; the image border is not a boundary);
+``docs/design.md`` adds what the table does not say.
 
 Layouts.  An ``rrw`` map is the outside value 1 in every channel but the voxel's own
 class, so ``layout="compact"`` returns one channel ``(*spatial)``: each voxel's own-class
@@ -35,6 +27,7 @@ memory order.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -45,6 +38,9 @@ from .errors import UnknownLabelsError
 KINDS = ("rrw", "boundary", "kervadec", "ac")
 ENGINES = ("edt", "scipy")
 LAYOUTS = ("full", "compact")
+#: The dtypes a map is made and stored in: the kernels compute in float32, and float16
+#: halves a map in memory and on disk.  The formats store these (NIfTI float32 only).
+MAP_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 # Label values up to this bound are mapped to channel codes with a lookup table (one
 # gather); larger values fall back to np.searchsorted.
@@ -91,7 +87,7 @@ def compute_maps(
     engine : {"edt", "scipy"}
         ``edt``: one multi-label distance transform for all classes (fast);
         ``scipy``: one ``scipy.ndimage.distance_transform_edt`` per class (reference).
-    dtype : float32, float16 or float64
+    dtype : float32 or float16 (:data:`MAP_DTYPES`)
         Output dtype.  Computation is in float32 either way.
     ignore_label : int, optional
         Voxels with this value get 0 in every channel and count as "not this class" for
@@ -226,7 +222,7 @@ def expand_map(
         with the distances still measured in the whole volume (a distance computed on the
         patch alone would also treat the patch border as a boundary-free edge and can
         differ near it).  A class whose values in the crop are all 0 stays 0.
-    dtype : float32, float16 or float64
+    dtype : float32 or float16 (:data:`MAP_DTYPES`)
         Output dtype.
 
     Returns
@@ -266,8 +262,10 @@ def expand_map(
 
 
 def _with_defaults(kwargs: dict) -> dict:
-    defaults = dict(kind="rrw", spacing=None, slice_axis=None, engine="edt", ignore_label=None, threads=1,
-                    layout="full", dtype=np.float32)
+    """``kwargs`` over :func:`compute_maps`' own defaults (read from its signature, so they
+    are stated once), without ``out``, which a batch allocates itself."""
+    defaults = {name: parameter.default for name, parameter in inspect.signature(compute_maps).parameters.items()
+                if parameter.default is not inspect.Parameter.empty and name != "out"}
     unknown = set(kwargs) - set(defaults)
     if unknown:
         raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
@@ -375,7 +373,7 @@ def _own_values_field(codes, n_classes, spacing, engine, threads, out) -> np.nda
     # Both passes split the chunks over the case's threads: numpy's loops release the GIL,
     # so one large case uses the cores after the EDT too (each thread owns its chunks).
     shares = _shares(runs, threads)
-    partial = _in_threads(lambda share: _scan_classes(codes, n_classes + 2, values=distance, runs=share)[0], shares)
+    partial = _in_threads(lambda share: _class_maxima_and_boxes(codes, n_classes + 2, values=distance, runs=share)[0], shares)
     maxima = np.maximum.reduce(partial)
     values = distance if out is None else out
     divisors = _rrw_divisors(maxima)
@@ -411,7 +409,7 @@ def _full_rrw_field(out, codes, n_classes, spacing, engine, threads) -> None:
         _expand(out, values, codes, n_classes, np.ones(n_classes))
         return
     distance = _inside_distance(codes, n_classes, spacing, engine, threads)
-    maxima, boxes = _scan_classes(codes, n_classes + 2, values=distance, boxes=True)
+    maxima, boxes = _class_maxima_and_boxes(codes, n_classes + 2, values=distance, boxes=True)
     _expand(out, distance, codes, n_classes, np.ones(n_classes), boxes, _rrw_divisors(maxima), threads)
 
 
@@ -453,7 +451,7 @@ def _renormalized(compact: np.ndarray, codes: np.ndarray, n_classes: int) -> np.
     if values.size == 0:
         return values
     runs = list(_chunk_runs(codes))
-    maxima, _ = _scan_classes(codes, n_classes + 2, values=values, absolute=True, runs=runs)
+    maxima, _ = _class_maxima_and_boxes(codes, n_classes + 2, values=values, absolute=True, runs=runs)
     divisors = np.where(maxima > 0, maxima, 1)  # an all-zero class (or the ignore label) stays
     _divide_by_class(values.reshape(-1), divisors, values.reshape(-1), runs)
     return values
@@ -468,7 +466,7 @@ def _expand(out, values, codes, n_classes, outside, boxes=None, divisors=None, t
     inside its bounding box, and the ignore label set to 0 inside its own.
     """
     if boxes is None:
-        _, boxes = _scan_classes(codes, n_classes + 2, boxes=True)
+        _, boxes = _class_maxima_and_boxes(codes, n_classes + 2, boxes=True)
     ignore_box = boxes[n_classes + 1]
     ignored = None if ignore_box is None else codes[ignore_box] == n_classes + 1
 
@@ -523,7 +521,7 @@ def _parts(box, codes, values, channel):
         yield codes[part], None if values is None else values[part], channel[part]
 
 
-def _scan_classes(codes: np.ndarray, size: int, values: np.ndarray | None = None, absolute: bool = False,
+def _class_maxima_and_boxes(codes: np.ndarray, size: int, values: np.ndarray | None = None, absolute: bool = False,
                   boxes: bool = False, runs: list | None = None) -> tuple[np.ndarray | None, list | None]:
     """One chunked pass over C-contiguous ``codes``: each code's largest value and box.
 
@@ -774,6 +772,8 @@ def _preview(values: np.ndarray, limit: int = 8) -> str:
 
 def _check_classes(classes: Sequence[int], ignore_label: int | None) -> list[int]:
     values = [int(v) for v in classes]
+    if not values:
+        raise ValueError("classes is empty: a map has one channel per class, so it needs at least one")
     if any(v != float(c) for v, c in zip(values, classes)):
         raise ValueError(f"classes must be integers, got {list(classes)}")
     if len(set(values)) != len(values):
@@ -804,8 +804,8 @@ def _check_axis(axis: int, ndim: int) -> int:
 
 def _check_dtype(dtype) -> np.dtype:
     dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float16, np.float64):
-        raise ValueError(f"dtype must be float32 or float16, got {dtype}")
+    if dtype not in MAP_DTYPES:
+        raise ValueError(f"dtype must be {' or '.join(map(str, MAP_DTYPES))}, got {dtype}")
     return dtype
 
 

@@ -178,7 +178,7 @@ def compute_region_maps(
 
     Region ``r``'s mask is ``M = isin(labels, regions[r])``; its map is the class-1 channel
     of :func:`rwmaps_cli.maps.compute_maps` on the binary image ``M`` (so every kind keeps
-    its definition from ``DESIGN.md``: for ``rrw``, ``-EDT(M)/max`` inside and 1 outside).
+    its definition from the kinds table of ``README.md``: for ``rrw``, ``-EDT(M)/max`` inside and 1 outside).
     Regions overlap, so each one is its own binary transform.
 
     Parameters

@@ -4,7 +4,9 @@ Benchmarks and tests on C-ordered volumes with a few large blobs miss what real 
 do to a kernel: an 83-label brain parcellation has many thin, elongated classes, each
 filling a small part of the volume, and nibabel hands it over as a Fortran-ordered
 array (SimpleITK as a C-ordered ``(Z, Y, X)`` one).  :func:`brain_like_labels` imitates
-that; :func:`as_simpleitk` gives the same volume as SimpleITK would.
+that; :func:`as_simpleitk` gives the same volume as SimpleITK would.  :func:`blob_labels`
+makes the simpler volumes of the tests and of the nnU-Net datasets: a few smooth, touching
+regions.
 """
 
 from __future__ import annotations
@@ -17,6 +19,27 @@ from scipy import ndimage as ndi
 # The nearest-seed search runs on a grid of at most this many voxels and is upsampled
 # by repetition: a 512^3 volume would otherwise need gigabytes of index arrays.
 _MAX_SEARCH_VOXELS = 24_000_000
+
+
+def blob_labels(shape: Sequence[int], n_classes: int, rng: np.random.Generator, sigma: float = 3.0) -> np.ndarray:
+    """Smooth random regions with touching classes, like a real segmentation.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The spatial shape (1D to 3D).
+    n_classes : int
+        Label values ``0 .. n_classes - 1``; a small volume may miss some.
+    rng : numpy Generator
+    sigma : float
+        Smoothing of the random fields, in voxels: the regions' size.
+
+    Returns
+    -------
+    labels : (*shape) uint8 ndarray, C-ordered
+    """
+    noise = ndi.gaussian_filter(rng.normal(size=(n_classes, *shape)), sigma, axes=range(1, len(shape) + 1))
+    return noise.argmax(axis=0).astype(np.uint8)
 
 
 def brain_like_labels(

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import blobs, write_nifti
 from map_fixtures import compute_all
@@ -23,3 +24,13 @@ def computed(tmp_path_factory):
     """Label files and their maps in every output format, written once per test run by the
     real ``rwmaps compute`` (see tests/map_fixtures.py); copy before changing them."""
     return compute_all(tmp_path_factory)
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    """Images and labels in one folder, as many datasets ship them."""
+    root = tmp_path / "data"
+    for i in range(3):
+        write_nifti(root / f"case{i}_seg.nii.gz", blobs((16, 18, 10), 3, seed=i))
+        write_nifti(root / f"case{i}_img.nii.gz", np.random.default_rng(i).integers(0, 999, (16, 18, 10)).astype(np.int16))
+    return root

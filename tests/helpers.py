@@ -9,17 +9,16 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import ndimage as ndi
+
+from rwmaps_cli.synthetic import blob_labels
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO / "sample_data"
 
 
 def blobs(shape, n_classes, seed=0, sigma=2.0):
-    """Smooth random regions with touching classes, like a real segmentation."""
-    rng = np.random.default_rng(seed)
-    noise = ndi.gaussian_filter(rng.normal(size=(n_classes, *shape)), sigma)
-    return noise.argmax(axis=0).astype(np.uint8)
+    """:func:`rwmaps_cli.synthetic.blob_labels` with a seed: smooth touching regions, uint8."""
+    return blob_labels(shape, n_classes, np.random.default_rng(seed), sigma)
 
 
 def write_nifti(path: Path, labels: np.ndarray, zooms=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)) -> Path:

@@ -1,8 +1,8 @@
-"""Slow, obvious reference maps, written straight from the table in docs/design.md.
+"""Slow, obvious reference maps, written straight from the kinds table in README.md ("The maps").
 
 Nothing here is shared with ``rwmaps_cli.maps``: one boolean mask per class, one
 ``scipy.ndimage.distance_transform_edt`` per mask (or a brute-force distance on tiny
-arrays), and ``np.where`` with the formulas as docs/design.md states them.
+arrays), and ``np.where`` with the formulas as that table states them.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import REPO
 
 PACKAGE = REPO / "rwmaps_cli"
@@ -90,3 +91,46 @@ def test_cli_holds_no_policy():
     source = (PACKAGE / "cli.py").read_text()
     assert "run_local" not in source and " is run_local" not in source
     assert "in record" not in source and "in result.error" not in source  # no matching of error texts
+
+
+#: What rwmaps_cli/formats/ may import from outside itself: the errors, the kernels (which own
+#: the layouts and map dtypes a file stores) and the plans JSON reader its nnU-Net seg format
+#: takes the voxel sizes from.  All are leaves: they import nothing of rwmaps_cli beyond
+#: rwmaps_cli.errors, so formats/ stays below every other module.
+BELOW_FORMATS = {"rwmaps_cli.errors", "rwmaps_cli.maps", "rwmaps_cli.nnunet.plans"}
+
+
+def _module_imports(name: str) -> set[str]:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {m for m in _top_level_imports(modules[name]) if m in modules and m != name}
+
+
+def test_formats_import_nothing_above_them():
+    """formats/ is the bottom layer: readers and writers, no policy, no service."""
+    offenders = []
+    for path in sorted((PACKAGE / "formats").glob("*.py")):
+        name = _module_name(path)
+        above = {m for m in _module_imports(name) if not m.startswith("rwmaps_cli.formats")} - BELOW_FORMATS
+        offenders += [f"{name} imports {m}" for m in sorted(above)]
+    for leaf in sorted(BELOW_FORMATS):
+        offenders += [f"{leaf} (below formats/) imports {m}" for m in sorted(_module_imports(leaf) - {"rwmaps_cli.errors"})]
+    # rwmaps_cli.nnunet.plans is reached through its package: that __init__ must import nothing.
+    offenders += [f"rwmaps_cli.nnunet imports {m}" for m in sorted(_module_imports("rwmaps_cli.nnunet"))]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_nnunet_package_is_import_light():
+    """Beyond what ``import rwmaps_cli`` loads, the package loads nothing until a name is used."""
+    probe = ("import sys, rwmaps_cli; before = set(sys.modules); import rwmaps_cli.nnunet; "
+             f"print(sorted(m for m in set(sys.modules) - before if m.startswith('rwmaps_cli') or m in {HEAVY!r}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() in ("[]", "['rwmaps_cli.nnunet']")
+
+
+def test_every_format_carries_its_own_name():
+    from rwmaps_cli.formats import FORMATS, read_labels
+
+    readers = [fmt.reader_name for fmt in FORMATS if fmt.reader_name]
+    assert readers == ["nnunet"] and len(set(readers)) == len(readers)
+    with pytest.raises(ValueError, match="unknown reader 'nope'"):
+        read_labels(REPO / "sample_data" / "slice_2d.png", reader="nope")

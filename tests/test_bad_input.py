@@ -175,3 +175,11 @@ def test_bad_input(tmp_path, make, code, message):
         assert f"hint: the class list [0, 1] comes from {root / 'dataset.json'}" in result.stderr
     if code == 1:  # the good case still completed
         assert len(list((tmp_path / "out").rglob("good.nii.gz"))) == 1
+
+
+def test_every_error_line_has_one_style(mixed_folder, tmp_path):
+    usage = run_rwmaps("compute", "--input", tmp_path / "nowhere", "--output", tmp_path / "maps", check=2)
+    case = run_rwmaps("compute", "--input", mixed_folder, "--output", tmp_path / "maps", "--classes", "0,1",
+                      "--include", "*_seg.nii.gz", check=1)
+    assert usage.stderr.startswith(f"rwmaps: {tmp_path / 'nowhere'}: ")
+    assert all(line.startswith("rwmaps: ") for line in case.stderr.splitlines())

@@ -179,3 +179,46 @@ def test_ignore_label_from_dataset_json_and_from_the_option(tmp_path):
     run_rwmaps("compute", "--input", plain, "--output", tmp_path / "maps2", "--format", "npy", "--kind", "boundary",
                "--ignore-label", "255", check=0)
     np.testing.assert_array_equal(np.load(tmp_path / "maps2" / "case.npy"), maps)
+
+
+def test_include_and_exclude_select_the_label_files(mixed_folder, tmp_path):
+    out = tmp_path / "maps"
+    result = run_rwmaps("compute", "--input", mixed_folder, "--output", out, "--include", "*_seg.nii.gz",
+                        "--exclude", "case2_*", check=0)
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["case0_seg.nii.gz", "case1_seg.nii.gz"]
+    assert "2 done" in result.stderr and "4 other files ignored" in result.stderr
+    assert "3 channels (0, 1, 2)" in result.stderr  # the images' values never made it into the class list
+
+
+def test_a_pattern_that_matches_nothing_is_a_usage_error(mixed_folder, tmp_path):
+    result = run_rwmaps("compute", "--input", mixed_folder, "--output", tmp_path / "maps", "--include", "*_lbl.nii",
+                        check=2)
+    assert result.stderr.startswith("rwmaps: ") and "--include *_lbl.nii" in result.stderr
+
+
+def test_one_label_file_as_input(mixed_folder, tmp_path):
+    out = tmp_path / "maps"
+    run_rwmaps("compute", "--input", mixed_folder / "case1_seg.nii.gz", "--output", out, check=0)
+    assert [p.name for p in out.iterdir() if not p.name.startswith("rwmaps.")] == ["case1_seg.nii.gz"]
+    run_rwmaps("verify", "--input", mixed_folder / "case1_seg.nii.gz", "--output", out, check=0)
+
+
+def test_a_class_in_no_case_is_named_and_strict_refuses_it(mixed_folder, tmp_path):
+    args = ["compute", "--input", mixed_folder, "--include", "*_seg.nii.gz", "--classes", "0,1,2,7"]
+    warned = run_rwmaps(*args, "--output", tmp_path / "warned", check=0)
+    assert ("rwmaps: hint: class values 7 occur in no case: their channels are constant (a typo in --classes or "
+            "dataset.json?); --strict refuses this") in warned.stderr
+    refused = run_rwmaps(*args, "--output", tmp_path / "refused", "--strict", check=2)
+    assert refused.stderr.startswith("rwmaps: --strict: class values 7 occur in no case under ")
+    assert not (tmp_path / "refused" / "case0_seg.nii.gz").exists()
+    quiet = run_rwmaps("compute", "--input", mixed_folder, "--include", "*_seg.nii.gz", "--classes", "0,1,2",
+                       "--output", tmp_path / "fine", "--strict", check=0)
+    assert "hint" not in quiet.stderr
+
+
+def test_the_summary_counts_many_classes_instead_of_listing_them(tmp_path):
+    labels = np.arange(40 * 30 * 20, dtype=np.int32).reshape(40, 30, 20) % 83
+    write_nifti(tmp_path / "labels" / "many.nii.gz", labels)
+    result = run_rwmaps("compute", "--input", tmp_path / "labels", "--output", tmp_path / "maps", "--format", "npy",
+                        "--layout", "compact", check=0)
+    assert "83 channels (label values 0 to 82; all in the manifest)" in result.stderr

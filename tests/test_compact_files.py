@@ -36,7 +36,7 @@ def test_a_compact_file_loads_as_the_full_map(compact, fmt, case):
     path = compact / fmt / f"{case}.{fmt}"
     full, meta = load_map(path)
     np.testing.assert_array_equal(full, compute_maps(labels, CLASSES))
-    assert meta["layout"] == "compact" and meta["classes"] == CLASSES and meta["kind"] == "rrw"
+    assert meta.layout == "compact" and meta.classes == CLASSES and meta.kind == "rrw"
     channel, _ = load_map(path, expand=False)
     assert channel.shape == labels.shape  # a 2D map is (H, W), not (H, W, 1)
     np.testing.assert_array_equal(channel, compute_maps(labels, CLASSES, layout="compact"))
@@ -124,3 +124,19 @@ def test_expanded_channels_are_expand_maps_channels(compact):
     outside = [0.95, 0.05, 0.5, 1.0]
     np.testing.assert_array_equal(np.stack(list(expanded_channels(channel, labels, CLASSES, outside, 9))),
                                   expand_map(channel, labels, CLASSES, outside, ignore_label=9))
+
+
+def test_outside_is_refused_for_a_compact_map_left_compact(compact):
+    with pytest.raises(ValueError, match="not to expand=False"):
+        load_map(compact / "npy" / "case_000.npy", expand=False, outside=[0.95, 0.05, 0.05, 0.05])
+
+
+def test_a_compact_map_finds_its_labels_from_any_working_directory(mixed_folder, tmp_path, monkeypatch):
+    from rwmaps_cli import load_map
+
+    monkeypatch.chdir(mixed_folder.parent)
+    run_rwmaps("compute", "--input", mixed_folder.name, "--output", "maps", "--include", "*_seg.nii.gz",
+               "--layout", "compact", "--format", "npy", check=0)  # relative paths, as typed
+    monkeypatch.chdir("/")
+    maps, meta = load_map(tmp_path / "maps" / "case0_seg.npy")
+    assert maps.shape == (3, 16, 18, 10) and meta.input == str(mixed_folder / "case0_seg.nii.gz")

@@ -722,6 +722,15 @@ def test_map_is_complete(tmp_path, suffix, spatial):
     assert not map_is_complete(out, shape, size)
 
 
+def test_a_map_description_is_read_into_named_fields():
+    from rwmaps_cli.formats.base import describe_map, parse_description
+
+    said = parse_description(describe_map("rrw", "compact", 2))
+    assert (said.is_map, said.kind, said.layout, said.spatial_ndim) == (True, "rrw", "compact", 2)
+    assert parse_description("rwmaps boundary") == (True, "boundary", "full", None)  # rwmaps 0.1
+    assert not parse_description("a NIfTI from the scanner").is_map
+
+
 # --------------------------------------------------------------------------- ISA-L gzip
 
 

@@ -5,7 +5,8 @@ import struct
 
 import numpy as np
 import pytest
-from helpers import run_rwmaps
+import SimpleITK as sitk
+from helpers import blobs, run_rwmaps
 from map_fixtures import CLASSES, copy_maps, label_array, map_file
 
 from rwmaps_cli import compute_maps
@@ -200,3 +201,43 @@ def test_inspect_help():
     text = " ".join(run_rwmaps("inspect", "--help", check=0).stdout.split())
     for option in ["--json", "--png", "--axis", "--slice"]:
         assert option in text
+
+
+def test_a_2d_file_has_no_orientation(tmp_path):
+    path = tmp_path / "slice.tif"
+    sitk.WriteImage(sitk.GetImageFromArray(blobs((30, 26), 3, seed=5)), str(path))
+    info = json.loads(run_rwmaps("inspect", path, "--json", check=0).stdout)
+    assert info["orientation"] is None
+
+
+@pytest.fixture(scope="module")
+def brain(tmp_path_factory):
+    """An 83-class brain-like parcellation (NIfTI, as nibabel reads it) and its full npy map."""
+    import nibabel as nib
+
+    from rwmaps_cli.synthetic import brain_like_labels
+
+    root = tmp_path_factory.mktemp("brain")
+    (root / "labels").mkdir()
+    nib.save(nib.Nifti1Image(brain_like_labels((61, 73, 61), 83, seed=2).astype(np.int16), np.eye(4)),
+             root / "labels" / "brain.nii.gz")
+    run_rwmaps("compute", "--input", root / "labels", "--output", root / "maps", "--format", "npy", check=0)
+    return root
+
+
+def test_inspect_lists_all_83_labels_and_does_not_call_them_an_image(brain):
+    info = json.loads(run_rwmaps("inspect", brain / "labels" / "brain.nii.gz", "--json", check=0).stdout)
+    assert len(info["classes"]) == info["distinct_values"] == 83 and info["problems"] == []
+    few = json.loads(run_rwmaps("inspect", brain / "labels" / "brain.nii.gz", "--json", "--max-classes", "50",
+                                check=0).stdout)
+    assert len(few["classes"]) == 50 and "more than --max-classes 50" in few["problems"][0]
+
+
+def test_the_picture_of_an_83_class_map_is_an_overview_and_the_largest_classes(brain, tmp_path):
+    from rwmaps_cli.inspect import figure_pixels
+
+    for source in (brain / "maps" / "brain.npy", brain / "labels" / "brain.nii.gz"):
+        result = run_rwmaps("inspect", source, "--png", tmp_path / "brain.png", check=0)
+        width, height = figure_pixels(1 + 1 + 8)  # labels, overview, the 8 largest classes in the slice
+        assert f"({width} × {height} px" in result.stderr
+        assert (tmp_path / "brain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -145,3 +145,27 @@ def test_too_little_space_is_refused_before_any_work(small_cases, small_disk):
                                     "free"), result.stderr
     assert "--no-space-check" in result.stderr
     assert not [p for p in out.iterdir() if p.suffix == ".npy"]
+
+
+def test_a_stop_while_reading_the_labels_writes_no_manifest(mixed_folder, tmp_path):
+    """Ctrl-C during the class scan: nothing written, so the rerun is not refused."""
+    import os
+    import signal
+
+    from rwmaps_cli.compute import compute_dataset
+
+    class InterruptingBar:
+        def __init__(self, total, description):
+            pass
+
+        def update(self, n=1):
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: the run's handler takes it
+
+        def close(self):
+            pass
+
+    out = tmp_path / "maps"
+    outcome = compute_dataset(mixed_folder, out, include=["*_seg.nii.gz"], jobs=1, progress=InterruptingBar)
+    assert outcome.stopped == "SIGINT" and outcome.done == 0
+    assert not (out / "rwmaps.json").exists()
+    run_rwmaps("compute", "--input", mixed_folder, "--output", out, "--include", "*_seg.nii.gz", check=0)

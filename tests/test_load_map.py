@@ -22,13 +22,13 @@ def test_every_format_loads_as_float32_channels_first(computed, name, case):
     assert maps.dtype == np.float32
     assert maps.shape == (len(CLASSES), *labels.shape)  # a 2D map is (C, H, W), not (C, H, W, 1)
     np.testing.assert_array_equal(maps, expected)
-    assert meta["classes"] == CLASSES
-    assert meta["kind"] == "rrw"
-    assert meta["dtype"] == ("float16" if name == "npy16" else "float32")
-    np.testing.assert_allclose(meta["spacing"], SPACING[case], rtol=1e-6)
-    assert meta["parameters"]["fmt"] == ("npy" if name == "npy16" else name)
-    assert meta["manifest"] == str(computed.maps[name] / "rwmaps.json")
-    assert (meta["affine"] is not None) == name.startswith("nii")
+    assert meta.classes == CLASSES
+    assert meta.kind == "rrw"
+    assert meta.dtype == ("float16" if name == "npy16" else "float32")
+    np.testing.assert_allclose(meta.spacing, SPACING[case], rtol=1e-6)
+    assert meta.parameters["fmt"] == ("npy" if name == "npy16" else name)
+    assert meta.manifest == str(computed.maps[name] / "rwmaps.json")
+    assert (meta.affine is not None) == name.startswith("nii")
 
 
 def test_other_kinds_and_parameters_come_back_in_the_meta(computed):
@@ -36,8 +36,8 @@ def test_other_kinds_and_parameters_come_back_in_the_meta(computed):
     labels = label_array(computed.labels, "case_000")
     expected = compute_maps(labels, CLASSES, kind="kervadec", spacing=SPACING["case_000"], slice_axis=0)
     np.testing.assert_allclose(maps, expected, rtol=1e-6)
-    assert meta["kind"] == "kervadec"
-    assert meta["parameters"]["spacing"] == "physical" and meta["parameters"]["slice_axis"] == 0
+    assert meta.kind == "kervadec"
+    assert meta.parameters["spacing"] == "physical" and meta.parameters["slice_axis"] == 0
 
 
 def test_mmap_returns_a_memory_map_of_the_stored_dtype(computed):
@@ -46,7 +46,7 @@ def test_mmap_returns_a_memory_map_of_the_stored_dtype(computed):
     assert maps.shape == (4, 20, 24, 12)
     half, meta = load_map(map_file(computed, "npy16", "case_000"), mmap=True)
     assert isinstance(half, np.memmap) and half.dtype == np.float16  # not converted: that would read it all
-    assert meta["classes"] == CLASSES
+    assert meta.classes == CLASSES
     with pytest.raises(ValueError, match="needs a .npy map"):
         load_map(map_file(computed, "npz", "case_000"), mmap=True)
 
@@ -57,14 +57,14 @@ def test_a_map_without_its_manifest(computed, tmp_path):
     for name in ["nii.gz", "npz", "npy"]:
         shutil.copy(map_file(computed, name, "case_000"), tmp_path)
     maps, meta = load_map(tmp_path / "case_000.nii.gz")
-    assert maps.shape == (4, 20, 24, 12) and meta["kind"] == "rrw" and meta["classes"] is None
-    np.testing.assert_allclose(meta["spacing"], SPACING["case_000"], rtol=1e-6)
-    assert meta["manifest"] is None and meta["parameters"] is None
+    assert maps.shape == (4, 20, 24, 12) and meta.kind == "rrw" and meta.classes is None
+    np.testing.assert_allclose(meta.spacing, SPACING["case_000"], rtol=1e-6)
+    assert meta.manifest is None and meta.parameters is None
     _, meta = load_map(tmp_path / "case_000.npz")
-    assert meta["classes"] == CLASSES and meta["kind"] == "rrw"
+    assert meta.classes == CLASSES and meta.kind == "rrw"
     maps, meta = load_map(tmp_path / "case_000.npy")
     assert maps.shape == (4, 20, 24, 12)
-    assert meta["classes"] is None and meta["kind"] is None and meta["spacing"] is None
+    assert meta.classes is None and meta.kind is None and meta.spacing is None
 
 
 def test_a_label_file_is_not_a_map(computed):
@@ -74,3 +74,24 @@ def test_a_label_file_is_not_a_map(computed):
         load_map(computed.labels / "slice_2d.png")
     with pytest.raises(InputError, match="file not found"):
         load_map(computed.labels / "missing.npy")
+
+
+def test_meta_is_a_frozen_record_that_still_reads_like_rwmaps_0_1s_dict(computed):
+    import dataclasses
+
+    from rwmaps_cli import MapMeta
+
+    _, meta = load_map(map_file(computed, "npz", "case_000"))
+    assert isinstance(meta, MapMeta) and meta["classes"] == meta.classes == CLASSES
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        meta.kind = "ac"
+    with pytest.raises(KeyError):
+        meta["no_such_key"]
+
+
+@pytest.mark.parametrize("outside", [0.5, [0.95, 0.05, 0.05, 0.05]])
+def test_outside_is_refused_where_it_would_be_ignored(computed, outside):
+    """A full map holds its outside values: ``outside=`` used to be dropped without a word."""
+    with pytest.raises(ValueError, match="outside= applies when a compact map is expanded"):
+        load_map(map_file(computed, "nii.gz", "case_000"), outside=outside)
+    load_map(map_file(computed, "nii.gz", "case_000"), outside=1.0)  # the default stays fine

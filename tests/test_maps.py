@@ -89,7 +89,7 @@ def test_kervadec_equals_liviaets_one_hot2dist_in_voxel_units():
 
 
 # ---------------------------------------------------------------------------------------
-# Hand-made edge cases, with the exact values docs/design.md defines
+# Hand-made edge cases, with the exact values the kinds table of README.md defines
 
 EMPTY = {"rrw": 1, "boundary": 0, "kervadec": 0, "ac": 1}
 FULL = {"rrw": -1, "boundary": 0, "kervadec": 0, "ac": 0}
@@ -270,3 +270,19 @@ def test_unique_labels_rejects_bad_values(labels, message):
 @pytest.mark.parametrize("kind", KINDS)
 def test_zero_size_labels_give_zero_size_maps(kind):
     assert compute_maps(np.zeros((0, 4), np.uint8), [0, 1], kind=kind).shape == (2, 0, 4)
+
+
+def test_the_map_dtypes_are_one_constant_the_kernels_and_the_formats_share():
+    from rwmaps_cli.formats import OUTPUT_DTYPES
+    from rwmaps_cli.maps import MAP_DTYPES
+
+    labels = np.zeros((4, 4), np.uint8)
+    with pytest.raises(ValueError, match="float32 or float16, got float64"):
+        compute_maps(labels, [0], dtype=np.float64)
+    assert all(set(dtypes) <= set(MAP_DTYPES) for dtypes in OUTPUT_DTYPES.values())
+    assert OUTPUT_DTYPES["npy"] == OUTPUT_DTYPES["npz"] == MAP_DTYPES
+
+
+def test_an_empty_class_list_is_refused():
+    with pytest.raises(ValueError, match="classes is empty"):
+        compute_maps(np.zeros((4, 4), np.uint8), [])

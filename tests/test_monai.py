@@ -79,7 +79,7 @@ def test_load_imaged_keeps_the_map_aligned_with_its_label(maps, case):
     assert isinstance(data["full"], MetaTensor)
     np.testing.assert_array_equal(data["full"].numpy(), full)  # channels first, values untouched
     np.testing.assert_array_equal(data["full"].affine.numpy(), data["label"].affine.numpy())
-    np.testing.assert_array_equal(data["full"].affine.numpy(), meta["affine"])
+    np.testing.assert_array_equal(data["full"].affine.numpy(), meta.affine)
     # physical-space transforms keep them on the same grid
     data = Compose([Orientationd(keys=["label", "full"], axcodes="LPS"),
                     Spacingd(keys=["label", "full"], pixdim=(1.5, 1.5, 2.0), mode=("nearest", "bilinear"))])(data)
@@ -199,7 +199,7 @@ def test_fidelity_benchmark_finds_flips_and_rotations_exact_and_affine_not():
     """The published table's exact rows are exact, and its comparison can tell a difference."""
     fidelity = load_fidelity_benchmark()
     shape, patch, classes = (30, 36, 14), (20, 24, 10), list(range(7))
-    labels = fidelity.brain_like_labels(shape, len(classes), seed=3)
+    labels = fidelity.shell_and_voronoi_labels(shape, len(classes), seed=3)
     assert labels.flags.f_contiguous and set(np.unique(labels)) == set(classes)
     full = compute_maps(labels, classes)
     compact = fidelity.own_channel(full, labels, classes)

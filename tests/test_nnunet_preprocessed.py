@@ -9,7 +9,7 @@ import pytest
 from helpers import blobs
 
 from rwmaps_cli.compute import compute_dataset
-from rwmaps_cli.errors import UsageError
+from rwmaps_cli.errors import InputError, UsageError
 from rwmaps_cli.maps import compute_maps, expand_map
 from rwmaps_cli.nnunet import (
     PreprocessedError,
@@ -223,6 +223,22 @@ def test_bad_segs_raise(tmp_path):
     (tmp_path / "z_seg.b2nd").write_bytes(b"garbage")
     with pytest.raises(PreprocessedError, match="cannot read|needs blosc2"):
         read_seg(tmp_path / "z_seg.b2nd")
+
+
+def test_a_bad_seg_is_named_once_in_its_error_line(tmp_path):
+    """errors.InputError: the message holds no path, the caller prefixes it (it once held it twice)."""
+    from helpers import run_rwmaps
+
+    folder, _ = make_preprocessed(tmp_path, "npy")
+    bad = folder / "case_001_seg.npy"
+    np.save(bad, np.zeros((2, 4, 4, 4), np.int16))
+    result = run_rwmaps("compute", "--input", folder, "--output", tmp_path / "maps", check=1)
+    lines = [line for line in result.stderr.splitlines() if "case_001" in line]
+    assert len(lines) == 1 and lines[0].count("case_001_seg.npy") == 1, lines
+    assert "seg has shape (2, 4, 4, 4); expected (1, *spatial)" in lines[0]
+    with pytest.raises(InputError) as info:
+        read_seg(bad)
+    assert str(bad.name) not in str(info.value) and isinstance(info.value, PreprocessedError)
 
 
 def test_a_rerun_spelled_another_way_still_resumes(tmp_path, monkeypatch):

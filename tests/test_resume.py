@@ -214,3 +214,20 @@ def test_83_class_whole_brain_volume_stays_within_output_plus_three_volumes():
     assert result["shape"] == [83, 180, 180, 200] and result["ok"]
     volume = 180 * 180 * 200 * 4
     assert result["peak"] <= 83 * volume + 3 * volume, result["peak"] / volume - 83
+
+
+def test_parts_cannot_overwrite_a_folder_made_with_other_parameters(mixed_folder, tmp_path):
+    out = tmp_path / "maps"
+    run_rwmaps("compute", "--input", mixed_folder, "--output", out, "--include", "*_seg.nii.gz", check=0)
+    refused = run_rwmaps("compute", "--input", mixed_folder, "--output", out, "--include", "*_seg.nii.gz",
+                         "--kind", "boundary", "--overwrite", "--num-parts", "2", "--part-id", "0", check=2)
+    assert "parts cannot --overwrite them" in refused.stderr
+    run_rwmaps("verify", "--input", mixed_folder, "--output", out, check=0)  # still whole
+
+
+def test_a_part_with_other_parameters_is_refused(mixed_folder, tmp_path):
+    out = tmp_path / "maps"
+    args = ["compute", "--input", mixed_folder, "--output", out, "--include", "*_seg.nii.gz", "--num-parts", "2"]
+    run_rwmaps(*args, "--part-id", "0", check=0)
+    refused = run_rwmaps(*args, "--part-id", "1", "--kind", "boundary", check=2)
+    assert "holds maps made with other parameters (--kind 'rrw' -> 'boundary')" in refused.stderr

@@ -138,3 +138,60 @@ def test_parallel_recomputation_finds_the_same_problems(computed, tmp_path, monk
     assert report.recomputed == 3
     assert len(report.problems) == 1
     assert report.problems[0].startswith(f"{maps / 'case_000.npy'}: values differ from a recomputation in 1 of ")
+
+
+def test_verify_reports_progress_with_a_total(mixed_folder, tmp_path):
+    out = tmp_path / "maps"
+    run_rwmaps("compute", "--input", mixed_folder, "--output", out, "--include", "*_seg.nii.gz", check=0)
+    bars = []
+
+    class Bar:
+        def __init__(self, total, description):
+            self.total, self.description, self.n = total, description, 0
+            bars.append(self)
+
+        def update(self, n=1):
+            self.n += n
+
+        def close(self):
+            pass
+
+    report = verify(mixed_folder, out, progress=Bar)
+    assert report.problems == []  # the images were not cases: verify keeps compute's --include
+    assert [(bar.total, bar.n, bar.description) for bar in bars] == [(3, 3, "recomputing maps")]
+
+
+_VERIFY_PEAK = r"""
+import json, sys
+from rwmaps_cli.verify import verify
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current resident size
+def status(key):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
+before = status("VmRSS:")
+report = verify(sys.argv[1], sys.argv[2], jobs=1)
+print(json.dumps({"peak": status("VmHWM:") - before, "problems": report.problems}))
+"""
+
+
+@pytest.mark.parametrize(("fmt", "bound"), [("npy", 1.5), ("nii.gz", 2.5)])
+def test_verify_of_an_83_class_map_needs_about_one_maps_worth_of_memory(tmp_path, fmt, bound):
+    """rwmaps 0.1 peaked at 5 maps' worth (the recomputed map, the stored one, a C-ordered
+    copy, isclose and difference temporaries); now: the stored map (a memory map for npy;
+    nibabel's decompression buffer for nii.gz) plus one channel at a time."""
+    import subprocess
+    import sys
+
+    import nibabel as nib
+
+    from rwmaps_cli.synthetic import brain_like_labels
+
+    labels = brain_like_labels((91, 109, 91), 83, seed=3).astype(np.int16)
+    (tmp_path / "labels").mkdir()
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), tmp_path / "labels" / "brain.nii.gz")
+    run_rwmaps("compute", "--input", tmp_path / "labels", "--output", tmp_path / "maps", "--format", fmt, check=0)
+    out = subprocess.run([sys.executable, "-c", _VERIFY_PEAK, str(tmp_path / "labels"), str(tmp_path / "maps")],
+                         capture_output=True, text=True, timeout=300)
+    result = json.loads(out.stdout)
+    assert result["problems"] == []
+    full_map = 83 * labels.size * 4
+    assert result["peak"] < bound * full_map, f"peak {result['peak'] / full_map:.2f} maps"

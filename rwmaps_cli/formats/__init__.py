@@ -2,8 +2,10 @@
 
 Each format is a small :class:`~rwmaps_cli.formats.base.FileFormat` object (the model is
 nnU-Net v2's ``imageio/``): ``nifti.py`` (nibabel), ``sitk.py`` (SimpleITK: MetaImage,
-NRRD, PNG, TIFF), ``numpy.py`` (``.npy``, ``.npz``).  To add a format, write one such
-object and list it in ``FORMATS``; nothing else in the package looks at a suffix.
+NRRD, PNG, TIFF), ``numpy.py`` (``.npy``, ``.npz``), ``nnunet.py`` (nnU-Net's preprocessed
+segs).  To add a format, write one such object and list it in ``FORMATS``; nothing else in
+the package looks at a suffix.  A format whose files carry another format's suffix is chosen
+by the name it carries (``FileFormat.reader_name``, e.g. ``read_labels(path, reader="nnunet")``).
 
 The functions here are the whole file API the rest of rwmaps uses: read a label volume
 (:func:`read_labels`, :func:`read_shape`, :func:`read_geometry`), write a map atomically
@@ -50,7 +52,7 @@ FORMATS: tuple[FileFormat, ...] = (
     NpyFormat(),
     NnunetSegFormat(),
 )
-_BY_NAME = {"nnunet": FORMATS[-1]}  # readers chosen by name, not by suffix (see read_labels)
+_BY_NAME = {fmt.reader_name: fmt for fmt in FORMATS if fmt.reader_name}  # readers chosen by name (read_labels)
 LABEL_SUFFIXES = tuple(suffix for fmt in FORMATS for suffix in fmt.suffixes)
 OUTPUT_FORMATS = tuple(fmt.output_name for fmt in FORMATS if fmt.output_name)
 OUTPUT_DTYPES = {fmt.output_name: fmt.map_dtypes for fmt in FORMATS if fmt.output_name}
@@ -164,7 +166,7 @@ def read_labels(path: str | os.PathLike, reader: str | None = None) -> LabelVolu
         that cannot hold labels, vector pixels, or not 2D/3D.  One line, without the path.
     """
     path = Path(path)
-    fmt = _BY_NAME[reader] if reader else format_for(path)
+    fmt = _reader(path, reader)
     with input_errors(path, fmt.name):
         return fmt.read_labels(path)
 
@@ -172,7 +174,7 @@ def read_labels(path: str | os.PathLike, reader: str | None = None) -> LabelVolu
 def read_shape(path: str | os.PathLike, reader: str | None = None) -> tuple[int, ...]:
     """Spatial shape of ``read_labels(path).array`` from the header only (cheap)."""
     path = Path(path)
-    fmt = _BY_NAME[reader] if reader else format_for(path)
+    fmt = _reader(path, reader)
     with input_errors(path, fmt.name):
         return fmt.read_shape(path)
 
@@ -180,9 +182,19 @@ def read_shape(path: str | os.PathLike, reader: str | None = None) -> tuple[int,
 def read_geometry(path: str | os.PathLike, reader: str | None = None) -> tuple[tuple[float, ...], np.ndarray | None]:
     """(spacing per array axis, RAS+ affine or None) of a label file, from its header."""
     path = Path(path)
-    fmt = _BY_NAME[reader] if reader else format_for(path)
+    fmt = _reader(path, reader)
     with input_errors(path, fmt.name):
         return fmt.read_geometry(path)
+
+
+def _reader(path: Path, reader: str | None) -> FileFormat:
+    """The format named ``reader``, or the one that owns ``path``'s suffix."""
+    if reader is None:
+        return format_for(path)
+    try:
+        return _BY_NAME[reader]
+    except KeyError:
+        raise ValueError(f"unknown reader {reader!r}; expected one of {', '.join(sorted(_BY_NAME))}") from None
 
 
 # --------------------------------------------------------------------------- maps

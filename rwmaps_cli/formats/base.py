@@ -16,11 +16,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from rwmaps_cli.errors import InputError
-from rwmaps_cli.maps import LAYOUTS  # the kernels own the layouts; a file stores one of them
+from rwmaps_cli.maps import LAYOUTS, MAP_DTYPES  # the kernels own the layouts and dtypes; a file stores them
 
 TMP_MARKER = ".rwmaps-tmp-"
 # gzip/deflate level for .nii.gz and .npz. Measured on a (4, 200, 256, 256) float32 map
@@ -119,8 +120,11 @@ class FileFormat:
         Lower-case endings this format claims, longest first (``".nii.gz"``).
     output_name : str or None
         The ``--format`` value when the format writes maps (``"nii.gz"``), else None.
+    reader_name : str or None
+        The name a caller picks this reader by (``read_labels(path, reader=...)``), for
+        files whose suffix another format owns (nnU-Net's ``.npy`` segs); else None.
     map_dtypes : tuple of numpy dtype
-        The map dtypes it can store.
+        The map dtypes it can store: :data:`rwmaps_cli.maps.MAP_DTYPES`, or fewer.
     can_mmap : bool
         Whether :meth:`load_map` can return a read-only memory map.
     """
@@ -128,6 +132,7 @@ class FileFormat:
     name = "?"
     suffixes: tuple[str, ...] = ()
     output_name: str | None = None
+    reader_name: str | None = None
     map_dtypes: tuple[np.dtype, ...] = ()
     can_mmap = False  # load_map(mmap=True) returns a memory map
     compressed = False  # maps are written compressed (gzip, deflate)
@@ -184,8 +189,9 @@ def check_labels(array: np.ndarray) -> np.ndarray:
 
 
 def check_map_array(shape: tuple[int, ...], dtype: np.dtype, layout: str | None) -> None:
-    if dtype.kind != "f":
-        raise InputError(f"holds a {dtype} array; a map is float32 or float16")
+    if dtype.kind != "f":  # reading is lenient about the float width; writing takes MAP_DTYPES only
+        raise InputError(f"holds a {dtype} array; a map holds floats (rwmaps writes "
+                         f"{' or '.join(map(str, MAP_DTYPES))})")
     allowed = {"full": (3, 4), "compact": (2, 3), None: (2, 3, 4)}[layout]
     if len(shape) not in allowed:
         raise InputError(f"holds an array of shape {shape}; a {layout or ''} map is "
@@ -203,19 +209,39 @@ def describe_map(kind: str, layout: str, spatial_ndim: int) -> str:
     return f"rwmaps {kind} {layout} {spatial_ndim}d"
 
 
-def parse_description(text: str) -> tuple[bool, str | None, str | None, int | None]:
-    """(is an rwmaps map, kind, layout, spatial_ndim) from :func:`describe_map`'s text.
+class MapDescription(NamedTuple):
+    """What a map file's self-description says (:func:`parse_description`).
+
+    Attributes
+    ----------
+    is_map : bool
+        The text starts with ``rwmaps``.
+    kind, layout : str or None
+        None when the text is not an rwmaps description (layout ``"full"`` when it is
+        but names none: rwmaps 0.1).
+    spatial_ndim : int or None
+        2 or 3; None when the text does not say (rwmaps 0.1).
+    """
+
+    is_map: bool
+    kind: str | None
+    layout: str | None
+    spatial_ndim: int | None
+
+
+def parse_description(text: str) -> MapDescription:
+    """What :func:`describe_map`'s text says: is it a map, its kind, layout, spatial rank.
 
     Maps of rwmaps 0.1 say only ``"rwmaps KIND"``: full 3D maps (their 2D maps were told
     apart by the manifest; 0.2 writes the rank into the file).
     """
     words = text.split()
     if not words or words[0] != "rwmaps":
-        return False, None, None, None
+        return MapDescription(False, None, None, None)
     kind = words[1] if len(words) > 1 else None
     layout = words[2] if len(words) > 2 and words[2] in LAYOUTS else "full"
     match = re.fullmatch(r"([23])d", words[3]) if len(words) > 3 else None
-    return True, kind, layout, int(match.group(1)) if match else None
+    return MapDescription(True, kind, layout, int(match.group(1)) if match else None)
 
 
 # --------------------------------------------------------------------------- errors

@@ -23,6 +23,7 @@ from rwmaps_cli.errors import InputError
 
 from .base import (
     DEFAULT_COMPRESSLEVEL,
+    MAP_DTYPES,
     FileFormat,
     LabelVolume,
     MapContent,
@@ -34,7 +35,6 @@ from .base import (
 )
 
 _NPZ_LABEL_KEYS = ("labels", "label", "seg", "segmentation", "arr_0")
-_MAP_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 
 def npy_header(fileobj: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
@@ -51,7 +51,7 @@ class NpyFormat(FileFormat):
     name = ".npy"
     suffixes = (".npy",)
     output_name = "npy"
-    map_dtypes = _MAP_DTYPES
+    map_dtypes = MAP_DTYPES
     can_mmap = True
 
     def read_labels(self, path: Path) -> LabelVolume:
@@ -109,7 +109,7 @@ class NpzFormat(FileFormat):
     suffixes = (".npz",)
     output_name = "npz"
     stores_classes = True
-    map_dtypes = _MAP_DTYPES
+    map_dtypes = MAP_DTYPES
     compressed = True
 
     def read_labels(self, path: Path) -> LabelVolume:

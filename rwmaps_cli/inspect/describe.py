@@ -114,19 +114,19 @@ class _ExpandedChannels:
 
 def _describe_map(path: Path) -> dict:
     maps, meta = load_map(path, mmap=None, expand=False)  # a memory map where the format allows
-    if meta["layout"] == "compact":
-        if meta["input"] is None or meta["classes"] is None:
+    if meta.layout == "compact":
+        if meta.input is None or meta.classes is None:
             raise InputError("is a compact map, and no rwmaps.json names its labels: it cannot be expanded")
-        labels = read_labels(meta["input"], reader=meta["reader"]).array
-        maps = _ExpandedChannels(maps, labels, meta["classes"], meta["ignore_label"])
+        labels = read_labels(meta.input, reader=meta.reader).array
+        maps = _ExpandedChannels(maps, labels, meta.classes, meta.ignore_label)
     n_channels, spatial = maps.shape[0], tuple(maps.shape[1:])
-    parameters = meta["parameters"] or {}
-    kind = meta["kind"] if meta["kind"] in KINDS else None
+    parameters = meta.parameters or {}
+    kind = meta.kind if meta.kind in KINDS else None
     slice_axis = parameters.get("slice_axis")
     stats, problems = channel_statistics(maps, kind, slice_axis if isinstance(slice_axis, int) else None,
-                                         exclusive=meta["regions"] is None)
-    classes = meta["classes"]
-    names = class_names(Path(meta["input"])) if meta["input"] else {}
+                                         exclusive=meta.regions is None)
+    classes = meta.classes
+    names = class_names(Path(meta.input)) if meta.input else {}
     channels = []
     for c, stat in enumerate(stats):
         label = classes[c] if classes is not None else None
@@ -134,21 +134,21 @@ def _describe_map(path: Path) -> dict:
     problems = [f"channel {c['channel']}: {c['problem']}" for c in channels if c["problem"]] + problems
     if kind is None:
         problems.append("unknown map kind: values not checked")
-    affine = meta["affine"] if meta["affine"] is not None else label_affine(meta["input"])
+    affine = meta.affine if meta.affine is not None else label_affine(meta.input)
     return {
         "path": str(path),
         "type": "map",
         "format": format_name(path),
-        "kind": meta["kind"],
+        "kind": meta.kind,
         "shape": [n_channels, *spatial],
-        "stored_shape": list(meta["stored_shape"]),
-        "layout": meta["layout"],
-        "dtype": meta["dtype"],
-        "spacing": _rounded(meta["spacing"]),
+        "stored_shape": list(meta.stored_shape),
+        "layout": meta.layout,
+        "dtype": meta.dtype,
+        "spacing": _rounded(meta.spacing),
         "orientation": _orientation(affine) if len(spatial) == 3 else None,
-        "manifest": meta["manifest"],
-        "input": meta["input"],
-        "parameters": meta["parameters"],
+        "manifest": meta.manifest,
+        "input": meta.input,
+        "parameters": meta.parameters,
         "classes": channels,
         "consistent": None if kind is None else not problems,
         "problems": problems,

@@ -6,6 +6,7 @@ matplotlib is imported inside :func:`draw_png` only, so ``import rwmaps_cli`` st
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,7 @@ def draw_png(path: str | Path, out: str | Path, axis: int | None = None, index: 
     """
     path, out = Path(path), Path(out)
     view = _view(path, max_classes)
-    spatial = view["maps"].shape[1:]
+    spatial = view.maps.shape[1:]
     axis, index = _choose_slice(view, axis, index)
     channels, overview = _panels(view, axis, index)
     width, height = figure_pixels(1 + overview + len(channels))
@@ -73,28 +74,63 @@ def draw_png(path: str | Path, out: str | Path, axis: int | None = None, index: 
             "slice": index if len(spatial) == 3 else None}
 
 
-def _view(path: Path, max_classes: int) -> dict:
+@dataclass(frozen=True)
+class View:
+    """Everything the figure needs of one file.
+
+    Attributes
+    ----------
+    maps : (C, *spatial) float32 ndarray
+        The full map (a compact one expanded).
+    labels : (*spatial) integer ndarray
+        The labels to draw: the file's, the map's input file's, or those the map implies
+        (-1 where every channel is 0).
+    label_source : str
+        Where ``labels`` came from (``"labels"`` or ``"implied by the map"``).
+    classes : list of int or None
+        The label value of each channel; None when the map does not say.
+    names : dict of int to str
+        Class names from the nnU-Net ``dataset.json`` beside the labels, if any.
+    spacing : tuple of float or None
+    affine : (4, 4) ndarray or None
+    what : str
+        What the figure shows, for its title.
+    computed : bool
+        True when the maps were computed here from a label file.
+    """
+
+    maps: np.ndarray
+    labels: np.ndarray
+    label_source: str
+    classes: list[int] | None
+    names: dict
+    spacing: tuple[float, ...] | None
+    affine: np.ndarray | None
+    what: str
+    computed: bool
+
+
+def _view(path: Path, max_classes: int) -> View:
     """Everything the figure needs: maps (C, *spatial), labels, classes, names, geometry."""
     if is_map_file(path):
         maps, meta = load_map(path)
-        classes = meta["classes"]
+        classes = meta.classes
         labels, source = None, "implied by the map"
-        affine = meta["affine"] if meta["affine"] is not None else label_affine(meta["input"])
+        affine = meta.affine if meta.affine is not None else label_affine(meta.input)
         names = {}
-        if meta["input"]:
-            names = class_names(Path(meta["input"]))
+        if meta.input:
+            names = class_names(Path(meta.input))
             try:
-                volume = read_labels(meta["input"])
+                volume = read_labels(meta.input)
                 if volume.array.shape == maps.shape[1:]:
                     labels, source = volume.array, "labels"
             except InputError:
                 pass
         if labels is None:
             labels = _implied_labels(maps, classes)
-        kind = meta["kind"] or "unknown"
-        return {"maps": maps, "labels": labels, "label_source": source, "classes": classes, "names": names,
-                "spacing": meta["spacing"], "affine": affine,
-                "what": f"{kind} map", "computed": False}
+        kind = meta.kind or "unknown"
+        return View(maps=maps, labels=labels, label_source=source, classes=classes, names=names,
+                    spacing=meta.spacing, affine=affine, what=f"{kind} map", computed=False)
     volume = read_labels(path)
     names = class_names(path)
     try:
@@ -109,11 +145,9 @@ def _view(path: Path, max_classes: int) -> dict:
         maps = compute_maps(volume.array, classes, kind="rrw")
     except ValueError as error:
         raise InputError(f"cannot compute maps from these labels: {error}") from None
-    return {"maps": maps, "labels": volume.array, "label_source": "labels", "classes": [int(c) for c in classes],
-            "names": names, "spacing": volume.spacing,
-            "affine": label_affine(path),
-            "what": "labels, rrw maps computed from them",
-            "computed": True}
+    return View(maps=maps, labels=volume.array, label_source="labels", classes=[int(c) for c in classes],
+                names=names, spacing=volume.spacing, affine=label_affine(path),
+                what="labels, rrw maps computed from them", computed=True)
 
 
 def _implied_labels(maps: np.ndarray, classes) -> np.ndarray:
@@ -146,14 +180,14 @@ def check_slice(spatial: tuple[int, ...], axis: int | None, index: int | None) -
             raise ValueError(f"--slice {index} is out of range: axis {axis % 3} has {n} slices (0 to {n - 1})")
 
 
-def _choose_slice(view: dict, axis: int | None, index: int | None) -> tuple[int | None, int | None]:
-    spatial = view["maps"].shape[1:]
+def _choose_slice(view: View, axis: int | None, index: int | None) -> tuple[int | None, int | None]:
+    spatial = view.maps.shape[1:]
     check_slice(spatial, axis, index)
     if len(spatial) == 2:
         return None, None
-    axis = _default_axis(spatial, view["affine"]) if axis is None else axis % 3
+    axis = _default_axis(spatial, view.affine) if axis is None else axis % 3
     if index is None:
-        index = _foreground_middle(view["labels"], axis)
+        index = _foreground_middle(view.labels, axis)
     return axis, index
 
 
@@ -181,29 +215,29 @@ def _foreground_middle(labels: np.ndarray, axis: int) -> int:
     return int(candidates[np.argmin(np.abs(candidates - median))])
 
 
-def _panels(view: dict, axis: int | None, index: int | None) -> tuple[list[int], bool]:
+def _panels(view: View, axis: int | None, index: int | None) -> tuple[list[int], bool]:
     """(the channels that get a panel, whether an overview panel is drawn)."""
-    n_channels = view["maps"].shape[0]
+    n_channels = view.maps.shape[0]
     if n_channels <= MAX_CLASS_PANELS:
         return list(range(n_channels)), False
-    label_plane = view["labels"] if axis is None else np.take(view["labels"], index, axis=axis)
-    values = list(view["classes"]) if view["classes"] is not None else list(range(n_channels))
+    label_plane = view.labels if axis is None else np.take(view.labels, index, axis=axis)
+    values = list(view.classes) if view.classes is not None else list(range(n_channels))
     present, counts = np.unique(label_plane, return_counts=True)
     by_size = [int(v) for _, v in sorted(zip(-counts, present.tolist())) if v in values]
     return [values.index(v) for v in by_size[:MAX_CLASS_PANELS]], True
 
 
-def _own_class_values(maps: np.ndarray, codes: np.ndarray) -> np.ndarray:
+def _own_values_in_map(maps: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Each voxel's value in its own class's channel (the compact channel); 0 where unknown."""
     own = np.take_along_axis(maps, np.clip(codes, 0, None)[np.newaxis], axis=0)[0]
     return np.where(codes >= 0, own, 0.0)
 
 
-def _figure(view: dict, path: Path, axis: int | None, index: int | None, channels: list[int], overview: bool):
+def _figure(view: View, path: Path, axis: int | None, index: int | None, channels: list[int], overview: bool):
     from matplotlib.colors import BoundaryNorm, ListedColormap, TwoSlopeNorm
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
-    maps, classes, names = view["maps"], view["classes"], view["names"]
+    maps, classes, names = view.maps, view.classes, view.names
     n_channels = maps.shape[0]
     n_panels = 1 + overview + len(channels)
     columns = min(n_panels, MAX_COLUMNS)
@@ -218,12 +252,12 @@ def _figure(view: dict, path: Path, axis: int | None, index: int | None, channel
         return volume if axis is None else np.take(volume, index, axis=axis)
 
     kept = [a for a in range(maps.ndim - 1) if a != axis]  # array axes left in the slice
-    spacing = view["spacing"]
+    spacing = view.spacing
     if spacing is not None and len(spacing) == maps.ndim - 1:
         steps = [spacing[a] for a in kept]
     else:
         steps = [1.0, 1.0]
-    transpose, origin = _screen_axes(view["affine"], kept)
+    transpose, origin = _screen_axes(view.affine, kept)
     aspect = steps[1] / steps[0] if transpose else steps[0] / steps[1]
 
     def show(ax, image, **kwargs):
@@ -232,7 +266,7 @@ def _figure(view: dict, path: Path, axis: int | None, index: int | None, channel
 
     # Labels: one colour per class (the first class grey); ignored / unknown voxels white.
     values = list(classes) if classes is not None else list(range(n_channels))
-    label_plane = plane(view["labels"])
+    label_plane = plane(view.labels)
     codes = np.full(label_plane.shape, -1, dtype=np.int64)
     for code, value in enumerate(values):
         codes[label_plane == value] = code
@@ -242,7 +276,7 @@ def _figure(view: dict, path: Path, axis: int | None, index: int | None, channel
         bad="#ffffff")
     image = show(axes[0], np.ma.masked_less(codes, 0), cmap=label_colours,
                  norm=BoundaryNorm(np.arange(-0.5, len(values)), len(values)))
-    title = "labels" if view["label_source"] == "labels" else f"labels ({view['label_source']})"
+    title = "labels" if view.label_source == "labels" else f"labels ({view.label_source})"
     if overview:  # a legend of dozens of entries cannot be read: colours only
         title += f", {len(values)} classes"
     else:
@@ -251,7 +285,7 @@ def _figure(view: dict, path: Path, axis: int | None, index: int | None, channel
     axes[0].set_title(title, fontsize=10)
 
     if overview:
-        own = _own_class_values(np.stack([plane(maps[c]) for c in range(n_channels)]), codes)
+        own = _own_values_in_map(np.stack([plane(maps[c]) for c in range(n_channels)]), codes)
         bound = max(float(np.abs(own).max()), 1e-6)
         image = show(axes[1], own, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound))
         figure.colorbar(image, ax=axes[1], shrink=0.8).ax.tick_params(labelsize=7)
@@ -278,7 +312,7 @@ def _figure(view: dict, path: Path, axis: int | None, index: int | None, channel
         ax.set_title(_class_title(values[c], names, classes is not None, channel=c), fontsize=10)
 
     where = "" if axis is None else f"; axis {axis}, slice {index} of 0-{maps.shape[1 + axis] - 1}"
-    figure.suptitle(f"{path.name}: {view['what']}{where}", fontsize=11)
+    figure.suptitle(f"{path.name}: {view.what}{where}", fontsize=11)
     return figure
 
 

@@ -1,7 +1,8 @@
 """The maps folder nnU-Net trains from, as the trainers read it.
 
 ``rwmaps compute --input $nnUNet_preprocessed/DatasetXXX/nnUNetPlans_3d_fullres`` writes it
-(``rwmaps_cli.compute``; the segs are read by ``rwmaps_cli.formats.nnunet``)::
+(``rwmaps_cli.compute``; the folder is understood by ``rwmaps_cli.nnunet.preprocessed``, the
+segs read by ``rwmaps_cli.formats.nnunet``)::
 
     nnUNet_preprocessed/DatasetXXX_Name/
         nnUNetPlans_3d_fullres/            nnU-Net's data (never written to)

@@ -15,11 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-
-def blob_labels(shape, n_classes: int, rng: np.random.Generator, sigma: float = 3.0) -> np.ndarray:
-    """Smooth random regions with touching classes, like a real segmentation."""
-    noise = ndi.gaussian_filter(rng.normal(size=(n_classes, *shape)), sigma, axes=range(1, len(shape) + 1))
-    return noise.argmax(axis=0).astype(np.uint8)
+from ..synthetic import blob_labels
 
 
 def nested_labels(shape, rng: np.random.Generator) -> np.ndarray:

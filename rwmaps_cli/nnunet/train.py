@@ -98,14 +98,14 @@ def build_trainer(dataset: str | int, configuration: str, fold: int | str, train
 
 def _check_maps_early(base: Path, plans: dict, configuration: str, maps) -> None:
     """Read the maps manifest before nnU-Net builds anything, so a missing one is a one-line error."""
-    from ..formats.nnunet import _resolved, default_output
+    from .preprocessed import default_output, resolve_configuration
     from .store import read_manifest
     from .trainers import MAPS_ENV
 
     if maps is None and os.environ.get(MAPS_ENV):
         maps = os.environ[MAPS_ENV]
     if maps is None:
-        identifier = _resolved(plans.get("configurations", {}), configuration).get("data_identifier")
+        identifier = resolve_configuration(plans.get("configurations", {}), configuration).get("data_identifier")
         if identifier is None:
             return  # an unknown configuration: nnU-Net says so itself
         maps = default_output(base / identifier)

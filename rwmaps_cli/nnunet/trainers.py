@@ -1,15 +1,8 @@
 """nnU-Net v2 trainers with region-wise (RW) loss.
 
-=============================  ==================================================
-trainer                        loss
-=============================  ==================================================
-``nnUNetTrainerRW``            RW alone, precomputed maps
-``nnUNetTrainerCERW``          CE + RW (BCE for region-based datasets)
-``nnUNetTrainerDiceRW``        soft Dice + RW
-``nnUNetTrainerCERWGradual``   ``alpha*CE + (1-alpha)*RW``, alpha = max((100-epoch)/100, 0.01)
-``nnUNetTrainerDiceRWGradual`` ``alpha*Dice + (1-alpha)*RW``
-``nnUNetTrainerRWOnTheFly``    RW alone, maps computed in the loader from each augmented patch
-=============================  ==================================================
+``nnUNetTrainerRW``, ``nnUNetTrainerCERW``, ``nnUNetTrainerDiceRW``, their ``...Gradual``
+variants and ``nnUNetTrainerRWOnTheFly``: what each one's loss is, is the trainers table of
+``docs/nnunet.md`` ("The trainers"); the losses themselves are ``rwmaps_cli/nnunet/losses.py``.
 
 The maps folder is, in this order: the trainer's ``rw_maps_folder`` attribute (set by
 :func:`rwmaps_cli.nnunet.train.train`), the ``RWMAPS_MAPS`` environment variable, or the
@@ -37,7 +30,7 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
 from .loader import nnUNetDataLoaderRW
 from .losses import RWCompoundLoss, RWDeepSupervisionLoss
-from ..formats.nnunet import default_output
+from .preprocessed import default_output
 from .store import MapsFolder, MapsFolderError, read_manifest
 from .transforms import DownsampleMapForDSTransform, MapTargetTransform
 
