@@ -11,9 +11,9 @@ from tqdm import tqdm
 
 from . import __version__
 from .errors import UsageError
-from .formats import LAYOUTS, OUTPUT_FORMATS
-from .manifest import MANIFEST_NAME
-from .maps import ENGINES, KINDS
+from .formats import DEFAULT_FORMAT, LAYOUTS, OUTPUT_FORMATS
+from .manifest import DEFAULT_DTYPE, DEFAULT_SPACING, DTYPES, MANIFEST_NAME, SPACINGS
+from .maps import DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_MAX_CLASSES, ENGINES, KINDS
 from .run import usable_cores
 
 
@@ -43,14 +43,14 @@ def cli() -> None:
 @click.option("--output", "output_dir", type=click.Path(path_type=Path),
               help="Folder for the maps; mirrors the input tree.  [required; for an nnU-Net preprocessed folder "
                    "the default is its sibling <folder>_rwmaps]")
-@click.option("--kind", type=click.Choice(KINDS), default="rrw", show_default=True,
+@click.option("--kind", type=click.Choice(KINDS), default=DEFAULT_KIND, show_default=True,
               help="rrw: rectified RW map; boundary: signed distance; kervadec: LIVIAETS Boundary-loss map; "
                    "ac: Active-Contour RW map.")
 @click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default=None,
               help="Output format. nii.gz/nii: X*Y*Z*C NIfTI with the input affine; npz/npy: (C, *spatial). "
-                   "npy and nii are the fastest (no compression).  [default: nii.gz; npy for nnU-Net's "
+                   f"npy and nii are the fastest (no compression).  [default: {DEFAULT_FORMAT}; npy for nnU-Net's "
                    "preprocessed data]")
-@click.option("--layout", type=click.Choice(LAYOUTS), default="full", show_default=True,
+@click.option("--layout", type=click.Choice(LAYOUTS), default=DEFAULT_LAYOUT, show_default=True,
               help="full: one channel per class, the file any training code loads; compact (rrw only): one "
                    "channel, each voxel's own-class value, C times smaller; rwmaps_cli.load_map / expand_map "
                    "rebuild the full map from it and the labels.")
@@ -58,19 +58,19 @@ def cli() -> None:
               help="Label values, one channel each, in this order (e.g. 0,1,2,4).  "
                    "[default: dataset.json's labels, else every value found in the inputs]")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Shorthand for --classes 0,1,...,N-1.")
-@click.option("--spacing", type=click.Choice(["voxel", "physical"]), default="voxel", show_default=True,
+@click.option("--spacing", type=click.Choice(SPACINGS), default=DEFAULT_SPACING, show_default=True,
               help="Distances in voxels (as the paper), or in mm from the voxel sizes in each file header.")
 @click.option("--slice-axis", type=int, default=None,
               help="Compute 2D maps on each slice along this array axis (what a 2D network sees).  "
                    "[default: 3D maps]")
-@click.option("--engine", type=click.Choice(ENGINES), default="edt", show_default=True,
+@click.option("--engine", type=click.Choice(ENGINES), default=DEFAULT_ENGINE, show_default=True,
               help="edt: one multi-label distance transform for all classes; scipy: one per class (reference).")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+@click.option("--dtype", type=click.Choice(DTYPES), default=DEFAULT_DTYPE, show_default=True,
               help="Data type of the maps; float16 only with --format npz or npy (NIfTI has no float16).")
 @click.option("--ignore-label", type=int, default=None,
               help="Label value that gets 0 in every channel and no channel of its own.  "
                    "[default: dataset.json's 'ignore' entry, if any]")
-@click.option("--max-classes", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--max-classes", type=click.IntRange(min=1), default=DEFAULT_MAX_CLASSES, show_default=True,
               help="Refuse an automatic class list longer than this (an image mistaken for labels).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
               help="Cases computed in parallel.  [default: all cores]")
@@ -203,7 +203,7 @@ def _progress(total: int, description: str, quiet: bool) -> tqdm:
 @click.option("--slice", "slice_index", type=int, default=None,
               help="Index of the --png slice along --axis (give both).  [default: through the middle of the "
                    "foreground, showing the most classes]")
-@click.option("--max-classes", type=click.IntRange(min=1), default=256, show_default=True,
+@click.option("--max-classes", type=click.IntRange(min=1), default=DEFAULT_MAX_CLASSES, show_default=True,
               help="A label file with more distinct values is flagged as an image (as rwmaps compute does).")
 def inspect_command(file, as_json, png, axis, slice_index, max_classes) -> None:
     """Show what a label file or a map file holds.

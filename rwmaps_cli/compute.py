@@ -9,60 +9,36 @@ processes.  The command line (``cli.py``) only turns options into arguments and 
 
 from __future__ import annotations
 
-import errno
 import itertools
 import os
 import shutil
 import signal
 import threading
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .dataset import Case, Dataset, default_output, find_dataset, read_dataset_json, union_of_values
-from .errors import InputError, UnknownLabelsError, UsageError
-from .formats import (
-    OUTPUT_DTYPES,
-    OUTPUT_STORES_CLASSES,
-    LabelVolume,
-    clean_temporaries,
-    output_is_compressed,
-    read_labels,
-    read_shape,
-    write_map,
-)
+from .case import case_memory_need, case_voxels, map_channels, process_case
+from .classlist import listing, refuse_unseen_classes, settle_classes, settle_deferred_classes, \
+    unseen_classes
+from .dataset import Case, Dataset, default_output, find_dataset
+from .errors import InputError, UsageError
+from .formats import DEFAULT_FORMAT, OUTPUT_DTYPES, OUTPUT_STORES_CLASSES, clean_temporaries, output_is_compressed
 from .lock import folder_lock
-from .manifest import (
-    DONE,
-    MANIFEST_NAME,
-    CaseResult,
-    Manifest,
-    Settings,
-    changed_parameters,
-    fingerprint,
-    journal_path,
-    manifest_files,
-    part_manifest_name,
-)
-from .mapfile import map_info, map_is_complete
-from .nnunet.preprocessed import is_preprocessed_folder, plans_fingerprint
-from .maps import check_layout, compute_maps, unique_labels
-from .regions import compute_region_maps
-from .run import LocalRunner, Stop, threads_per_case, usable_cores
+from .manifest import DEFAULT_DTYPE, DEFAULT_SPACING, DONE, CaseResult, Manifest, Settings
+from .mapfile import map_info
+from .maps import DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_MAX_CLASSES, check_layout
+from .nnunet.preprocessed import is_preprocessed_folder
+from .resume import is_done, manifest_source, open_manifest
+from .run import LocalRunner, NoBar, Stop, threads_per_case, usable_cores
 
 # Above this many bytes per full map, the summary suggests --layout compact.
 COMPACT_HINT_BYTES = 1_000_000_000
-# The option a user typed for each manifest parameter, to name it when a rerun differs.
-OPTION_OF_PARAMETER = {"classes": "--classes", "kind": "--kind", "spacing": "--spacing",
-                       "slice_axis": "--slice-axis", "dtype": "--dtype", "fmt": "--format",
-                       "ignore_label": "--ignore-label", "layout": "--layout"}
 
 
 @dataclass
@@ -85,28 +61,20 @@ class Outcome:
         return len(self.failures)
 
 
-class _Quiet:
-    """A progress bar that shows nothing."""
-
-    def update(self, n: int = 1) -> None: ...
-
-    def close(self) -> None: ...
-
-
 def compute_dataset(
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike | None = None,
     *,
-    kind: str = "rrw",
+    kind: str = DEFAULT_KIND,
     fmt: str | None = None,
-    layout: str = "full",
+    layout: str = DEFAULT_LAYOUT,
     classes: Sequence[int] | None = None,
-    spacing: str = "voxel",
+    spacing: str = DEFAULT_SPACING,
     slice_axis: int | None = None,
-    engine: str = "edt",
-    dtype: str = "float32",
+    engine: str = DEFAULT_ENGINE,
+    dtype: str = DEFAULT_DTYPE,
     ignore_label: int | None = None,
-    max_classes: int = 256,
+    max_classes: int = DEFAULT_MAX_CLASSES,
     jobs: int | None = None,
     scheduler: str | None = None,
     overwrite: bool = False,
@@ -171,14 +139,14 @@ def compute_dataset(
         output folder holding maps made with other parameters (unless ``overwrite``), too
         little disk space, classes in no case with ``strict``.
     """
-    progress = progress or (lambda total, description: _Quiet())
+    progress = progress or (lambda total, description: NoBar())
     on_failure = on_failure or (lambda path, result: None)
     input_dir = Path(input_dir)
     preprocessed = is_preprocessed_folder(input_dir)
     output_dir = Path(output_dir) if output_dir is not None else default_output(input_dir)
     if output_dir is None:
         raise UsageError("--output is required (only an nnU-Net preprocessed folder has a default)")
-    fmt = fmt or ("npy" if preprocessed else "nii.gz")
+    fmt = fmt or ("npy" if preprocessed else DEFAULT_FORMAT)
     if preprocessed and fmt != "npy":
         raise UsageError(f"--format {fmt}: maps of nnU-Net's preprocessed data are .npy, which its data "
                          "loader memory-maps to crop patches")
@@ -201,7 +169,7 @@ def compute_dataset(
         # A compact channel does not depend on the class list: with none given, each case
         # is read once, and the list is the union of the values the workers report.
         defer = not given and layout == "compact" and part is None and OUTPUT_STORES_CLASSES.get(fmt) is False
-        class_list, ignore_label, failed, regions = _settle_classes(dataset, classes, ignore_label, max_classes,
+        class_list, ignore_label, failed, regions = settle_classes(dataset, classes, ignore_label, max_classes,
                                                                     runner, progress, stop, defer)
         if regions is not None and layout == "compact":
             raise UsageError(f"{dataset.dataset_json} is region-based: regions overlap, so their maps cannot share "
@@ -209,12 +177,12 @@ def compute_dataset(
         settings = Settings(tuple(class_list), kind, spacing, slice_axis, dtype, fmt, engine, ignore_label, layout,
                             regions)
         if strict and given and not stop:
-            _refuse_unseen_classes(dataset, settings, max_classes, runner, progress, stop)
+            refuse_unseen_classes(dataset, settings, max_classes, runner, progress, stop)
         if stop:  # stopped while reading the labels: nothing written, not even a manifest
             return Outcome(classes=settings.classes, not_finished=len(mine), stopped=stop.reason)
-        manifest = _open_manifest(output_dir, settings, overwrite,
+        manifest = open_manifest(output_dir, settings, overwrite,
                                   {"include": list(include), "exclude": list(exclude)}, part, mine,
-                                  _source(dataset), defer)
+                                  manifest_source(dataset), defer)
         outcome = Outcome(classes=settings.classes, manifest=manifest.path, ignored_files=len(dataset.skipped_files),
                           removed_temporaries=clean_temporaries(output_dir, all_writers_gone=exclusive))
         todo = []
@@ -223,7 +191,7 @@ def compute_dataset(
                 manifest.record(case.input, case.output, failed[case.name], reader=case.reader)
                 outcome.failures.append((case.input, failed[case.name]))
                 on_failure(case.input, failed[case.name])
-            elif not overwrite and _is_done(manifest, case):
+            elif not overwrite and is_done(manifest, case):
                 outcome.skipped += 1
             else:
                 todo.append(case)
@@ -235,7 +203,7 @@ def compute_dataset(
                                       voxels, max_classes if defer else None)
         outcome.not_finished = len(todo) - len(reported)
         if defer:
-            outcome.classes = _settle_deferred_classes(manifest, max_classes)
+            outcome.classes = settle_deferred_classes(manifest, max_classes)
         _fold(manifest, stop)
         clean_temporaries(output_dir, all_writers_gone=exclusive)  # a stop killed workers mid-write
     outcome.stopped = stop.reason
@@ -255,16 +223,6 @@ def _fold(manifest: Manifest, stop: Stop) -> None:
     except OSError as error:
         manifest.close_journal()
         stop.set(f"cannot write {manifest.path.name}: {error.strerror or error}")
-
-
-def _settle_deferred_classes(manifest: Manifest, max_classes: int) -> tuple[int, ...]:
-    """The class list of a deferred run: every value in a case that is done (this run's or
-    an earlier one's), less the ignore label."""
-    done = [entry.get("values") or [] for entry in manifest.cases.values() if entry.get("status") == DONE]
-    ignore = manifest.settings.ignore_label
-    classes = tuple(v for v in union_of_values(done) if v != ignore)
-    manifest.set_classes(classes)
-    return classes
 
 
 class _HeaderVoxels(dict):
@@ -310,45 +268,16 @@ def _hints(dataset: Dataset, settings: Settings, manifest: Manifest, outcome: Ou
                          f"instead of {len(settings.classes)}, {len(settings.classes)}x smaller, and "
                          "rwmaps_cli.load_map expands it exactly")
     if check_unseen and not outcome.failures:
-        unseen = _unseen_classes(settings.classes, [entry.get("values") for entry in manifest.cases.values()
-                                                           if entry.get("status") == "done"])
+        unseen = unseen_classes(settings.classes, [entry.get("values") for entry in manifest.cases.values()
+                                                           if entry.get("status") == DONE])
         if unseen:
-            hints.append(f"class values {_listing(unseen)} occur in no case: their channels are constant "
+            hints.append(f"class values {listing(unseen)} occur in no case: their channels are constant "
                          "(a typo in --classes or dataset.json?); --strict refuses this")
     if any(result.unknown_labels for _, result in outcome.failures) and dataset.dataset_json is not None:
-        shown = str(list(settings.classes)) if len(settings.classes) <= 8 else f"({_listing(settings.classes)})"
+        shown = str(list(settings.classes)) if len(settings.classes) <= 8 else f"({listing(settings.classes)})"
         hints.append(f"the class list {shown} comes from {dataset.dataset_json}; "
                      "fix its 'labels' or pass --classes")
     return hints
-
-
-def _unseen_classes(classes: Sequence[int], value_lists: Sequence[list | None]) -> list[int]:
-    """Classes in none of the value lists; [] when a list is unknown (an old manifest entry)."""
-    if any(values is None for values in value_lists):
-        return []
-    seen = set().union(*map(set, value_lists)) if value_lists else set()
-    return [c for c in classes if c not in seen]
-
-
-def _listing(values: Sequence[int], limit: int = 8) -> str:
-    """``0, 1, 2`` or, for long lists, ``83 values, 0 to 255``."""
-    values = list(values)
-    if len(values) <= limit:
-        return ", ".join(map(str, values))
-    return f"{len(values)} values, {min(values)} to {max(values)}"
-
-
-def _refuse_unseen_classes(dataset: Dataset, settings: Settings, max_classes, runner, progress, stop) -> None:
-    found = {}
-    bar = progress(len(dataset.cases), "scanning labels (--strict)")
-    for result in runner(dataset.cases, scan_case, max_classes=max(max_classes, 1 << 16), stop=stop):
-        bar.update()
-        found[result.name] = result.values if result.status == "scanned" else []
-    bar.close()
-    unseen = _unseen_classes(settings.classes, list(found.values()))
-    if unseen and not stop:
-        raise UsageError(f"--strict: class values {_listing(unseen)} occur in no case under {dataset.labels_dir} "
-                         "(their channels would be constant)")
 
 
 # Compressed size / raw size of a map, by kind and layout, for the disk check (measured: a
@@ -395,18 +324,6 @@ def _check_options(kind: str, fmt: str, layout: str, dtype: str) -> None:
         raise UsageError(f"--layout {layout} --kind {kind}: {error}") from None
 
 
-def _is_done(manifest: Manifest, case: Case) -> bool:
-    """Recorded done from the same input, and the map is the file that was written: two
-    ``stat`` calls.  A truncated, rewritten or replaced map has another size, time or inode."""
-    entry = manifest.done_entry(case.name, case.input)
-    if entry is None:
-        return False
-    if entry.get("map") is not None:
-        return fingerprint(case.output, inode=True) == entry["map"]
-    # Entries of rwmaps 0.1 have no map fingerprint: check the map's header instead.
-    return map_is_complete(case.output, entry.get("shape"), entry.get("bytes"))
-
-
 def _check_writable(output_dir: Path) -> None:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -432,55 +349,6 @@ def _runner(scheduler: str | None, jobs: int, stack: ExitStack):
     return DaskRunner(stack.enter_context(dask_client(scheduler, jobs)))
 
 
-# --------------------------------------------------------------------------- the class list
-
-
-def _settle_classes(dataset: Dataset, classes, ignore_label, max_classes, runner, progress, stop, defer: bool):
-    """(class list, ignore label, {case name: failed result}, regions or None) from the
-    arguments or the data.  Regions come from a region-based ``dataset.json`` only.  With
-    ``defer`` and no list given, the list is empty: the run settles it at its end."""
-    spec = read_dataset_json(dataset.dataset_json) if dataset.dataset_json is not None else None
-    ignore_label = spec.ignore_label if ignore_label is None and spec is not None else ignore_label
-    regions = tuple(tuple(r) for r in spec.regions) if spec is not None and spec.has_regions else None
-    if classes is None and spec is not None:
-        classes = spec.classes
-    elif classes is not None:
-        regions = None  # an explicit class list: one channel per class
-    if classes is None and defer:
-        return [], ignore_label, {}, None
-    if classes is None:
-        return (*_scan_classes(dataset, ignore_label, max_classes, runner, progress, stop), None)
-    classes = [int(v) for v in classes]
-    if not classes or len(set(classes)) != len(classes) or min(classes) < 0:
-        raise UsageError(f"the class list {classes} must hold distinct non-negative integers")
-    if ignore_label is not None and ignore_label in classes:
-        raise UsageError(f"the ignore label {ignore_label} is also in the class list {classes}")
-    return classes, ignore_label, {}, regions
-
-
-def _scan_classes(dataset: Dataset, ignore_label, max_classes, runner, progress, stop):
-    """The union of the label values of every case (the cases that cannot be read fail)."""
-    values, failed = [], {}
-    bar = progress(len(dataset.cases), "scanning labels")
-    for result in runner(dataset.cases, scan_case, max_classes=max_classes, stop=stop):
-        bar.update()
-        if result.status == "failed":
-            failed[result.name] = result
-        else:
-            values.append(result.values)
-    bar.close()
-    if stop:  # interrupted while scanning: no class list, nothing computed
-        return [0], ignore_label, {}
-    classes = [v for v in union_of_values(values) if v != ignore_label]
-    if len(classes) > max_classes:
-        raise UsageError(f"the inputs hold {len(classes)} distinct label values, more than --max-classes "
-                         f"{max_classes}: are some of them images? Pass --classes, or raise --max-classes")
-    if not classes:
-        raise UsageError("no label file could be read, so there is no class list: "
-                         + "; ".join(f"{name}: {r.error}" for name, r in list(failed.items())[:3]))
-    return classes, ignore_label, failed
-
-
 def _share(cases: list[Case], part: tuple[int, int] | None) -> list[Case]:
     """This part's cases: every ``num_parts``-th of the sorted list, from ``part_id``."""
     if part is None:
@@ -489,72 +357,6 @@ def _share(cases: list[Case], part: tuple[int, int] | None) -> list[Case]:
     if not 0 <= part_id < parts:
         raise UsageError(f"--part-id {part_id} must be in 0..{parts - 1} for --num-parts {parts}")
     return [case for i, case in enumerate(sorted(cases, key=lambda c: c.name)) if i % parts == part_id]
-
-
-def _source(dataset: Dataset) -> dict | None:
-    """What the maps of a preprocessed folder depend on beyond its segs: the plans."""
-    pre = dataset.preprocessed
-    if pre is None:
-        return None
-    return {"preprocessed": str(pre.folder), "configuration": pre.configuration, "plans_file": str(pre.plans_file),
-            "plans_fingerprint": plans_fingerprint(pre.plans_file), "dataset_json": str(pre.dataset_json)}
-
-
-def _same_source(before: dict | None, now: dict | None) -> bool:
-    """Whether maps were made from the same preprocessing: the plans' content and the
-    configuration (however the folder's path was spelled)."""
-    if before is None or now is None:
-        return before is now
-    key = (lambda s: ((s.get("plans_fingerprint") or {}).get("sha256"), s.get("configuration")))
-    return key(before) == key(now)
-
-
-def _open_manifest(output_dir: Path, settings: Settings, overwrite: bool, selection: dict,
-                   part: tuple[int, int] | None, mine: list[Case], source: dict | None, defer: bool) -> Manifest:
-    """The manifest this run writes: a plain run takes over every part's file into
-    ``rwmaps.json`` (it holds the folder alone); a part writes its own file.  Maps of
-    other plans (nnU-Net re-preprocessed the data) are not reused.  A run that settles its
-    class list at the end (``defer``) reuses compact maps whatever list they were listed
-    under: a compact channel does not depend on it."""
-    name = MANIFEST_NAME if part is None else part_manifest_name(*part)
-    previous = Manifest.load(output_dir)
-    fresh = previous is None or overwrite or not _same_source(previous.header.get("source"), source)
-    if fresh and part is not None and previous is not None and (
-            previous.settings is None or changed_parameters(previous.settings, settings)):
-        raise UsageError(f"{output_dir} holds maps made with other parameters, which other parts may share: "
-                         "parts cannot --overwrite them; run once without --num-parts (with --overwrite), or "
-                         "use a new --output")
-    if fresh:
-        return _taking_over(Manifest(output_dir, settings, __version__, selection=selection, name=name,
-                                     source=source), part)
-    if previous.settings is None:
-        raise UsageError(f"{output_dir} holds maps whose parameters cannot be read ({previous.settings_error}); "
-                         "use another --output, or --overwrite to recompute them all")
-    changed = changed_parameters(previous.settings, settings, ignore=("classes",) if defer else ())
-    if changed:
-        before, now = previous.settings.to_parameters(), settings.to_parameters()
-        named = ", ".join(f"{OPTION_OF_PARAMETER.get(key, key)} {before[key]!r} -> {now[key]!r}" for key in changed)
-        raise UsageError(f"{output_dir} holds maps made with other parameters ({named}); "
-                         "use another --output, or --overwrite to recompute them all")
-    names = {case.name for case in mine}
-    cases = previous.cases if part is None else {n: e for n, e in previous.cases.items() if n in names}
-    if defer:
-        settings = replace(settings, classes=previous.settings.classes)  # until the end of this run
-    manifest = Manifest(output_dir, settings, __version__, cases, selection, name=name, source=source)
-    manifest.adopt(previous)
-    return _taking_over(manifest, part)
-
-
-def _taking_over(manifest: Manifest, part: tuple[int, int] | None) -> Manifest:
-    """A plain run holds the folder alone: it writes every part's records into rwmaps.json,
-    then removes the parts' files."""
-    if part is None:
-        manifest.write()
-        for stale in manifest_files(manifest.path.parent):
-            if stale.name != MANIFEST_NAME:
-                stale.unlink()
-                journal_path(stale).unlink(missing_ok=True)
-    return manifest
 
 
 # --------------------------------------------------------------------------- running the cases
@@ -608,127 +410,8 @@ def _written_before_the_stop(cases: list[Case], reported: set[str], started_ns: 
             continue
         try:
             if case.output.stat().st_mtime_ns >= started_ns:
-                yield CaseResult(case.name, "done", shape=list(map_info(case.output).shape))
+                yield CaseResult(case.name, DONE, shape=list(map_info(case.output).shape))
         except (OSError, InputError):
             continue  # not written: the case is not finished
 
 
-def case_voxels(case: Case) -> int:
-    """Voxels of a case from its header; 0 when it cannot be read (the worker reports why)."""
-    try:
-        return int(np.prod(read_shape(case.input, reader=case.reader)))
-    except (InputError, ValueError, OSError):
-        return 0
-
-
-def case_memory_need(voxels: int, settings: Settings) -> int:
-    """Estimated peak bytes of a case of ``voxels`` voxels: its map plus input and four float32 volumes."""
-    return voxels * (map_channels(settings) * np.dtype(settings.dtype).itemsize + 4 * 4 + 8)
-
-
-def map_channels(settings: Settings) -> int:
-    """Channels of a stored map: 1 compact, one per region, else one per class."""
-    if settings.layout == "compact":
-        return 1
-    return len(settings.regions) if settings.regions is not None else len(settings.classes)
-
-
-def channel_labels(settings: Settings) -> list[int]:
-    """What a map file records for its channels: the class values (or the compact map's
-    class list); for regions, their indices (the regions themselves are in the manifest)."""
-    return list(range(len(settings.regions))) if settings.regions is not None else list(settings.classes)
-
-
-def case_maps(volume: LabelVolume, settings: Settings, threads: int = 1, dtype: str | None = None) -> np.ndarray:
-    """The map of one label volume as ``settings`` ask: ``(C, *spatial)``, ``(*spatial)``
-    compact, or ``(R, *spatial)`` for regions, in ``dtype`` (default: the settings' dtype)."""
-    if settings.regions is not None:
-        return compute_region_maps(volume.array, settings.regions, kind=settings.kind,
-                                   spacing=volume.spacing if settings.spacing == "physical" else None,
-                                   slice_axis=settings.slice_axis, ignore_label=settings.ignore_label,
-                                   engine=settings.engine, dtype=np.dtype(dtype or settings.dtype), threads=threads)
-    return compute_maps(
-        volume.array,
-        settings.classes,
-        kind=settings.kind,
-        spacing=volume.spacing if settings.spacing == "physical" else None,
-        slice_axis=settings.slice_axis,
-        engine=settings.engine,
-        dtype=np.dtype(dtype or settings.dtype),
-        ignore_label=settings.ignore_label,
-        threads=threads,
-        layout=settings.layout,
-    )
-
-
-def process_case(case: Case, settings: Settings, threads: int = 1, max_classes: int | None = None) -> CaseResult:
-    """Read, compute and write the map of one case; never raises for a problem with the case.
-
-    With an empty class list (a compact run that settles it at its end) the case's own
-    values are its classes, and ``max_classes`` refuses a file with more (an image).
-    """
-
-    def compute() -> dict:
-        input_stat = fingerprint(case.input)  # before the read: a file changed since is redone next time
-        volume = read_labels(case.input, reader=case.reader)
-        # The values present: the deferred class list, and the hint naming classes in no case.
-        values = [int(v) for v in unique_labels(volume.array)]
-        if max_classes is not None and len(values) > max_classes:
-            raise InputError(_too_many_values(len(values), max_classes))
-        own = settings if settings.classes else replace(settings, classes=_own_classes(values, settings.ignore_label))
-        data = case_maps(volume, own, threads)
-        write_map(case.output, data, volume, channel_labels(own), settings.kind, layout=settings.layout,
-                  threads=threads)
-        return {"status": DONE, "shape": list(data.shape), "values": values, "input_stat": input_stat,
-                "map_stat": fingerprint(case.output, inode=True)}
-
-    return contained(case.name, compute)
-
-
-def _own_classes(values: list[int], ignore_label: int | None) -> tuple[int, ...]:
-    """A case's values as its class list (compact maps do not depend on the list).  A case
-    of nothing but the ignore label gets one absent class: its map is all 0 either way."""
-    own = tuple(v for v in values if v != ignore_label)
-    return own or (ignore_label + 1,)
-
-
-def _too_many_values(found: int, max_classes: int) -> str:
-    return (f"{found} distinct values (more than --max-classes {max_classes}); "
-            "is this an image rather than a label map?")
-
-
-def scan_case(case: Case, max_classes: int) -> CaseResult:
-    """Read one case and list its label values (for the automatic class list)."""
-
-    def scan() -> dict:
-        values = unique_labels(read_labels(case.input, reader=case.reader).array)
-        if len(values) > max_classes:
-            raise InputError(_too_many_values(len(values), max_classes))
-        return {"status": "scanned", "values": [int(v) for v in values]}
-
-    return contained(case.name, scan)
-
-
-def contained(name: str, body: Callable[[], dict]) -> CaseResult:
-    """Run ``body`` for one case and turn every failure into a failed result."""
-    start = time.perf_counter()
-
-    def result(**fields) -> CaseResult:
-        return CaseResult(name, seconds=round(time.perf_counter() - start, 4), **fields)
-
-    try:
-        return result(**body())
-    except UnknownLabelsError as error:
-        return result(status="failed", error=str(error), unknown_labels=True)
-    except (InputError, ValueError) as error:  # bad input: the message says it all
-        return result(status="failed", error=str(error))
-    except MemoryError:
-        return result(status="failed", error="out of memory: this case needs more memory than is available")
-    except OSError as error:
-        if error.errno in (errno.ENOSPC, errno.EDQUOT):  # the map was not written (its temporary is gone)
-            return result(status="failed", error="no space left on the output file system (map not written)",
-                          disk_full=True)
-        return result(status="failed", error=f"cannot write the map: {error.strerror or error}")
-    except Exception as error:  # a bug: keep the traceback for --debug
-        return result(status="failed", error=f"internal error: {type(error).__name__}: {error}",
-                      traceback=traceback.format_exc())

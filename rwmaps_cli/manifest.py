@@ -25,8 +25,8 @@ import secrets
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .formats import LAYOUTS, OUTPUT_FORMATS, atomic_path
-from .maps import ENGINES, KINDS
+from .formats import DEFAULT_FORMAT, LAYOUTS, OUTPUT_FORMATS, atomic_path
+from .maps import DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, ENGINES, KINDS
 
 MANIFEST_NAME = "rwmaps.json"
 PART_MANIFEST_GLOB = "rwmaps.part-*-of-*.json"  # one per part of a job array: no two writers share a file
@@ -38,7 +38,10 @@ def part_manifest_name(part: int, parts: int) -> str:
     """``rwmaps.part-03-of-08.json``: the manifest a part of a job array writes."""
     width = len(str(parts - 1))
     return f"rwmaps.part-{part:0{width}d}-of-{parts}.json"
-DTYPES = ("float32", "float16")
+DTYPES = ("float32", "float16")  # --dtype
+DEFAULT_DTYPE = DTYPES[0]
+SPACINGS = ("voxel", "physical")  # --spacing: distances in voxels (as the paper) or in mm from the header
+DEFAULT_SPACING = SPACINGS[0]
 
 
 @dataclass(frozen=True)
@@ -46,14 +49,14 @@ class Settings:
     """Everything that decides the maps of a case, and how they are stored."""
 
     classes: tuple[int, ...]
-    kind: str = "rrw"
-    spacing: str = "voxel"  # "voxel" or "physical" (voxel sizes from the file header)
+    kind: str = DEFAULT_KIND
+    spacing: str = DEFAULT_SPACING  # "voxel" or "physical" (voxel sizes from the file header)
     slice_axis: int | None = None
-    dtype: str = "float32"
-    fmt: str = "nii.gz"
-    engine: str = "edt"
+    dtype: str = DEFAULT_DTYPE
+    fmt: str = DEFAULT_FORMAT
+    engine: str = DEFAULT_ENGINE
     ignore_label: int | None = None
-    layout: str = "full"  # "full": (C, *spatial); "compact": (*spatial), rrw only
+    layout: str = DEFAULT_LAYOUT  # "full": (C, *spatial); "compact": (*spatial), rrw only
     regions: tuple[tuple[int, ...], ...] | None = None  # one channel per region (nnU-Net's region-based datasets)
 
     def to_parameters(self) -> dict:
@@ -83,9 +86,9 @@ class Settings:
                 slice_axis=None if parameters["slice_axis"] is None else int(parameters["slice_axis"]),
                 dtype=parameters["dtype"],
                 fmt=parameters["fmt"],
-                engine=engine if engine in ENGINES else "edt",
+                engine=engine if engine in ENGINES else DEFAULT_ENGINE,
                 ignore_label=None if parameters["ignore_label"] is None else int(parameters["ignore_label"]),
-                layout=parameters.get("layout", "full"),
+                layout=parameters.get("layout", DEFAULT_LAYOUT),
                 regions=None if parameters.get("regions") is None
                 else tuple(tuple(int(v) for v in region) for region in parameters["regions"]),
             )
@@ -93,7 +96,7 @@ class Settings:
             raise ValueError(f"lacks parameter {error}") from None
         except (TypeError, ValueError) as error:
             raise ValueError(f"has invalid parameters ({error})") from None
-        if (settings.kind not in KINDS or settings.spacing not in ("voxel", "physical") or settings.dtype not in DTYPES
+        if (settings.kind not in KINDS or settings.spacing not in SPACINGS or settings.dtype not in DTYPES
                 or settings.fmt not in OUTPUT_FORMATS or settings.layout not in LAYOUTS
                 or (not settings.classes and settings.layout != "compact")):
             raise ValueError(f"has invalid parameters {parameters}")

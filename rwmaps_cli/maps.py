@@ -38,6 +38,12 @@ from .errors import UnknownLabelsError
 KINDS = ("rrw", "boundary", "kervadec", "ac")
 ENGINES = ("edt", "scipy")
 LAYOUTS = ("full", "compact")
+# The defaults of every API and option that takes these (the kernels, the services, the
+# command line): defined here once.
+DEFAULT_KIND, DEFAULT_ENGINE, DEFAULT_LAYOUT = "rrw", "edt", "full"
+# More distinct values than this in one file (or a whole dataset, for an automatic class
+# list) is an image mistaken for labels: --max-classes.
+DEFAULT_MAX_CLASSES = 256
 #: The dtypes a map is made and stored in: the kernels compute in float32, and float16
 #: halves a map in memory and on disk.  The formats store these (NIfTI float32 only).
 MAP_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
@@ -54,15 +60,15 @@ _CHUNK = 1 << 18
 def compute_maps(
     labels: np.ndarray,
     classes: Sequence[int],
-    kind: str = "rrw",
+    kind: str = DEFAULT_KIND,
     spacing: Sequence[float] | None = None,
     slice_axis: int | None = None,
-    engine: str = "edt",
+    engine: str = DEFAULT_ENGINE,
     dtype: np.dtype | type = np.float32,
     ignore_label: int | None = None,
     threads: int = 1,
     out: np.ndarray | None = None,
-    layout: str = "full",
+    layout: str = DEFAULT_LAYOUT,
 ) -> np.ndarray:
     """Compute the region-wise maps of one label array.
 
@@ -183,7 +189,7 @@ def expand_map(
     labels: np.ndarray,
     classes: Sequence[int],
     outside: float | Sequence[float] = 1.0,
-    kind: str = "rrw",
+    kind: str = DEFAULT_KIND,
     ignore_label: int | None = None,
     renormalize: str | None = None,
     dtype: np.dtype | type = np.float32,

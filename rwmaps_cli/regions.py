@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .maps import compute_maps
+from .maps import DEFAULT_ENGINE, DEFAULT_KIND, compute_maps
 
 
 class LabelSpecError(InputError, ValueError):
@@ -166,11 +166,11 @@ def region_masks(labels: np.ndarray, regions: Sequence[Sequence[int] | int]) -> 
 def compute_region_maps(
     labels: np.ndarray,
     regions: Sequence[Sequence[int] | int],
-    kind: str = "rrw",
+    kind: str = DEFAULT_KIND,
     spacing: Sequence[float] | None = None,
     slice_axis: int | None = None,
     ignore_label: int | None = None,
-    engine: str = "edt",
+    engine: str = DEFAULT_ENGINE,
     dtype: np.dtype | type = np.float32,
     threads: int = 1,
 ) -> np.ndarray:
@@ -215,11 +215,11 @@ def compute_region_maps(
 
 def compute_mask_maps(
     masks: np.ndarray,
-    kind: str = "rrw",
+    kind: str = DEFAULT_KIND,
     spacing: Sequence[float] | None = None,
     slice_axis: int | None = None,
     ignored: np.ndarray | None = None,
-    engine: str = "edt",
+    engine: str = DEFAULT_ENGINE,
     dtype: np.dtype | type = np.float32,
     threads: int = 1,
 ) -> np.ndarray:

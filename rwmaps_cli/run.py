@@ -76,6 +76,14 @@ def unreported(batch: list[Case], results: list) -> list[Case]:
     return [case for case in batch if case.name not in names] if len(names) < len(batch) else []
 
 
+class NoBar:
+    """A progress bar that shows nothing (the services' default)."""
+
+    def update(self, n: int = 1) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Stop:
     """Asks a runner to stop: start no more cases, end the running ones, report what finished.
 

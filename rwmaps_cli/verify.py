@@ -23,14 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .compute import case_maps, case_memory_need, case_voxels, channel_labels, map_channels
+from .case import case_maps, case_memory_need, case_voxels, channel_labels, map_channels
 from .dataset import Case, Dataset, find_dataset
 from .errors import InputError, UsageError
-from .formats import OUTPUT_FORMATS, TMP_MARKER, is_output_file, output_path, read_labels, read_shape
-from .manifest import MANIFEST_NAME, CaseResult, Settings, fingerprint, read_folder_manifest
+from .formats import DEFAULT_FORMAT, OUTPUT_FORMATS, TMP_MARKER, is_output_file, output_path, read_labels, read_shape
+from .manifest import DONE, MANIFEST_NAME, CaseResult, Settings, fingerprint, read_folder_manifest
 from .mapfile import load_map, map_info
 from .maps import expanded_channels
-from .run import run_local, threads_per_case, usable_cores
+from .run import NoBar, run_local, threads_per_case, usable_cores
 
 # (rtol, atol) by the dtype the map is stored in: float32 recomputations agree to a few
 # ulps; a float16 map is a float32 one rounded to 11 significant bits (half an ulp is
@@ -50,12 +50,6 @@ class Report:
     maps: int = 0  # of those, with a map file that could be checked
     recomputed: int = 0  # maps recomputed and compared
     manifest: Path | None = None
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def sample_indices(n_cases: int, sample: int | None) -> list[int]:
@@ -96,7 +90,7 @@ def verify(
     report = Report(manifest=output_dir / MANIFEST_NAME)
     settings, records = _read_manifest(report.manifest, report.problems)
     selection = _selection(report.manifest)  # the --include / --exclude compute was given
-    dataset = find_dataset(input_dir, output_dir, settings.fmt if settings else "nii.gz", **selection)
+    dataset = find_dataset(input_dir, output_dir, settings.fmt if settings else DEFAULT_FORMAT, **selection)
     report.cases = len(dataset.cases)
     if settings is None:
         _check_without_manifest(dataset, output_dir, report)
@@ -115,7 +109,7 @@ def verify(
     report.problems += _stray_files(dataset, output_dir, settings.fmt)
     outputs = {case.name: case.output for case in recompute}
     found: dict[str, list[str]] = {}
-    bar = progress(len(recompute), "recomputing maps") if progress is not None else _NoBar()
+    bar = progress(len(recompute), "recomputing maps") if progress is not None else NoBar()
     for record in _recompute(recompute, settings, jobs):  # in completion order
         report.recomputed += 1
         if record.status == "checked":
@@ -193,7 +187,7 @@ def _check_case(case: Case, record: dict | None, settings: Settings) -> tuple[li
         if not out.exists():
             return [f"{out}: map missing, and the manifest has no entry for {case.name}"], False, False
         problems = [f"{out}: map not in the manifest (made by another run?)"]
-    elif record.get("status") != "done":
+    elif record.get("status") != DONE:
         return [f"{case.input}: rwmaps compute failed on this case: {record.get('error')}"], False, False
     elif not out.exists():
         return [f"{out}: map missing (the manifest says done)"], False, False

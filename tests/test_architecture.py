@@ -134,3 +134,59 @@ def test_every_format_carries_its_own_name():
     assert readers == ["nnunet"] and len(set(readers)) == len(readers)
     with pytest.raises(ValueError, match="unknown reader 'nope'"):
         read_labels(REPO / "sample_data" / "slice_2d.png", reader="nope")
+
+
+def _reaches(start: str) -> set[str]:
+    """Every rwmaps_cli module ``start`` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for module in _module_imports(todo.pop()) - seen:
+            seen.add(module)
+            todo.append(module)
+    return seen
+
+
+def test_the_two_services_do_not_import_each_other():
+    """compute and verify share the worker side of a case (case.py), not each other."""
+    assert "rwmaps_cli.verify" not in _reaches("rwmaps_cli.compute")
+    assert "rwmaps_cli.compute" not in _reaches("rwmaps_cli.verify")
+
+
+# The options every layer shares: their defaults are named constants (maps.DEFAULT_KIND,
+# manifest.DEFAULT_DTYPE, formats.DEFAULT_FORMAT...), each defined once.
+SHARED_OPTIONS = {"kind", "layout", "fmt", "engine", "dtype", "spacing", "max_classes"}
+
+
+def _literal_defaults(path: Path) -> list[str]:
+    """Places in ``path`` that give a shared option a literal default (not None)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args
+            positional = args.posonlyargs + args.args
+            pairs = list(zip(positional[len(positional) - len(args.defaults):], args.defaults))
+            pairs += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is not None]
+            found += [f"{node.name}({a.arg}={d.value!r})" for a, d in pairs
+                      if a.arg in SHARED_OPTIONS and isinstance(d, ast.Constant) and d.value is not None]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) \
+                and node.target.id in SHARED_OPTIONS and isinstance(node.value, ast.Constant):
+            found += [f"field {node.target.id} = {node.value.value!r}"] if node.value.value is not None else []
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "option":
+            flags = [a.value.lstrip("-").replace("-", "_") for a in node.args if isinstance(a, ast.Constant)]
+            for keyword in node.keywords:
+                if keyword.arg == "default" and isinstance(keyword.value, ast.Constant) \
+                        and keyword.value.value is not None and SHARED_OPTIONS & set(flags):
+                    found.append(f"click option {flags} default={keyword.value.value!r}")
+    return found
+
+
+def test_the_default_of_each_option_is_defined_once():
+    offenders = [f"{path.relative_to(REPO)}: {place}" for path in sorted(PACKAGE.rglob("*.py"))
+                 for place in _literal_defaults(path)]
+    assert not offenders, "name the constant instead:\n" + "\n".join(offenders)
+
+
+def test_the_default_check_can_fail(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text('import click\n@click.option("--kind", default="rrw")\ndef f(layout="full", n=3): ...\n')
+    assert _literal_defaults(bad) == ["f(layout='full')", "click option ['kind'] default='rrw'"]

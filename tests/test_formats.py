@@ -18,7 +18,6 @@ from helpers import dead_pid
 
 from rwmaps_cli.errors import InputError
 from rwmaps_cli.formats import (
-    DEFAULT_COMPRESSLEVEL,
     LABEL_SUFFIXES,
     TMP_MARKER,
     LabelVolume,

@@ -27,6 +27,7 @@ from rwmaps_cli.errors import InputError
 from . import base
 from .base import (
     DEFAULT_COMPRESSLEVEL,
+    DEFAULT_LAYOUT,
     LAYOUTS,
     TMP_MARKER,
     FileFormat,
@@ -55,6 +56,7 @@ FORMATS: tuple[FileFormat, ...] = (
 _BY_NAME = {fmt.reader_name: fmt for fmt in FORMATS if fmt.reader_name}  # readers chosen by name (read_labels)
 LABEL_SUFFIXES = tuple(suffix for fmt in FORMATS for suffix in fmt.suffixes)
 OUTPUT_FORMATS = tuple(fmt.output_name for fmt in FORMATS if fmt.output_name)
+DEFAULT_FORMAT = "nii.gz"  # --format: what 4D NIfTI tools and nnU-Net's raw datasets read
 OUTPUT_DTYPES = {fmt.output_name: fmt.map_dtypes for fmt in FORMATS if fmt.output_name}
 OUTPUT_STORES_CLASSES = {fmt.output_name: fmt.stores_classes for fmt in FORMATS if fmt.output_name}
 _BY_OUTPUT_NAME = {fmt.output_name: fmt for fmt in FORMATS if fmt.output_name}
@@ -206,7 +208,7 @@ def write_map(
     volume: LabelVolume,
     classes: Sequence[int] | np.ndarray,
     kind: str,
-    layout: str = "full",
+    layout: str = DEFAULT_LAYOUT,
     compresslevel: int | None = None,
     threads: int = 1,
 ) -> None:
@@ -291,7 +293,7 @@ def load_map_array(path: str | os.PathLike, mmap: bool = False) -> tuple[np.ndar
 
 
 __all__ = [
-    "DEFAULT_COMPRESSLEVEL", "FORMATS", "LABEL_SUFFIXES", "LAYOUTS", "OUTPUT_DTYPES", "OUTPUT_FORMATS", "OUTPUT_STORES_CLASSES", "TMP_MARKER",
+    "DEFAULT_COMPRESSLEVEL", "FORMATS", "LABEL_SUFFIXES", "LAYOUTS", "DEFAULT_FORMAT", "OUTPUT_DTYPES", "OUTPUT_FORMATS", "OUTPUT_STORES_CLASSES", "TMP_MARKER",
     "FileFormat", "LabelVolume", "MapInfo", "atomic_path", "clean_temporaries", "format_for", "format_name",
     "is_map", "label_suffix", "load_map_array", "npy_header", "output_format", "output_path", "read_geometry",
     "read_labels", "read_map_info", "read_shape", "sitk_affine", "write_map",

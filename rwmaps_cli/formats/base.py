@@ -21,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rwmaps_cli.errors import InputError
-from rwmaps_cli.maps import LAYOUTS, MAP_DTYPES  # the kernels own the layouts and dtypes; a file stores them
+from rwmaps_cli.maps import DEFAULT_LAYOUT, LAYOUTS, MAP_DTYPES  # the kernels own the layouts and dtypes; a file stores them
 
 TMP_MARKER = ".rwmaps-tmp-"
 # gzip/deflate level for .nii.gz and .npz. Measured on a (4, 200, 256, 256) float32 map
@@ -106,7 +106,7 @@ class MapContent:
 
     classes: np.ndarray  # (C,) int64: the label value of each channel, or the compact map's class list
     kind: str
-    layout: str = "full"
+    layout: str = DEFAULT_LAYOUT
 
 
 class FileFormat:
@@ -239,7 +239,7 @@ def parse_description(text: str) -> MapDescription:
     if not words or words[0] != "rwmaps":
         return MapDescription(False, None, None, None)
     kind = words[1] if len(words) > 1 else None
-    layout = words[2] if len(words) > 2 and words[2] in LAYOUTS else "full"
+    layout = words[2] if len(words) > 2 and words[2] in LAYOUTS else DEFAULT_LAYOUT
     match = re.fullmatch(r"([23])d", words[3]) if len(words) > 3 else None
     return MapDescription(True, kind, layout, int(match.group(1)) if match else None)
 

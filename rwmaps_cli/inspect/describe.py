@@ -17,11 +17,10 @@ from rwmaps_cli.checks import channel_statistics
 from rwmaps_cli.errors import InputError
 from rwmaps_cli.formats import format_name, read_geometry, read_labels
 from rwmaps_cli.mapfile import is_map_file, load_map
-from rwmaps_cli.maps import KINDS, expanded_channels
+from rwmaps_cli.maps import DEFAULT_MAX_CLASSES, KINDS, expanded_channels
 
 # A "label file" with more distinct values than --max-classes (compute's threshold too) is
 # listed only that far, and flagged: it is likely an image.
-DEFAULT_MAX_CLASSES = 256
 
 
 def describe(path: str | Path, max_classes: int = DEFAULT_MAX_CLASSES) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 from rwmaps_cli.errors import InputError
 from rwmaps_cli.formats import atomic_path, read_labels
 from rwmaps_cli.mapfile import is_map_file, load_map
-from rwmaps_cli.maps import compute_maps, unique_labels
+from rwmaps_cli.maps import DEFAULT_MAX_CLASSES, compute_maps, unique_labels
 
 from .describe import class_names, label_affine
 
@@ -38,7 +38,7 @@ def figure_pixels(n_panels: int) -> tuple[int, int]:
 
 
 def draw_png(path: str | Path, out: str | Path, axis: int | None = None, index: int | None = None,
-             max_classes: int = 256) -> dict:
+             max_classes: int = DEFAULT_MAX_CLASSES) -> dict:
     """Draw the label slice and one panel per class map of a label or map file.
 
     A map file shows its channels, and the labels of its input file when the manifest

@@ -19,7 +19,7 @@ import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 from torch.nn.functional import interpolate
 
-from ..maps import compute_maps
+from ..maps import DEFAULT_ENGINE, DEFAULT_KIND, compute_maps
 from ..regions import compute_mask_maps
 
 
@@ -48,7 +48,7 @@ class MapTargetTransform(BasicTransform):
     """
 
     def __init__(self, classes: Sequence[int], regions: Sequence[Sequence[int]] | None = None, mode: str = "full",
-                 kind: str = "rrw", ignore_label: int | None = None, outside: float = 1.0, engine: str = "edt"):
+                 kind: str = DEFAULT_KIND, ignore_label: int | None = None, outside: float = 1.0, engine: str = DEFAULT_ENGINE):
         super().__init__()
         if mode not in ("full", "compact", "onthefly"):
             raise ValueError(f"unknown mode {mode!r}")
