@@ -25,7 +25,8 @@ import secrets
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .formats import DEFAULT_FORMAT, LAYOUTS, OUTPUT_FORMATS, atomic_path
+from .errors import UsageError
+from .formats import DEFAULT_FORMAT, LAYOUTS, OUTPUT_FORMATS, SCHEMA, atomic_path
 from .maps import DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, ENGINES, KINDS
 
 MANIFEST_NAME = "rwmaps.json"
@@ -72,7 +73,7 @@ class Settings:
     def from_parameters(cls, parameters: dict, engine: str | None = None) -> Settings:
         """The inverse of :meth:`to_parameters`; ValueError naming what is wrong.
 
-        A manifest of rwmaps 0.1 has no ``layout`` (its maps are full) and no ``regions``.
+        A manifest of schema 1 may lack ``layout`` (its first maps were full) and ``regions``.
         A compact run whose class list is settled at its end (none was given) has an empty
         one until then.
         """
@@ -125,6 +126,10 @@ class CaseResult:
     map_stat: dict | None = None  # the written map's fingerprint, taken by the worker after the rename
 
 
+class NewerSchemaError(ValueError):
+    """A manifest of a schema this rwmaps does not know: never read as if absent."""
+
+
 @dataclass
 class ManifestFile:
     """A parsed manifest: its header, the settings it describes, its case entries."""
@@ -160,6 +165,9 @@ def read_manifest(path: str | os.PathLike) -> ManifestFile:
     if not isinstance(cases, dict):
         raise ValueError("'cases' is not an object")
     header = {k: v for k, v in data.items() if k != "cases"}
+    if not isinstance(header.get("schema", 1), int) or header.get("schema", 1) > SCHEMA:
+        raise NewerSchemaError(f"written by a newer rwmaps (schema {header.get('schema')!r}; this one reads up "
+                               f"to schema {SCHEMA}): upgrade rwmaps_cli")
     try:
         settings, settings_error = Settings.from_parameters(header.get("parameters"), header.get("engine")), None
     except ValueError as error:
@@ -236,7 +244,7 @@ def read_folder_manifest(folder: str | os.PathLike) -> ManifestFile:
         try:
             parsed.append(read_manifest(path))
         except ValueError as error:
-            raise ValueError(f"{path.name}: {error}" if len(files) > 1 else str(error)) from None
+            raise type(error)(f"{path.name}: {error}" if len(files) > 1 else str(error)) from None
     newest = parsed[-1]
     cases: dict[str, dict] = {}
     for one in parsed:
@@ -265,7 +273,7 @@ class Manifest:
         self.path = Path(output_dir) / name
         self.journal = journal_path(self.path)
         self.settings = settings
-        self.header = {"tool": "rwmaps", "version": version, "parameters": settings.to_parameters(),
+        self.header = {"tool": "rwmaps", "schema": SCHEMA, "version": version, "parameters": settings.to_parameters(),
                        "classes": list(settings.classes), "engine": settings.engine,
                        "selection": selection or {"include": [], "exclude": []},  # which files are cases
                        "source": source}  # for an nnU-Net preprocessed folder: its plans and their fingerprint
@@ -279,6 +287,8 @@ class Manifest:
         (then every map is checked again)."""
         try:
             return read_folder_manifest(output_dir)
+        except NewerSchemaError as error:  # recomputing would overwrite a newer rwmaps' maps
+            raise UsageError(f"{output_dir}: {error}") from None
         except (FileNotFoundError, ValueError):
             return None
 

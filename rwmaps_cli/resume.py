@@ -108,5 +108,6 @@ def is_done(manifest: Manifest, case: Case) -> bool:
         return False
     if entry.get("map") is not None:
         return fingerprint(case.output, inode=True) == entry["map"]
-    # Entries of rwmaps 0.1 have no map fingerprint: check the map's header instead.
+    # Entries recorded under schema 1 (carried over when this resumes a 0.1 folder) have no map
+    # fingerprint: check the map's header instead.
     return map_is_complete(case.output, entry.get("shape"), entry.get("bytes"))

@@ -44,7 +44,7 @@ def test_a_compact_file_loads_as_the_full_map(compact, fmt, case):
 
 def test_what_a_compact_file_holds(compact):
     img = nib.load(compact / "nii.gz" / "case_000.nii.gz")
-    assert img.shape == (20, 24, 12) and bytes(img.header["descrip"]).rstrip(b"\0") == b"rwmaps rrw compact 3d"
+    assert img.shape == (20, 24, 12) and bytes(img.header["descrip"]).rstrip(b"\0") == b"rwmaps rrw compact 3d schema 2"
     assert nib.load(compact / "nii.gz" / "slice_2d.nii.gz").shape == (30, 26, 1)
     with np.load(compact / "npz" / "case_000.npz") as npz:
         assert str(npz["layout"]) == "compact" and npz["map"].shape == (20, 24, 12)

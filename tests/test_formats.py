@@ -511,7 +511,7 @@ def test_write_nifti_keeps_qform_and_sform(tmp_path, suffix):
     np.testing.assert_allclose(header.get_sform(), sform, atol=1e-6)
     np.testing.assert_allclose(img.affine, volume.affine, atol=1e-6)
     np.testing.assert_allclose(header.get_zooms(), (*SPACING_XYZ, 1.0), rtol=1e-6)
-    assert header["descrip"].item() == b"rwmaps rrw full 3d"  # kind, layout, spatial rank
+    assert header["descrip"].item() == b"rwmaps rrw full 3d schema 2"  # kind, layout, spatial rank, schema
     assert sorted(os.listdir(out.parent)) == [out.name]  # no temporary left
 
 
@@ -582,7 +582,7 @@ def test_write_npz(tmp_path, dtype, compresslevel):
     write_map(out, maps, volume, np.array([0, 2, 5], dtype=np.uint8), "kervadec", compresslevel=compresslevel)
 
     with np.load(out, allow_pickle=False) as npz:
-        assert sorted(npz.files) == ["classes", "kind", "layout", "map", "spacing"]
+        assert sorted(npz.files) == ["classes", "kind", "layout", "map", "schema", "spacing"]
         assert npz["map"].dtype == dtype and np.array_equal(npz["map"], maps)
         assert npz["classes"].dtype == np.int64 and npz["classes"].tolist() == [0, 2, 5]
         assert npz["spacing"].dtype == np.float64
@@ -725,8 +725,9 @@ def test_a_map_description_is_read_into_named_fields():
     from rwmaps_cli.formats.base import describe_map, parse_description
 
     said = parse_description(describe_map("rrw", "compact", 2))
-    assert (said.is_map, said.kind, said.layout, said.spatial_ndim) == (True, "rrw", "compact", 2)
-    assert parse_description("rwmaps boundary") == (True, "boundary", "full", None)  # rwmaps 0.1
+    assert (said.is_map, said.kind, said.layout, said.spatial_ndim, said.schema) == (True, "rrw", "compact", 2, 2)
+    assert parse_description("rwmaps boundary") == (True, "boundary", "full", None, 1)  # schema 1, first form
+    assert parse_description("rwmaps rrw compact 2d") == (True, "rrw", "compact", 2, 1)  # schema 1, later form
     assert not parse_description("a NIfTI from the scanner").is_map
 
 

@@ -231,3 +231,23 @@ def test_a_part_with_other_parameters_is_refused(mixed_folder, tmp_path):
     run_rwmaps(*args, "--part-id", "0", check=0)
     refused = run_rwmaps(*args, "--part-id", "1", "--kind", "boundary", check=2)
     assert "holds maps made with other parameters (--kind 'rrw' -> 'boundary')" in refused.stderr
+
+
+def test_the_manifest_and_every_map_say_their_schema_and_a_newer_one_is_refused(tmp_path):
+    from rwmaps_cli.formats import SCHEMA
+
+    labels_dir = tmp_path / "labels"
+    write_nifti(labels_dir / "case.nii.gz", blobs((12, 10, 8), 3))
+    out = tmp_path / "maps"
+    run_rwmaps("compute", "--input", labels_dir, "--output", out, check=0)
+    run_rwmaps("compute", "--input", labels_dir, "--output", tmp_path / "npz", "--format", "npz", check=0)
+    assert manifest(out)["schema"] == SCHEMA == 2
+    import nibabel as nib
+
+    assert bytes(nib.load(out / "case.nii.gz").header["descrip"]).rstrip(b"\0") == b"rwmaps rrw full 3d schema 2"
+    assert int(np.load(tmp_path / "npz" / "case.npz")["schema"]) == SCHEMA
+    data = manifest(out)
+    data["schema"] = SCHEMA + 1  # what a newer rwmaps would write: not to be overwritten
+    (out / "rwmaps.json").write_text(json.dumps(data))
+    refused = run_rwmaps("compute", "--input", labels_dir, "--output", out, check=2)
+    assert f"written by a newer rwmaps (schema {SCHEMA + 1}; this one reads up to schema {SCHEMA})" in refused.stderr

@@ -204,9 +204,15 @@ def diagonal_affine(spacing: Sequence[float]) -> np.ndarray:
     return np.diag(np.asarray(diagonal, dtype=np.float64))
 
 
+# The schema of what rwmaps writes: the manifest and every map say which one they follow,
+# so a reader knows what to expect of them.  1: rwmaps 0.1 (which wrote no schema); 2:
+# rwmaps 0.2 (maps name their layout and rank; manifests have a journal and map fingerprints).
+SCHEMA = 2
+
+
 def describe_map(kind: str, layout: str, spatial_ndim: int) -> str:
-    """The self-description a map file carries: ``"rwmaps rrw compact 3d"``."""
-    return f"rwmaps {kind} {layout} {spatial_ndim}d"
+    """The self-description a map file carries: ``"rwmaps rrw compact 3d schema 2"``."""
+    return f"rwmaps {kind} {layout} {spatial_ndim}d schema {SCHEMA}"
 
 
 class MapDescription(NamedTuple):
@@ -218,30 +224,34 @@ class MapDescription(NamedTuple):
         The text starts with ``rwmaps``.
     kind, layout : str or None
         None when the text is not an rwmaps description (layout ``"full"`` when it is
-        but names none: rwmaps 0.1).
+        but names none: schema 1).
     spatial_ndim : int or None
-        2 or 3; None when the text does not say (rwmaps 0.1).
+        2 or 3; None when the text does not say (schema 1).
+    schema : int
+        The :data:`SCHEMA` the map follows (1 when it does not say).
     """
 
     is_map: bool
     kind: str | None
     layout: str | None
     spatial_ndim: int | None
+    schema: int = 1
 
 
 def parse_description(text: str) -> MapDescription:
     """What :func:`describe_map`'s text says: is it a map, its kind, layout, spatial rank.
 
-    Maps of rwmaps 0.1 say only ``"rwmaps KIND"``: full 3D maps (their 2D maps were told
-    apart by the manifest; 0.2 writes the rank into the file).
+    Schema 1 (rwmaps 0.1.x) wrote ``"rwmaps KIND"`` (full maps whose rank the manifest
+    tells) and later ``"rwmaps KIND LAYOUT Nd"``; schema 2 adds ``"schema 2"``.
     """
     words = text.split()
     if not words or words[0] != "rwmaps":
         return MapDescription(False, None, None, None)
     kind = words[1] if len(words) > 1 else None
+    schema = int(words[5]) if len(words) > 5 and words[4] == "schema" and words[5].isdigit() else 1
     layout = words[2] if len(words) > 2 and words[2] in LAYOUTS else DEFAULT_LAYOUT
     match = re.fullmatch(r"([23])d", words[3]) if len(words) > 3 else None
-    return MapDescription(True, kind, layout, int(match.group(1)) if match else None)
+    return MapDescription(True, kind, layout, int(match.group(1)) if match else None, schema)
 
 
 # --------------------------------------------------------------------------- errors
@@ -296,7 +306,7 @@ def input_errors(path: Path, format_name: str) -> Iterator[None]:
 
 
 _HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:60] or "host"
-# ".case.rwmaps-tmp-<host>-<pid>-<8 hex>.nii.gz"; rwmaps 0.1 wrote no host.
+# ".case.rwmaps-tmp-<host>-<pid>-<8 hex>.nii.gz"; schema 1 wrote no host.
 _TMP_WRITER = re.compile(re.escape(TMP_MARKER) + r"(?:(?P<host>[A-Za-z0-9._]+)-)?(?P<pid>\d+)-[0-9a-f]{8}")
 
 

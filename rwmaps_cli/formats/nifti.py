@@ -216,7 +216,7 @@ class NiftiFormat(FileFormat):
     def _info(self, img) -> MapInfo:
         stored = tuple(int(n) for n in img.shape)
         dtype = img.get_data_dtype()
-        ours, kind, layout, ndim = parse_description(_description(img.header))
+        ours, kind, layout, ndim, _ = parse_description(_description(img.header))
         layout = layout or ("full" if len(stored) == 4 else None)
         if layout is None:
             raise _not_a_map(stored, ours)

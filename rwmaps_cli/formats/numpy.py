@@ -24,6 +24,7 @@ from rwmaps_cli.errors import InputError
 from .base import (
     DEFAULT_COMPRESSLEVEL,
     MAP_DTYPES,
+    SCHEMA,
     FileFormat,
     LabelVolume,
     MapContent,
@@ -149,6 +150,7 @@ class NpzFormat(FileFormat):
             "spacing": np.asarray(volume.spacing, dtype=np.float64),
             "kind": np.asarray(content.kind),  # 0-d unicode array: str(npz["kind"]) gives the kind back
             "layout": np.asarray(content.layout),
+            "schema": np.asarray(SCHEMA),  # what rwmaps wrote this by (formats/base.py SCHEMA)
         }
         # The layout of np.savez_compressed (one 'key.npy' member per array), written with
         # zipfile directly because savez_compressed has no compression level (it uses 6).
@@ -173,7 +175,7 @@ class NpzFormat(FileFormat):
 
     @staticmethod
     def _info(shape, dtype, small: dict) -> MapInfo:
-        layout = str(small["layout"]) if "layout" in small else "full"  # rwmaps 0.1 wrote full maps only
+        layout = str(small["layout"]) if "layout" in small else "full"  # the first schema-1 maps were full only
         check_map_array(shape, dtype, layout if layout in ("full", "compact") else None)
         spatial_ndim = len(shape) - (1 if layout == "full" else 0)
         return MapInfo(
