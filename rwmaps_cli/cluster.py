@@ -47,6 +47,7 @@ MISSING_DASK = "--scheduler needs Dask: pip install 'rwmaps_cli[dask]'"
 
 
 def run_dask(cases: list[Case], work: Callable[..., CaseResult], scheduler, jobs: int | None = None,
+             memory_need: Callable[[Case], int] | None = None, stop: Stop | None = None,
              **kwargs) -> Iterator[CaseResult]:
     """Yield ``work(case, **kwargs)`` for every case, computed on a Dask cluster, in completion order.
 
@@ -54,7 +55,8 @@ def run_dask(cases: list[Case], work: Callable[..., CaseResult], scheduler, jobs
     ``dask scheduler --scheduler-file`` writes), ``"local"`` for a ``LocalCluster`` of ``jobs``
     worker processes started here and torn down at the end, or a connected
     ``distributed.Client``.  A ``threads`` keyword, when given, is replaced on each worker by
-    that worker's number of threads.
+    that worker's number of threads.  ``memory_need`` is ignored: memory is the Dask workers'
+    business (their own limits).  ``stop`` as for :func:`~rwmaps_cli.run.run_local`.
 
     Raises
     ------
@@ -64,9 +66,9 @@ def run_dask(cases: list[Case], work: Callable[..., CaseResult], scheduler, jobs
     """
     if isinstance(scheduler, str):
         with dask_client(scheduler, jobs) as client:
-            yield from _run(client, cases, work, kwargs)
+            yield from _run(client, cases, work, kwargs, stop)
     else:
-        yield from _run(scheduler, cases, work, kwargs)
+        yield from _run(scheduler, cases, work, kwargs, stop)
 
 
 @contextmanager
@@ -95,23 +97,6 @@ def dask_client(scheduler: str, jobs: int | None = None):
         yield client
     finally:
         client.close()
-
-
-class DaskRunner:
-    """A runner (see :mod:`rwmaps_cli.run`) on a connected ``distributed.Client``.
-
-    Memory is the Dask workers' business (their own limits), so ``limits_memory`` is
-    False and ``memory_need`` is ignored.
-    """
-
-    limits_memory = False
-
-    def __init__(self, client):
-        self.client = client
-
-    def __call__(self, cases: list[Case], work: Callable[..., CaseResult], memory_need=None,
-                 stop: Stop | None = None, **kwargs) -> Iterator[CaseResult]:
-        return _run(self.client, cases, work, kwargs, stop)
 
 
 def import_distributed():

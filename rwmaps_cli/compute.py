@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from .mapfile import map_info
 from .maps import DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_MAX_CLASSES, check_layout
 from .nnunet.preprocessed import is_preprocessed_folder
 from .resume import is_done, manifest_source, open_manifest
-from .run import LocalRunner, NoBar, Stop, threads_per_case, usable_cores
+from .run import NoBar, Stop, run_local, threads_per_case, usable_cores
 
 # Above this many bytes per full map, the summary suggests --layout compact.
 COMPACT_HINT_BYTES = 1_000_000_000
@@ -343,10 +344,10 @@ def _runner(scheduler: str | None, jobs: int, stack: ExitStack):
     cluster of ``jobs`` workers) is set up now, so a missing Dask or an unreachable
     scheduler is a usage error before any work, and stays up until ``stack`` closes."""
     if scheduler is None:
-        return LocalRunner(jobs)
-    from .cluster import DaskRunner, dask_client
+        return partial(run_local, jobs=jobs)
+    from .cluster import dask_client, run_dask
 
-    return DaskRunner(stack.enter_context(dask_client(scheduler, jobs)))
+    return partial(run_dask, scheduler=stack.enter_context(dask_client(scheduler, jobs)))
 
 
 def _share(cases: list[Case], part: tuple[int, int] | None) -> list[Case]:

@@ -13,7 +13,7 @@ from .errors import UsageError
 from .regions import LabelSpec, LabelSpecError, read_label_spec
 from .formats import LABEL_SUFFIXES, label_suffix, output_path
 from .nnunet.preprocessed import PreprocessedError, check_output, is_preprocessed_folder, list_cases, open_preprocessed
-from .nnunet.preprocessed import default_output as nnunet_default_output
+from .nnunet.preprocessed import maps_folder_beside
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def find_dataset(input_dir: Path, output_dir: Path, fmt: str, include: Sequence[
 def default_output(input_dir: Path) -> Path | None:
     """Where maps go when no output folder is given: beside nnU-Net's preprocessed folder
     (``<folder>_rwmaps``, never inside it); None for other inputs (an output is required)."""
-    return nnunet_default_output(input_dir) if is_preprocessed_folder(input_dir) else None
+    return maps_folder_beside(input_dir) if is_preprocessed_folder(input_dir) else None
 
 
 def _preprocessed(folder: Path, output_dir: Path, fmt: str) -> Dataset:

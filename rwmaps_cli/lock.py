@@ -27,9 +27,15 @@ from .errors import UsageError
 LOCK_NAME = "rwmaps.lock"
 
 
-def part_lock_name(part: int, parts: int) -> str:
+def part_file_name(part: int, parts: int, suffix: str) -> str:
+    """``rwmaps.part-03-of-08<suffix>``: the files of one part of a job array (its lock,
+    manifest and journal), zero-padded so that they sort in part order."""
     width = len(str(parts - 1))
-    return f"rwmaps.part-{part:0{width}d}-of-{parts}.lock"
+    return f"rwmaps.part-{part:0{width}d}-of-{parts}{suffix}"
+
+
+def part_lock_name(part: int, parts: int) -> str:
+    return part_file_name(part, parts, ".lock")
 
 
 @contextmanager

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import UsageError
+from .lock import part_file_name
 from .formats import DEFAULT_FORMAT, LAYOUTS, OUTPUT_FORMATS, SCHEMA, atomic_path
 from .maps import DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, ENGINES, KINDS
 
@@ -37,8 +38,9 @@ DONE, FAILED = "done", "failed"  # a case's status in the manifest
 
 def part_manifest_name(part: int, parts: int) -> str:
     """``rwmaps.part-03-of-08.json``: the manifest a part of a job array writes."""
-    width = len(str(parts - 1))
-    return f"rwmaps.part-{part:0{width}d}-of-{parts}.json"
+    return part_file_name(part, parts, ".json")
+
+
 DTYPES = ("float32", "float16")  # --dtype
 DEFAULT_DTYPE = DTYPES[0]
 SPACINGS = ("voxel", "physical")  # --spacing: distances in voxels (as the paper) or in mm from the header

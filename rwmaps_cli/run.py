@@ -1,10 +1,10 @@
 """Runners: spread cases over worker processes and yield one :class:`CaseResult` each.
 
-A runner is called as ``runner(cases, work, memory_need=None, **kwargs)`` and yields
-``work(case, **kwargs)`` for every case, in completion order, never raising for one case.
-:class:`LocalRunner` uses local processes (joblib's loky executor), keeps the machine's
+A runner is called as ``runner(cases, work, memory_need=None, stop=None, **kwargs)`` and
+yields ``work(case, **kwargs)`` for every case, in completion order, never raising for one
+case.  :func:`run_local` uses local processes (joblib's loky executor), keeps the machine's
 cores and memory within bounds, and survives a worker that dies;
-:class:`rwmaps_cli.cluster.DaskRunner` does the same on a Dask cluster.
+:func:`rwmaps_cli.cluster.run_dask` does the same on a Dask cluster.
 
 Both send cases in batches (:class:`BatchSizer`): a task costs about a millisecond to
 submit, pickle and collect, as much as a whole 128x128 case, so small cases travel many to
@@ -99,25 +99,6 @@ class Stop:
 
     def __bool__(self) -> bool:
         return self.reason is not None
-
-
-class LocalRunner:
-    """Run cases in ``jobs`` local worker processes.
-
-    ``limits_memory``: cases start only when their estimated memory fits beside the
-    running ones, and a case that cannot fit at all is not started (the caller checks
-    :func:`available_memory`).
-    """
-
-    limits_memory = True
-
-    def __init__(self, jobs: int):
-        self.jobs = max(1, jobs)
-
-    def __call__(self, cases: list[Case], work: Callable[..., CaseResult],
-                 memory_need: Callable[[Case], int] | None = None, stop: Stop | None = None,
-                 **kwargs) -> Iterator[CaseResult]:
-        return run_local(cases, work, self.jobs, memory_need=memory_need, stop=stop, **kwargs)
 
 
 def run_local(

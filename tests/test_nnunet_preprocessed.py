@@ -13,13 +13,13 @@ from rwmaps_cli.errors import InputError, UsageError
 from rwmaps_cli.maps import compute_maps, expand_map
 from rwmaps_cli.nnunet import (
     PreprocessedError,
-    default_output,
+    maps_folder_beside,
     is_preprocessed_folder,
     list_cases,
     open_preprocessed,
     plans_fingerprint,
     read_classes,
-    read_manifest,
+    read_maps_folder,
     read_seg,
 )
 from rwmaps_cli.regions import compute_region_maps
@@ -100,7 +100,7 @@ def test_folder_facts(tmp_path):
     pre = open_preprocessed(folder)
     assert pre.configuration == "3d_fullres" and pre.plans_name == "nnUNetPlans" and not pre.is_2d
     assert pre.slice_axis is None and pre.spacing == [2.0, 0.8, 0.8] and pre.file_format == "npz"
-    assert default_output(folder) == folder.parent / "nnUNetPlans_3d_fullres_rwmaps"
+    assert maps_folder_beside(folder) == folder.parent / "nnUNetPlans_3d_fullres_rwmaps"
     spec = read_classes(pre)
     assert spec.classes == [0, 1, 2, 3] and spec.ignore_label is None and spec.regions is None
     fp = plans_fingerprint(pre.plans_file)
@@ -112,7 +112,7 @@ def test_2d_configuration_slices_along_the_first_axis(tmp_path):
     pre = open_preprocessed(folder)
     assert pre.is_2d and pre.slice_axis == 0
     out = compute_preprocessed_maps(folder)
-    manifest = read_manifest(out)
+    manifest = read_maps_folder(out)
     assert manifest.parameters["slice_axis"] == 0  # nnU-Net's 2d loader slices along the first axis
     name = sorted(segs)[0]
     expected = compute_maps(segs[name], [0, 1, 2, 3], slice_axis=0)
@@ -123,8 +123,8 @@ def test_2d_configuration_slices_along_the_first_axis(tmp_path):
 def test_full_maps_match_compute_maps(tmp_path, fmt):
     folder, segs = make_preprocessed(tmp_path, fmt)
     out = compute_preprocessed_maps(folder)
-    assert out == default_output(folder)
-    manifest = read_manifest(out)
+    assert out == maps_folder_beside(folder)
+    manifest = read_maps_folder(out)
     assert manifest.parameters == {"classes": [0, 1, 2, 3], "kind": "rrw", "layout": "full", "regions": None,
                                    "slice_axis": None, "ignore_label": None, "spacing": "voxel", "fmt": "npy",
                                    "dtype": "float32"}
@@ -141,7 +141,7 @@ def test_full_maps_match_compute_maps(tmp_path, fmt):
 def test_compact_maps_expand_to_the_full_maps(tmp_path):
     folder, segs = make_preprocessed(tmp_path, "npz", ignore=True)
     out = compute_preprocessed_maps(folder, output=tmp_path / "compact", layout="compact")
-    manifest = read_manifest(out)
+    manifest = read_maps_folder(out)
     assert manifest.layout == "compact" and manifest.ignore_label == 4
     for name, labels in segs.items():
         compact = np.load(manifest.path(name))
@@ -154,7 +154,7 @@ def test_compact_maps_expand_to_the_full_maps(tmp_path):
 def test_region_based_maps(tmp_path):
     folder, segs = make_preprocessed(tmp_path, "npz", labels=REGION_LABELS, regions_order=[1, 2, 3])
     out = compute_preprocessed_maps(folder)
-    manifest = read_manifest(out)
+    manifest = read_maps_folder(out)
     assert manifest.regions == [[1, 2, 3], [2, 3], [3]] and manifest.classes == [0, 1, 2, 3]
     for name, labels in segs.items():
         np.testing.assert_array_equal(np.load(manifest.path(name)),
@@ -178,7 +178,7 @@ def test_a_bad_seg_fails_alone(tmp_path):
     bad = folder / "case_001_seg.npy"
     np.save(bad, np.full((1, 4, 4, 4), 9, np.int16))  # a label value the dataset does not have
     out = compute_preprocessed_maps(folder)
-    cases = read_manifest(out).cases
+    cases = read_maps_folder(out).cases
     assert cases["case_001"]["status"] == "failed" and "9" in cases["case_001"]["error"]
     assert cases["case_000"]["status"] == cases["case_002"]["status"] == "done"
 

@@ -22,7 +22,7 @@ from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd  # no
 from helpers import run_rwmaps  # noqa: E402
 
 from rwmaps_cli.maps import compute_maps, expand_map  # noqa: E402
-from rwmaps_cli.nnunet import list_cases, read_manifest, read_seg  # noqa: E402
+from rwmaps_cli.nnunet import list_cases, read_maps_folder, read_seg  # noqa: E402
 from rwmaps_cli.nnunet.synthetic import make_dataset, write_small_plans  # noqa: E402
 from rwmaps_cli.regions import compute_region_maps  # noqa: E402
 
@@ -111,7 +111,7 @@ def assert_consistent(seg: torch.Tensor, rwmap: torch.Tensor, regions: bool):
 def test_maps_of_the_preprocessed_data(nnunet_root):
     for dataset in (901, 902):
         folder = data_folder(nnunet_root, dataset)
-        manifest = read_manifest(folder.parent / "nnUNetPlans_3d_fullres_rwmaps")
+        manifest = read_maps_folder(folder.parent / "nnUNetPlans_3d_fullres_rwmaps")
         cases = list_cases(folder)
         assert len(cases) == 6 and all(c.seg.name.endswith("_seg.b2nd") for c in cases)
         for case in cases[:2]:
@@ -130,7 +130,7 @@ def test_map_patches_line_up_with_seg_patches(nnunet_root, variant):
     trainer.rw_return_boxes = True
     trainer.initialize()
     dl_tr, dl_val = trainer.get_dataloaders()
-    maps = read_manifest(maps_folder(nnunet_root, variant))
+    maps = read_maps_folder(maps_folder(nnunet_root, variant))
     regions = variant == "regions"
     two_d = variant == "2d"
     assert maps.parameters["slice_axis"] == (0 if two_d else None)

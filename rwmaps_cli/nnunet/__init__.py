@@ -20,9 +20,9 @@ EXTRA_HINT = "nnU-Net training needs the nnunet extra: pip install 'rwmaps_cli[n
 
 _EXPORTS = {
     "preprocessed": ("MAPS_SUFFIX", "PreprocessedCase", "PreprocessedError", "PreprocessedFolder", "check_output",
-                     "default_output", "find_plans", "is_preprocessed_folder", "list_cases", "map_spacing",
+                     "maps_folder_beside", "find_plans", "is_preprocessed_folder", "list_cases", "map_spacing",
                      "open_preprocessed", "plans_fingerprint", "read_classes", "read_seg", "resolve_configuration"),
-    "store": ("MANIFEST_NAME", "MapsFolder", "MapsFolderError", "read_manifest"),
+    "store": ("MANIFEST_NAME", "MapsFolder", "MapsFolderError", "read_maps_folder"),
 }
 _OWNER = {name: module for module, names in _EXPORTS.items() for name in names}
 

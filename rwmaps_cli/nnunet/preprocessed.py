@@ -176,7 +176,7 @@ def plans_fingerprint(plans_file: str | Path) -> dict:
     return {"sha256": hashlib.sha256(data).hexdigest(), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def default_output(folder: str | Path) -> Path:
+def maps_folder_beside(folder: str | Path) -> Path:
     """The default maps folder: the sibling ``<folder>_rwmaps`` (never inside the data folder)."""
     folder = Path(folder)
     return folder.parent / (folder.name + MAPS_SUFFIX)
@@ -195,7 +195,7 @@ def check_output(folder: str | Path, output: str | Path) -> Path:
     folder, output = Path(folder).resolve(), Path(output).resolve()
     if output == folder or folder in output.parents:
         raise PreprocessedError(f"{output}: maps must not go inside the preprocessed folder {folder} (nnU-Net would "
-                                f"read them as cases, and re-preprocessing deletes it); use {default_output(folder)}")
+                                f"read them as cases, and re-preprocessing deletes it); use {maps_folder_beside(folder)}")
     return output
 
 
@@ -209,7 +209,7 @@ def map_spacing(preprocessed: PreprocessedFolder, ndim: int = 3) -> list[float] 
 
 
 __all__ = [
-    "MAPS_SUFFIX", "PreprocessedCase", "PreprocessedError", "PreprocessedFolder", "check_output", "default_output",
+    "MAPS_SUFFIX", "PreprocessedCase", "PreprocessedError", "PreprocessedFolder", "check_output", "maps_folder_beside",
     "find_plans", "is_preprocessed_folder", "list_cases", "map_spacing", "open_preprocessed", "plans_fingerprint",
     "read_classes", "read_seg", "resolve_configuration",
 ]

@@ -85,7 +85,7 @@ class MapsFolder:
         return self.folder / Path(entry["output"]).name
 
 
-def read_manifest(folder: str | Path) -> MapsFolder:
+def read_maps_folder(folder: str | Path) -> MapsFolder:
     """The maps folder as its manifest describes it (the shared parser, merged over parts).
 
     Raises

@@ -98,8 +98,8 @@ def build_trainer(dataset: str | int, configuration: str, fold: int | str, train
 
 def _check_maps_early(base: Path, plans: dict, configuration: str, maps) -> None:
     """Read the maps manifest before nnU-Net builds anything, so a missing one is a one-line error."""
-    from .preprocessed import default_output, resolve_configuration
-    from .store import read_manifest
+    from .preprocessed import maps_folder_beside, resolve_configuration
+    from .store import read_maps_folder
     from .trainers import MAPS_ENV
 
     if maps is None and os.environ.get(MAPS_ENV):
@@ -108,8 +108,8 @@ def _check_maps_early(base: Path, plans: dict, configuration: str, maps) -> None
         identifier = resolve_configuration(plans.get("configurations", {}), configuration).get("data_identifier")
         if identifier is None:
             return  # an unknown configuration: nnU-Net says so itself
-        maps = default_output(base / identifier)
-    read_manifest(maps)
+        maps = maps_folder_beside(base / identifier)
+    read_maps_folder(maps)
 
 
 def train(dataset: str | int, configuration: str, fold: int | str, trainer: str = "nnUNetTrainerRW",

@@ -30,8 +30,8 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
 from .loader import nnUNetDataLoaderRW
 from .losses import RWCompoundLoss, RWDeepSupervisionLoss
-from .preprocessed import default_output
-from .store import MapsFolder, MapsFolderError, read_manifest
+from .preprocessed import maps_folder_beside
+from .store import MapsFolder, MapsFolderError, read_maps_folder
 from .transforms import DownsampleMapForDSTransform, MapTargetTransform
 
 MAPS_ENV = "RWMAPS_MAPS"
@@ -61,8 +61,8 @@ class nnUNetTrainerRW(nnUNetTrainer):
         """The maps folder this trainer reads, checked against the dataset's labels."""
         if self.rw_on_the_fly:
             return None
-        folder = self.rw_maps_folder or os.environ.get(MAPS_ENV) or default_output(self.preprocessed_dataset_folder)
-        maps = read_manifest(folder)
+        folder = self.rw_maps_folder or os.environ.get(MAPS_ENV) or maps_folder_beside(self.preprocessed_dataset_folder)
+        maps = read_maps_folder(folder)
         lm = self.label_manager
         if lm.has_regions:
             expected = [sorted(int(v) for v in np.atleast_1d(r)) for r in lm.foreground_regions]
