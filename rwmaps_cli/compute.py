@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,30 +62,50 @@ class Outcome:
         return len(self.failures)
 
 
+@dataclass(frozen=True)
+class Request:
+    """What ``rwmaps compute`` is asked to do: its options (``rwmaps compute --help`` says
+    what each does; the defaults are the named constants every layer shares).
+
+    ``fmt`` None: ``nii.gz``, or ``npy`` for an nnU-Net preprocessed folder (its loader
+    memory-maps them).  ``classes`` None: the ``labels`` of nnU-Net's ``dataset.json``, else
+    the union of the values in all inputs (:mod:`rwmaps_cli.classlist`).  ``scheduler``: a Dask
+    scheduler address, a scheduler file, or ``"local"``; None runs local processes.
+    ``include`` / ``exclude``: glob patterns choosing the label files
+    (:func:`~rwmaps_cli.dataset.find_dataset`).  ``strict``: refuse, before any work, a given
+    class list with values in no case (one extra read of every case).  ``space_check``: refuse
+    to start when the maps would not fit on the output file system.  ``part``:
+    ``(part_id, num_parts)``, only the cases at positions ``part_id``, ``part_id +
+    num_parts``, ... of the sorted list; parts may run at once into one folder.
+    """
+
+    kind: str = DEFAULT_KIND
+    fmt: str | None = None
+    layout: str = DEFAULT_LAYOUT
+    classes: Sequence[int] | None = None
+    spacing: str = DEFAULT_SPACING
+    slice_axis: int | None = None
+    engine: str = DEFAULT_ENGINE
+    dtype: str = DEFAULT_DTYPE
+    ignore_label: int | None = None
+    max_classes: int = DEFAULT_MAX_CLASSES
+    jobs: int | None = None
+    scheduler: str | None = None
+    overwrite: bool = False
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    strict: bool = False
+    space_check: bool = True
+    part: tuple[int, int] | None = None
+
+
 def compute_dataset(
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike | None = None,
     *,
-    kind: str = DEFAULT_KIND,
-    fmt: str | None = None,
-    layout: str = DEFAULT_LAYOUT,
-    classes: Sequence[int] | None = None,
-    spacing: str = DEFAULT_SPACING,
-    slice_axis: int | None = None,
-    engine: str = DEFAULT_ENGINE,
-    dtype: str = DEFAULT_DTYPE,
-    ignore_label: int | None = None,
-    max_classes: int = DEFAULT_MAX_CLASSES,
-    jobs: int | None = None,
-    scheduler: str | None = None,
-    overwrite: bool = False,
-    include: Sequence[str] = (),
-    exclude: Sequence[str] = (),
-    strict: bool = False,
-    space_check: bool = True,
-    part: tuple[int, int] | None = None,
     progress: Callable[[int, str], object] | None = None,
     on_failure: Callable[[Path, CaseResult], None] | None = None,
+    **options,
 ) -> Outcome:
     """Compute the maps of every label file under ``input_dir`` into ``output_dir``.
 
@@ -99,32 +119,12 @@ def compute_dataset(
         2d configuration, with the classes or regions of its ``dataset.json``.
     output_dir : path, optional
         Required, except for a preprocessed folder: its sibling ``<folder>_rwmaps``.
-    fmt : {"nii.gz", "nii", "npz", "npy"}, optional
-        Default ``nii.gz``; ``npy`` (memory-mapped by nnU-Net's loader) for a preprocessed folder.
-    classes : sequence of int, optional
-        The channels, in order.  Default: the ``labels`` of nnU-Net's ``dataset.json``
-        when the input is an nnU-Net dataset, else the union of the values in all inputs.
-    scheduler : str, optional
-        A Dask scheduler address, a scheduler file, or ``"local"``; default: local processes.
-    include, exclude : sequences of glob patterns
-        Which files under ``input_dir`` are cases (see :func:`~rwmaps_cli.dataset.find_dataset`).
-    strict : bool
-        Refuse (before any work) a given class list with values that occur in no case:
-        their channels would be constant.  Without it, the Outcome carries a hint naming them.
-        It costs one extra read of every case.
-    space_check : bool
-        Refuse to start when the output file system has less free space than the maps
-        need (estimated from the headers).
-    part : (part_id, num_parts), optional
-        Compute only this part's share of the cases: those at positions ``part_id``,
-        ``part_id + num_parts``, ... of the sorted case list (the same split in every part).
-        Parts of one run may run at once into one folder; each records its cases in its own
-        manifest file, merged on read.  The class list is settled from all cases in every part.
     progress : callable ``(total, description) -> bar``, optional
         Makes a progress bar with ``update()`` and ``close()``.
     on_failure : callable ``(input path, CaseResult)``, optional
         Called as each case fails (the failures are also in the Outcome).
-    Other parameters are those of ``rwmaps compute`` (see its ``--help``).
+    **options
+        The fields of :class:`Request` (``kind="rrw"``, ``layout="compact"``, ``jobs=4``...).
 
     Returns
     -------
@@ -140,81 +140,102 @@ def compute_dataset(
         output folder holding maps made with other parameters (unless ``overwrite``), too
         little disk space, classes in no case with ``strict``.
     """
+    request = Request(**options)
     progress = progress or (lambda total, description: NoBar())
     on_failure = on_failure or (lambda path, result: None)
-    input_dir = Path(input_dir)
-    preprocessed = is_preprocessed_folder(input_dir)
-    output_dir = Path(output_dir) if output_dir is not None else default_output(input_dir)
-    if output_dir is None:
-        raise UsageError("--output is required (only an nnU-Net preprocessed folder has a default)")
-    fmt = fmt or ("npy" if preprocessed else DEFAULT_FORMAT)
-    if preprocessed and fmt != "npy":
-        raise UsageError(f"--format {fmt}: maps of nnU-Net's preprocessed data are .npy, which its data "
-                         "loader memory-maps to crop patches")
-    if preprocessed and (include or exclude):
-        raise UsageError("--include/--exclude select label files; a preprocessed folder's cases are nnU-Net's")
-    _check_options(kind, fmt, layout, dtype)
-    dataset = find_dataset(input_dir, output_dir, fmt, include, exclude)
-    if dataset.preprocessed is not None and dataset.preprocessed.is_2d and slice_axis is None:
-        slice_axis = dataset.preprocessed.slice_axis  # the 2D slices nnU-Net's 2d loader takes
-    mine = _share(dataset.cases, part)
-    voxels = _HeaderVoxels()  # read when first needed, once per case, only for cases to compute
-    jobs = _jobs(jobs, len(mine))
+    dataset, output_dir, request = _open_input(Path(input_dir), output_dir, request)
+    mine = _share(dataset.cases, request.part)
+    jobs = _jobs(request.jobs, len(mine))
     stop = Stop()
     with ExitStack() as stack:
         stack.enter_context(_stop_on_signals(stop))
         _check_writable(output_dir)
-        exclusive = stack.enter_context(folder_lock(output_dir, part))
-        runner = _runner(scheduler, jobs, stack)
-        given = classes is not None or dataset.dataset_json is not None
-        # A compact channel does not depend on the class list: with none given, each case
-        # is read once, and the list is the union of the values the workers report.
-        defer = not given and layout == "compact" and part is None and OUTPUT_STORES_CLASSES.get(fmt) is False
-        class_list, ignore_label, failed, regions = settle_classes(dataset, classes, ignore_label, max_classes,
-                                                                    runner, progress, stop, defer)
-        if regions is not None and layout == "compact":
-            raise UsageError(f"{dataset.dataset_json} is region-based: regions overlap, so their maps cannot share "
-                             "one channel; use --layout full")
-        settings = Settings(tuple(class_list), kind, spacing, slice_axis, dtype, fmt, engine, ignore_label, layout,
-                            regions)
-        if strict and given and not stop:
-            refuse_unseen_classes(dataset, settings, max_classes, runner, progress, stop)
+        exclusive = stack.enter_context(folder_lock(output_dir, request.part))
+        runner = _runner(request.scheduler, jobs, stack)
+        settings, defer, failed = _settle(dataset, request, runner, progress, stop)
         if stop:  # stopped while reading the labels: nothing written, not even a manifest
             return Outcome(classes=settings.classes, not_finished=len(mine), stopped=stop.reason)
-        manifest = open_manifest(output_dir, settings, overwrite,
-                                  {"include": list(include), "exclude": list(exclude)}, part, mine,
-                                  manifest_source(dataset), defer)
+        selection = {"include": list(request.include), "exclude": list(request.exclude)}
+        manifest = open_manifest(output_dir, settings, request.overwrite, selection, request.part, mine,
+                                 manifest_source(dataset), defer)
         outcome = Outcome(classes=settings.classes, manifest=manifest.path, ignored_files=len(dataset.skipped_files),
                           removed_temporaries=clean_temporaries(output_dir, all_writers_gone=exclusive))
-        todo = []
-        for case in mine:
-            if case.name in failed:  # unreadable while scanning the class list
-                manifest.record(case.input, case.output, failed[case.name], reader=case.reader)
-                outcome.failures.append((case.input, failed[case.name]))
-                on_failure(case.input, failed[case.name])
-            elif not overwrite and is_done(manifest, case):
-                outcome.skipped += 1
-            else:
-                todo.append(case)
-        if space_check and not stop:
+        todo = _cases_to_compute(mine, failed, manifest, request.overwrite, outcome, on_failure)
+        voxels = _HeaderVoxels()  # read when first needed, once per case, only for cases to compute
+        if request.space_check:
             _check_space(output_dir, todo, settings, voxels)
-        reported = set()
-        if not stop:
-            reported = _compute_cases(todo, settings, manifest, runner, jobs, progress, on_failure, outcome, stop,
-                                      voxels, max_classes if defer else None)
+        reported = _compute_cases(todo, settings, manifest, runner, jobs, progress, on_failure, outcome, stop,
+                                  voxels, request.max_classes if defer else None)
         outcome.not_finished = len(todo) - len(reported)
         if defer:
-            outcome.classes = settle_deferred_classes(manifest, max_classes)
+            outcome.classes = settle_deferred_classes(manifest, request.max_classes)
         _fold(manifest, stop)
         clean_temporaries(output_dir, all_writers_gone=exclusive)  # a stop killed workers mid-write
     outcome.stopped = stop.reason
-    outcome.hints += _hints(dataset, manifest.settings, manifest, outcome, given and not stop and part is None,
+    given = request.classes is not None or dataset.dataset_json is not None
+    outcome.hints += _hints(dataset, manifest.settings, manifest, outcome, given and not stop and request.part is None,
                             voxels)
-    if defer and len(outcome.classes) > max_classes:
+    if defer and len(outcome.classes) > request.max_classes:
         raise UsageError(f"the inputs hold {len(outcome.classes)} distinct label values, more than --max-classes "
-                         f"{max_classes}: are some of them images? Their maps are written; pass --classes, or "
-                         "raise --max-classes")
+                         f"{request.max_classes}: are some of them images? Their maps are written; pass --classes, "
+                         "or raise --max-classes")
     return outcome
+
+
+def _open_input(input_dir: Path, output_dir, request: Request) -> tuple[Dataset, Path, Request]:
+    """The dataset, the output folder, and the request with the input's own defaults
+    (the format, and a 2d nnU-Net configuration's slice axis); usage errors first."""
+    preprocessed = is_preprocessed_folder(input_dir)
+    output_dir = Path(output_dir) if output_dir is not None else default_output(input_dir)
+    if output_dir is None:
+        raise UsageError("--output is required (only an nnU-Net preprocessed folder has a default)")
+    fmt = request.fmt or ("npy" if preprocessed else DEFAULT_FORMAT)
+    if preprocessed and fmt != "npy":
+        raise UsageError(f"--format {fmt}: maps of nnU-Net's preprocessed data are .npy, which its data "
+                         "loader memory-maps to crop patches")
+    if preprocessed and (request.include or request.exclude):
+        raise UsageError("--include/--exclude select label files; a preprocessed folder's cases are nnU-Net's")
+    _check_options(request.kind, fmt, request.layout, request.dtype)
+    dataset = find_dataset(input_dir, output_dir, fmt, request.include, request.exclude)
+    slice_axis = request.slice_axis
+    if dataset.preprocessed is not None and dataset.preprocessed.is_2d and slice_axis is None:
+        slice_axis = dataset.preprocessed.slice_axis  # the 2D slices nnU-Net's 2d loader takes
+    return dataset, output_dir, replace(request, fmt=fmt, slice_axis=slice_axis)
+
+
+def _settle(dataset: Dataset, request: Request, runner, progress, stop: Stop):
+    """(settings, whether the class list waits for the end of the run, {case: failed result})."""
+    given = request.classes is not None or dataset.dataset_json is not None
+    # A compact channel does not depend on the class list: with none given, each case is
+    # read once, and the list is the union of the values the workers report.
+    defer = (not given and request.layout == "compact" and request.part is None
+             and OUTPUT_STORES_CLASSES.get(request.fmt) is False)
+    class_list, ignore_label, failed, regions = settle_classes(dataset, request.classes, request.ignore_label,
+                                                               request.max_classes, runner, progress, stop, defer)
+    if regions is not None and request.layout == "compact":
+        raise UsageError(f"{dataset.dataset_json} is region-based: regions overlap, so their maps cannot share "
+                         "one channel; use --layout full")
+    settings = Settings(tuple(class_list), request.kind, request.spacing, request.slice_axis, request.dtype,
+                        request.fmt, request.engine, ignore_label, request.layout, regions)
+    if request.strict and given and not stop:
+        refuse_unseen_classes(dataset, settings, request.max_classes, runner, progress, stop)
+    return settings, defer, failed
+
+
+def _cases_to_compute(mine: list[Case], failed: dict, manifest: Manifest, overwrite: bool, outcome: Outcome,
+                      on_failure) -> list[Case]:
+    """The cases this run computes; those that failed the class scan are recorded, the done ones counted."""
+    todo = []
+    for case in mine:
+        if case.name in failed:  # unreadable while scanning the class list
+            manifest.record(case.input, case.output, failed[case.name], reader=case.reader)
+            outcome.failures.append((case.input, failed[case.name]))
+            on_failure(case.input, failed[case.name])
+        elif not overwrite and is_done(manifest, case):
+            outcome.skipped += 1
+        else:
+            todo.append(case)
+    return todo
 
 
 def _fold(manifest: Manifest, stop: Stop) -> None:
