@@ -749,8 +749,14 @@ def unique_labels(labels: np.ndarray) -> np.ndarray:
         raise ValueError(f"negative label values: {_preview(np.unique(labels[labels < 0]))}")
     # A histogram beats sorting (O(n) against O(n log n)) whenever the values are small, as
     # label values are; ravel(order="K") reads nibabel's Fortran order without a copy.
+    # In chunks: bincount converts its input to intp, a whole-volume int64 copy otherwise.
     if labels.size and (labels.dtype.itemsize <= 2 or int(labels.max()) < _LUT_MAX_LABEL):
-        return np.flatnonzero(np.bincount(labels.ravel(order="K"), minlength=1)).astype(np.int64)
+        flat = labels.ravel(order="K")
+        counts = np.zeros(int(flat.max()) + 1, dtype=np.int64)
+        for start in range(0, flat.size, _CHUNK):
+            chunk = np.bincount(flat[start:start + _CHUNK])
+            counts[: chunk.size] += chunk
+        return np.flatnonzero(counts).astype(np.int64)
     return np.unique(labels).astype(np.int64)
 
 

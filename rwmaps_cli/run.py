@@ -161,9 +161,27 @@ _LOST = CaseResult("", "lost")  # a case whose worker was stopped: it never fini
 def _executor(jobs: int):
     from joblib.externals.loky import get_reusable_executor
 
-    # Workers ignore Ctrl-C: the terminal sends it to the whole process group, and the main
-    # process decides what stops (it kills the workers itself).
-    return get_reusable_executor(max_workers=jobs, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    return get_reusable_executor(max_workers=jobs, initializer=_worker_start)
+
+
+def _worker_start() -> None:
+    """How each worker process starts: it ignores Ctrl-C (the terminal sends it to the whole
+    process group, and the main process decides what stops: it kills the workers itself),
+    and imports what computing a case needs now, not in its first case."""
+    import importlib
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for module in ("rwmaps_cli.case", "nibabel", "edt", "isal.igzip"):
+        try:
+            importlib.import_module(module)
+        except ImportError:  # reported by the case that needs it, in one line
+            pass
+
+
+def start_workers(jobs: int) -> None:
+    """Start the worker processes now: they start and import (about half a second) while the
+    main process finds the cases and reads the manifest, instead of after."""
+    _executor(jobs).submit(int)
 
 
 def _result(future: Future, stop: Stop):
