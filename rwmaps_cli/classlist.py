@@ -15,6 +15,7 @@ from .case import scan_case
 from .dataset import Dataset, read_dataset_json, union_of_values
 from .errors import UsageError
 from .manifest import DONE, FAILED, Manifest, Settings
+from .maps import check_classes
 
 
 def settle_classes(dataset: Dataset, classes, ignore_label, max_classes, runner, progress, stop, defer: bool):
@@ -32,11 +33,10 @@ def settle_classes(dataset: Dataset, classes, ignore_label, max_classes, runner,
         return [], ignore_label, {}, None
     if classes is None:
         return (*scan_values(dataset, ignore_label, max_classes, runner, progress, stop), None)
-    classes = [int(v) for v in classes]
-    if not classes or len(set(classes)) != len(classes) or min(classes) < 0:
-        raise UsageError(f"the class list {classes} must hold distinct non-negative integers")
-    if ignore_label is not None and ignore_label in classes:
-        raise UsageError(f"the ignore label {ignore_label} is also in the class list {classes}")
+    try:
+        classes = check_classes(classes, ignore_label)
+    except ValueError as error:
+        raise UsageError(f"the class list {list(classes)}: {error}") from None
     return classes, ignore_label, {}, regions
 
 

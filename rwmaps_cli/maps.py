@@ -705,7 +705,7 @@ def class_codes(labels: np.ndarray, classes: Sequence[int], ignore_label: int | 
         Naming the offending values when ``labels`` has non-integer, negative or unknown
         values.
     """
-    class_values = _check_classes(classes, ignore_label)
+    class_values = check_classes(classes, ignore_label)
     labels = _as_integer_labels(labels)
     known = class_values if ignore_label is None else class_values + [int(ignore_label)]
     code_dtype = np.min_scalar_type(len(known))
@@ -782,7 +782,10 @@ def _preview(values: np.ndarray, limit: int = 8) -> str:
     return shown + more
 
 
-def _check_classes(classes: Sequence[int], ignore_label: int | None) -> list[int]:
+def check_classes(classes: Sequence[int], ignore_label: int | None = None) -> list[int]:
+    """The one rule for a class list, everywhere (kernels, torch, the command line): at least
+    one value, integers, distinct, non-negative, and not the ignore label.  The values as
+    ints; ValueError saying which rule fails."""
     values = [int(v) for v in classes]
     if not values:
         raise ValueError("classes is empty: a map has one channel per class, so it needs at least one")

@@ -153,6 +153,9 @@ def test_help_and_version():
     [
         (["--classes", "0,one"], "expected comma-separated integers"),
         (["--classes", "0,1", "--num-classes", "2"], "not both"),
+        (["--classes", "0,1,1"], "the class list [0, 1, 1]: classes must be distinct"),  # the one rule (maps.check_classes)
+        (["--classes", "0,-2"], "classes must be non-negative"),
+        (["--classes", "0,1", "--ignore-label", "1"], "ignore label 1 is also in the class list"),
         (["--kind", "dice"], "Invalid value for '--kind'"),
     ],
 )
