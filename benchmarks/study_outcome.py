@@ -27,6 +27,7 @@ per training iteration (data + step, measured).
     nice -n 10 python benchmarks/study_outcome.py              # 3 seeds x 4 arms, 2000 iterations each
     nice -n 10 python benchmarks/study_outcome.py --arms dice_ce,rw_fly,rw_compact,rw_full,ce_rw   # as published
     python benchmarks/study_outcome.py --quick                 # smoke test, < 1 min
+    python benchmarks/study_outcome.py --report a.json b.json  # the table of runs saved with --json, pooled
 """
 
 from __future__ import annotations
@@ -236,7 +237,8 @@ def evaluate(net, root: Path, names, n_classes: int) -> dict:
 def report(results: dict, n_classes: int, args, cases: dict, total_seconds: float) -> str:
     lines = [f"{len(cases['train'])} training and {len(cases['test'])} test volumes {tuple(args.shape)} "
              f"(spacing {SPACING} mm), {n_classes} classes; patches {tuple(args.patch)}, batch {args.batch}, "
-             f"{args.iterations} iterations, {args.seeds} seeds; whole study {total_seconds / 60:.1f} min",
+             f"{args.iterations} iterations, {args.seeds} seeds"
+             + ("" if total_seconds is None else f"; whole study {total_seconds / 60:.1f} min"),
              "", "| arm | mean Dice (fg) | HD95 mm (fg) | s / iteration | "
              + " | ".join(f"Dice {k}" for k in range(1, n_classes)) + " |",
              "|---|---|---|---|" + "---|" * (n_classes - 1)]
@@ -268,7 +270,10 @@ def main(argv=None) -> None:
     # One thread: on a shared 2-core machine two intra-op threads measured 10x slower per
     # iteration (0.375 against 0.035 s) for this small network, waiting for each other.
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
+                        help="print the table of earlier --json results (runs with other seeds pooled), train nothing")
     args = parser.parse_args(argv)
     args.shape, args.patch, args.batch, args.samples_per_volume, args.lr = (40, 48, 20), (24, 24, 12), 2, 4, 3e-3
     if args.quick:
@@ -278,6 +283,14 @@ def main(argv=None) -> None:
     unknown = set(arms) - set(ARMS + OPTIONAL_ARMS)
     if unknown:
         parser.error(f"unknown arms {sorted(unknown)}")
+    if args.report:
+        pooled: dict[str, list] = {}
+        for path in args.report:
+            for arm, runs in json.loads(path.read_text()).items():
+                pooled.setdefault(arm, []).extend({k: np.asarray(v) for k, v in r.items()} for r in runs)
+        args.seeds = len(next(iter(pooled.values())))
+        print(report(pooled, args.classes, args, {"train": [None] * args.train, "test": [None] * args.test}, None))
+        return
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*(is all 0|nan/inf distance).*")  # counted as missing
     started = time.perf_counter()
@@ -286,7 +299,7 @@ def main(argv=None) -> None:
         cases = make_dataset(root, args.shape, args.classes, args.train, args.test)
         print(f"data and maps written ({cases['maps_seconds']:.1f} s for both rwmaps compute runs)", flush=True)
         results: dict[str, list] = {arm: [] for arm in arms}
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for arm in arms:  # interleaved: machine load drifts alike for every arm
                 t0 = time.perf_counter()
                 run = train_arm(root, cases, arm, seed, args)
