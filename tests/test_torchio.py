@@ -290,7 +290,9 @@ def test_queue_patches_of_precomputed_maps_are_the_volume_map_cropped_at_the_loc
 
 def test_per_patch_renormalisation_ignores_the_padded_outside_value(data):
     """A padded compact map holds 1 outside the field; it must not become a class's scale."""
-    sub = subject(data, "case_b", image=False)
+    sub = tio.Crop((2, 2, 2, 2, 1, 1))(subject(data, "case_b", image=False))  # a patch without the corners
+    background = sub["compact"].data[sub["label"].data == 0]
+    assert 0 < background.abs().max() < 0.99  # so a padded 1 would change the background's scale
     pad = tio.Compose([tio.Pad(3, padding_mode=1.0, include=["compact"]), tio.Pad(3, exclude=["compact"])])
     padded = ExpandRegionWiseMap(map="compact", classes=CLASSES, renormalize="patch")(pad(sub))
     plain = ExpandRegionWiseMap(map="compact", classes=CLASSES, renormalize="patch")(sub)
