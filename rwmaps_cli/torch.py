@@ -142,7 +142,7 @@ def expand_map(
         Unknown label values, mismatched shapes, a bad ``outside`` or ``kind``.
     """
     compact, labels = _compact_for(compact, labels, kind)
-    index, valid = class_index(labels, classes, ignore_label)
+    index, valid = class_index(labels.to(compact.device), classes, ignore_label)  # the map's device decides
     value = _own_value(compact, index, valid, len(classes), renormalize)
     weights = _outside_weights(outside, len(classes), compact)
     shape = (compact.shape[0], len(classes), *compact.shape[1:])
@@ -181,7 +181,7 @@ def region_wise_loss(
         The ground truth of the patch, transformed exactly as ``compact``.
     compact : (B, *spatial) float tensor (or (B, 1, *spatial)), or None with ``kind="ac"``
         Each voxel's own-class value ``v`` (``compute_maps(..., layout="compact")``).
-        Cast to ``logits.dtype``; no gradient flows into it.
+        Moved to the logits' device and cast to the softmax's dtype; no gradient flows into it.
     classes : sequence of C ints
         The label value of each logit channel.
     outside : float or C floats
@@ -195,7 +195,8 @@ def region_wise_loss(
 
     Returns
     -------
-    0-dim tensor of ``logits.dtype``.
+    0-dim tensor on the logits' device, of ``logits.dtype`` (under autocast, of the dtype
+    autocast gives the softmax).
 
     Raises
     ------
@@ -204,16 +205,20 @@ def region_wise_loss(
     """
     if logits.ndim < 2 or logits.shape[1] != len(classes):
         raise ValueError(f"logits have shape {tuple(logits.shape)}; expected (B, {len(classes)}, *spatial)")
-    labels = _squeeze_channel(labels, logits.ndim)
-    compact = None if compact is None else _squeeze_channel(compact, logits.ndim).to(logits.dtype)
-    compact, labels = _compact_for(compact, labels, kind, dtype=logits.dtype, device=logits.device)
+    # Everything follows the softmax: the logits' device and dtype (under autocast, the dtype
+    # autocast gives the softmax: float32 on CUDA, the logits' bfloat16 on CPU).  Nothing is
+    # made on the default device or in a fixed dtype.
+    probs = torch.softmax(logits, dim=1)
+    labels = _squeeze_channel(labels, logits.ndim).to(logits.device)
+    if compact is not None:
+        compact = _squeeze_channel(compact, logits.ndim).to(device=logits.device, dtype=probs.dtype)
+    compact, labels = _compact_for(compact, labels, kind, dtype=probs.dtype, device=logits.device)
     if labels.shape != logits.shape[:1] + logits.shape[2:]:
         raise ValueError(f"labels have shape {tuple(labels.shape)}; logits {tuple(logits.shape)}")
     index, valid = class_index(labels, classes, ignore_label)
     value = _own_value(compact.detach(), index, valid, len(classes), renormalize)
-    probs = torch.softmax(logits, dim=1)
     own = probs.gather(1, index.unsqueeze(1)).squeeze(1)
-    weights = _outside_weights(outside, len(classes), logits)
+    weights = _outside_weights(outside, len(classes), probs)
     if weights.ndim == 0:  # sum_c p_c * w = w: the softmax sums to 1
         outside_sum, outside_own = weights, weights
     else:

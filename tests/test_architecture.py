@@ -13,7 +13,7 @@ import pytest
 from helpers import REPO
 
 PACKAGE = REPO / "rwmaps_cli"
-HEAVY = ("nibabel", "SimpleITK", "matplotlib", "edt", "dask", "distributed", "torch", "monai", "nnunetv2", "blosc2")
+HEAVY = ("nibabel", "SimpleITK", "matplotlib", "edt", "dask", "distributed", "torch", "monai", "nnunetv2", "blosc2", "torchio")
 
 
 def test_importing_the_package_loads_no_file_library_kernel_backend_or_cluster():

@@ -18,6 +18,7 @@ from helpers import REPO, SAMPLE_DATA, run_rwmaps
 EXAMPLES = sorted((REPO / "examples").glob("*.py"))
 PLAIN = REPO / "examples" / "train_tiny_rw.py"
 MONAI = REPO / "examples" / "train_monai_rw.py"
+TORCHIO = REPO / "examples" / "train_torchio_rw.py"
 LABELS = SAMPLE_DATA / "Dataset001_Toy" / "labelsTr"
 
 
@@ -53,7 +54,7 @@ def test_example_is_valid_python(script, tmp_path):
 
 
 def test_every_example_has_a_test():
-    assert set(EXAMPLES) == {PLAIN, MONAI}, "a new example needs its --quick run below"
+    assert set(EXAMPLES) == {PLAIN, MONAI, TORCHIO}, "a new example needs its --quick run below"
 
 
 def test_plain_pytorch_example_trains_on_cli_maps():
@@ -82,3 +83,29 @@ def test_monai_example_trains(maps, mode):  # compact: maps written by rwmaps co
 def test_monai_example_trains_with_dice_and_cross_entropy(maps):
     pytest.importorskip("monai")
     run_example(MONAI, "--maps", maps / "nii.gz", "--loss", "dice_ce")  # finite; DiceCE on 15 steps is noisy
+
+
+@pytest.mark.parametrize("mode", ["compact", "full", "on-the-fly"])
+def test_torchio_example_trains_on_queue_patches(maps, mode):
+    """Subjects, augmentation and tio.Queue patches; the compact and full npy maps are the CLI's."""
+    pytest.importorskip("torchio")
+    folder = {"compact": ["--maps", maps / "compact_npy"], "full": ["--maps", maps / "npy"], "on-the-fly": []}[mode]
+    assert goes_down(run_example(TORCHIO, "--map", mode, *folder))
+
+
+def test_torchio_example_computes_its_own_maps_with_the_cli():
+    pytest.importorskip("torchio")
+    assert goes_down(run_example(TORCHIO))  # no --maps: rwmaps compute --layout compact into a temporary folder
+
+
+def test_training_outcome_study_quick_run():
+    """benchmarks/study_outcome.py --quick: every arm trains and the table is printed."""
+    pytest.importorskip("torchio")
+    pytest.importorskip("monai")
+    script = REPO / "benchmarks" / "study_outcome.py"
+    result = subprocess.run([sys.executable, str(script), "--quick", "--arms", "dice_ce,rw_fly,rw_compact,rw_full,ce_rw"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = re.findall(r"^\| (\w+) \| ([0-9.]+) ± ", result.stdout, flags=re.M)
+    assert [arm for arm, _ in rows] == ["dice_ce", "rw_fly", "rw_compact", "rw_full", "ce_rw"], result.stdout
+    assert all(0 <= float(dice) <= 1 for _, dice in rows)

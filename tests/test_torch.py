@@ -320,3 +320,41 @@ def test_importing_rwmaps_cli_does_not_import_torch():
     code = "import sys, rwmaps_cli, rwmaps_cli.maps, rwmaps_cli.formats, rwmaps_cli.mapfile; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_loss_and_expansion_follow_bfloat16_logits_under_autocast():
+    """Under CPU autocast the network's logits are bfloat16: the loss and the expansion run in
+    the logits' dtype (no float32 made on the side) and agree with float32 to bfloat16 precision."""
+    from rwmaps_cli.nnunet.losses import region_wise_loss as full_map_loss
+
+    classes = [0, 1, 2, 3]
+    volumes = [blobs((12, 14, 10), 4, seed=s, sigma=2.0) for s in (21, 22)]
+    labels, full, compact = batch_of(volumes, classes)
+    labels_t, full_t, compact_t = (torch.from_numpy(a) for a in (labels, full.astype(np.float32),
+                                                                 compact.astype(np.float32)))
+    conv = torch.nn.Conv3d(1, len(classes), 3, padding=1)
+    image = torch.from_numpy(labels[:, None].astype(np.float32)) + 0.1 * random_logits(labels[:, None].shape).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = conv(image)
+        assert logits.dtype == torch.bfloat16
+        got = region_wise_loss(logits, labels_t, compact_t, classes)
+        got_renorm = region_wise_loss(logits, labels_t, compact_t, classes, renormalize="patch")
+        got_full = full_map_loss(logits, full_t)
+        expanded = expand_map(compact_t.to(torch.bfloat16), labels_t, classes)
+    assert got.dtype == got_full.dtype == expanded.dtype == torch.bfloat16
+    (grad,) = torch.autograd.grad(got, conv.weight)
+    reference = logits.detach().float().requires_grad_(True)
+    want = full_loss(reference, full_t)
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(got_full.float(), want, rtol=2e-2, atol=2e-3)
+    torch.testing.assert_close(got_renorm.float(), region_wise_loss(reference, labels_t, compact_t, classes,
+                                                                    renormalize="patch"), rtol=2e-2, atol=2e-3)
+    # the gradient through the bfloat16 network equals float32's to bfloat16 precision
+    conv32 = torch.nn.Conv3d(1, len(classes), 3, padding=1)
+    conv32.load_state_dict(conv.state_dict())
+    (want_grad,) = torch.autograd.grad(region_wise_loss(conv32(image), labels_t, compact_t, classes), conv32.weight)
+    cosine = torch.nn.functional.cosine_similarity(grad.float().flatten(), want_grad.flatten(), dim=0)
+    assert cosine > 0.99
+    # the expansion is exact up to the rounding of the map's values to bfloat16 (8 bits)
+    np.testing.assert_allclose(expanded.float().numpy(), full, rtol=2 ** -8, atol=0)
+    assert (expanded.float().numpy() != full).any()  # bfloat16 really rounded: the test sees the dtype

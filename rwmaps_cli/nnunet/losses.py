@@ -20,7 +20,8 @@ from torch import nn
 def region_wise_loss(logits: torch.Tensor, rwmap: torch.Tensor, sigmoid: bool = False) -> torch.Tensor:
     """``mean(p * rwmap)`` with ``p`` the softmax over channels (or the sigmoid of each)."""
     probs = torch.sigmoid(logits) if sigmoid else torch.softmax(logits, 1)
-    return (probs * rwmap.to(probs.dtype)).mean()
+    # the map follows the probabilities (the logits' device; float32 under bfloat16 autocast)
+    return (probs * rwmap.to(device=probs.device, dtype=probs.dtype)).mean()
 
 
 def gradual_alpha(epoch: int) -> float:
