@@ -5,7 +5,7 @@
     python examples/train_torchio_rw.py --quick --map on-the-fly   # RegionWiseMap on every patch: the paper's way
     python examples/train_torchio_rw.py --quick --maps DIR         # maps written earlier by rwmaps compute
 
-Needs TorchIO and PyTorch (``pip install "rwmaps_cli[torchio]"``; CPU is enough).  The toy
+Needs TorchIO and PyTorch (``pip install -e ".[torchio]"`` in the clone; CPU is enough).  The toy
 dataset has labels only, so the image is the labels plus noise.
 
 Where the map comes from (``--map``):

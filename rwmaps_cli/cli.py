@@ -77,7 +77,7 @@ def cli() -> None:
 @click.option("--scheduler", metavar="ADDRESS",
               help="Compute on a Dask cluster: its scheduler (tcp://HOST:PORT, or a scheduler file), or 'local' "
                    "for a LocalCluster of --jobs worker processes here. The workers must see the same files; "
-                   "needs pip install 'rwmaps_cli[dask]'.  [default: local processes (joblib)]")
+                   "needs pip install -e '.[dask]' in the rwmaps clone.  [default: local processes (joblib)]")
 @click.option("--include", multiple=True, metavar="GLOB",
               help="Only files whose name (or path under --input) matches; repeatable.  "
                    "E.g. --include '*_seg.nii.gz' when images and labels share a folder.")

@@ -20,7 +20,7 @@ and then the case gets a failed record saying so.  When a batch of several cases
 workers, each of its cases is sent again on its own, so only the culprit fails.  Memory-based throttling
 (``memory_need``) is local-only: Dask workers have their own memory limits.
 
-Dask is an optional dependency (``pip install 'rwmaps_cli[dask]'``), imported lazily here.
+Dask is an optional dependency (``pip install -e '.[dask]' in the rwmaps clone``), imported lazily here.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from .run import WORKER_DIED, BatchSizer, Stop, run_batch, unreported, usable_co
 
 CONNECT_TIMEOUT = 10  # seconds to reach a scheduler before giving up with a usage error
 POLL_SECONDS = 0.25  # how often to look for new workers (adaptive clusters) and for a stop while cases wait
-MISSING_DASK = "--scheduler needs Dask: pip install 'rwmaps_cli[dask]'"
+MISSING_DASK = "--scheduler needs Dask: pip install -e '.[dask]' in the rwmaps clone"
 
 
 def run_dask(cases: list[Case], work: Callable[..., CaseResult], scheduler, jobs: int | None = None,

@@ -36,7 +36,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from .maps import compute_maps
+from .maps import DEFAULT_KIND, compute_maps
 from .torch import Outside, expand_map
 
 __all__ = ["ExpandRegionWiseMapd", "RegionWiseMapd"]
@@ -73,7 +73,7 @@ class RegionWiseMapd(MapTransform):
     """
 
     def __init__(self, keys: KeysCollection, classes: Sequence[int], map_keys: KeysCollection | None = None,
-                 kind: str = "rrw", spacing: str | Sequence[float] | None = None, slice_axis: int | None = None,
+                 kind: str = DEFAULT_KIND, spacing: str | Sequence[float] | None = None, slice_axis: int | None = None,
                  ignore_label: int | None = None, dtype=np.float32, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.classes = [int(k) for k in classes]

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .maps import DEFAULT_KIND, check_classes
+
 __all__ = ["RENORMALIZE", "class_index", "expand_map", "region_wise_loss", "renormalize_patch"]
 
 RENORMALIZE = (None, "patch")
@@ -54,7 +56,7 @@ def class_index(
     ValueError
         If a label value is not an integer, or is neither in ``classes`` nor the ignore label.
     """
-    class_values = _check_classes(classes, ignore_label)
+    class_values = check_classes(classes, ignore_label)  # the one rule (maps.check_classes)
     labels = _integer_labels(labels)
     known = class_values if ignore_label is None else [*class_values, int(ignore_label)]
     low, high = (int(labels.min()), int(labels.max())) if labels.numel() else (0, 0)
@@ -107,7 +109,7 @@ def expand_map(
     labels: torch.Tensor,
     classes: Sequence[int],
     outside: Outside = 1.0,
-    kind: str = "rrw",
+    kind: str = DEFAULT_KIND,
     ignore_label: int | None = None,
     renormalize: str | None = None,
 ) -> torch.Tensor:
@@ -164,7 +166,7 @@ def region_wise_loss(
     outside: Outside = 1.0,
     renormalize: str | None = None,
     ignore_label: int | None = None,
-    kind: str = "rrw",
+    kind: str = DEFAULT_KIND,
 ) -> torch.Tensor:
     """Region-wise loss ``mean(softmax(logits, dim=1) * full_map)`` from the compact map.
 
@@ -285,14 +287,3 @@ def _integer_labels(labels: torch.Tensor) -> torch.Tensor:
         if bool(bad.any()):
             raise ValueError(f"labels are not integers (interpolated?): {torch.unique(labels[bad])[:8].tolist()}")
     return labels.long()
-
-
-def _check_classes(classes: Sequence[int], ignore_label: int | None) -> list[int]:
-    values = [int(v) for v in classes]
-    if not values:
-        raise ValueError("classes is empty")
-    if len(set(values)) != len(values):
-        raise ValueError(f"classes must be distinct, got {values}")
-    if ignore_label is not None and int(ignore_label) in values:
-        raise ValueError(f"ignore label {ignore_label} is also in the class list")
-    return values

@@ -54,7 +54,7 @@ import torch
 import torchio as tio
 
 from .errors import InputError
-from .maps import compute_maps
+from .maps import DEFAULT_KIND, compute_maps
 from .torch import Outside, class_index, expand_map, renormalize_patch
 
 __all__ = ["MAP_PAD_VALUE", "ExpandRegionWiseMap", "RandomAffineWithMaps", "RegionWiseMap", "RegionWiseMapImage",
@@ -177,7 +177,7 @@ class RegionWiseMap(tio.Transform):
         Label values that are not integers (an interpolated label) or not in ``classes``.
     """
 
-    def __init__(self, label: str = "label", output: str = "rwmap", classes: Sequence[int] = (), kind: str = "rrw",
+    def __init__(self, label: str = "label", output: str = "rwmap", classes: Sequence[int] = (), kind: str = DEFAULT_KIND,
                  spacing: str | None = None, ignore_label: int | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         if spacing not in (None, "physical"):

@@ -206,7 +206,7 @@ def test_without_dask_a_scheduler_is_a_one_line_error_and_local_runs_still_work(
         assert "3 done" in result.stderr
     else:
         assert result.returncode == 2
-        assert result.stderr.strip().splitlines() == ["rwmaps: --scheduler needs Dask: pip install 'rwmaps_cli[dask]'"]
+        assert result.stderr.strip().splitlines() == ["rwmaps: --scheduler needs Dask: pip install -e '.[dask]' in the rwmaps clone"]
 
 
 def test_help_names_the_scheduler_option():

@@ -254,4 +254,4 @@ def test_without_nnunet_the_command_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "nnunetv2", None)  # import nnunetv2 now raises ImportError
     result = CliRunner().invoke(nnunet, ["train", "901", "3d_fullres", "0"])
     assert result.exit_code == 1
-    assert result.output.strip() == "rwmaps: nnU-Net training needs the nnunet extra: pip install 'rwmaps_cli[nnunet]'"
+    assert result.output.strip() == "rwmaps: nnU-Net training needs the nnunet extra: pip install -e '.[nnunet]' in the rwmaps clone"

@@ -325,7 +325,7 @@ def test_importing_rwmaps_cli_does_not_import_torch():
 def test_loss_and_expansion_follow_bfloat16_logits_under_autocast():
     """Under CPU autocast the network's logits are bfloat16: the loss and the expansion run in
     the logits' dtype (no float32 made on the side) and agree with float32 to bfloat16 precision."""
-    from rwmaps_cli.nnunet.losses import region_wise_loss as full_map_loss
+    from rwmaps_cli.nnunet.losses import full_map_rw_loss as full_map_loss
 
     classes = [0, 1, 2, 3]
     volumes = [blobs((12, 14, 10), 4, seed=s, sigma=2.0) for s in (21, 22)]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 
 #: The message given when the nnunet extra is missing.
-EXTRA_HINT = "nnU-Net training needs the nnunet extra: pip install 'rwmaps_cli[nnunet]'"
+EXTRA_HINT = "nnU-Net training needs the nnunet extra: pip install -e '.[nnunet]' in the rwmaps clone"
 
 _EXPORTS = {
     "preprocessed": ("MAPS_SUFFIX", "PreprocessedCase", "PreprocessedError", "PreprocessedFolder", "check_output",

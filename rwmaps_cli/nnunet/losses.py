@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 
-def region_wise_loss(logits: torch.Tensor, rwmap: torch.Tensor, sigmoid: bool = False) -> torch.Tensor:
+def full_map_rw_loss(logits: torch.Tensor, rwmap: torch.Tensor, sigmoid: bool = False) -> torch.Tensor:
     """``mean(p * rwmap)`` with ``p`` the softmax over channels (or the sigmoid of each)."""
     probs = torch.sigmoid(logits) if sigmoid else torch.softmax(logits, 1)
     # the map follows the probabilities (the logits' device; float32 under bfloat16 autocast)
@@ -51,7 +51,7 @@ class RWCompoundLoss(nn.Module):
         self.epoch = 0
 
     def forward(self, logits, target, rwmap):
-        rw = region_wise_loss(logits, rwmap, self.sigmoid)
+        rw = full_map_rw_loss(logits, rwmap, self.sigmoid)
         if self.base is None:
             return rw
         base = self.base(logits, target)
