@@ -142,3 +142,18 @@ def reference_patch_rrw(labels, classes, crop, spacing=None):
         largest = inside[in_patch].max() if in_patch.any() else 1.0
         out.append(np.where(in_patch, -inside / largest, 1.0))
     return np.stack(out)
+
+
+def seed_patch_map(volume: np.ndarray, window, classes, ignore_label=None) -> np.ndarray:
+    """The seed's per-patch rrw map, written from the formula: each class's whole-volume
+    EDT, cropped, divided by its largest value within the crop; 1 outside the class."""
+    crop = volume[window]
+    out = np.ones((len(classes), *crop.shape))
+    for c, k in enumerate(classes):
+        inside = crop == k
+        if inside.any():
+            distance = distance_transform_edt(volume == k)[window]
+            out[c][inside] = -distance[inside] / distance[inside].max()
+    if ignore_label is not None:
+        out[:, crop == ignore_label] = 0
+    return out

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 from helpers import blobs
+from reference import seed_patch_map
 from scipy.ndimage import distance_transform_edt
 
 torch = pytest.importorskip("torch")
@@ -189,21 +190,6 @@ def formula_compact(volume: np.ndarray, classes) -> np.ndarray:
         if inside.any():
             distance = whole_volume_distance(volume, k)
             out[inside] = -distance[inside] / distance[inside].max()
-    return out
-
-
-def seed_patch_map(volume: np.ndarray, window, classes, ignore_label=None) -> np.ndarray:
-    """The seed's per-patch rrw map, written from the formula: each class's whole-volume
-    EDT, cropped, divided by its largest value within the crop; 1 outside the class."""
-    crop = volume[window]
-    out = np.ones((len(classes), *crop.shape))
-    for c, k in enumerate(classes):
-        inside = crop == k
-        if inside.any():
-            distance = whole_volume_distance(volume, k)[window]
-            out[c][inside] = -distance[inside] / distance[inside].max()
-    if ignore_label is not None:
-        out[:, crop == ignore_label] = 0
     return out
 
 

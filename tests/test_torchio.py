@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from helpers import run_rwmaps, write_nifti
-from scipy.ndimage import distance_transform_edt
+from reference import seed_patch_map
 
 torch = pytest.importorskip("torch")
 tio = pytest.importorskip("torchio")
@@ -235,23 +235,6 @@ def test_compact_map_through_an_affine_expands_close_to_the_recomputed_map(data)
 
 # ---------------------------------------------------------------------------------------
 # Patches from tio.Queue
-
-
-def whole_volume_distance(volume: np.ndarray, k: int) -> np.ndarray:
-    return distance_transform_edt(volume == k)
-
-
-def seed_patch_map(volume: np.ndarray, window, classes) -> np.ndarray:
-    """The seed's per-patch rrw map, from the formula: each class's whole-volume EDT, cropped,
-    divided by its largest value within the crop; 1 outside the class."""
-    crop = volume[window]
-    out = np.ones((len(classes), *crop.shape))
-    for c, k in enumerate(classes):
-        inside = crop == k
-        if inside.any():
-            distance = whole_volume_distance(volume, k)[window]
-            out[c][inside] = -distance[inside] / distance[inside].max()
-    return out
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
