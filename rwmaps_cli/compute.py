@@ -402,7 +402,10 @@ def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, run
     started_ns = time.time_ns()
     results = runner(todo, process_case, memory_need=need, stop=stop,
                      settings=settings, threads=threads_per_case(jobs), max_classes=max_classes)
-    results = itertools.chain(results, _written_before_the_stop(todo, reported, started_ns, stop))
+    # A run that settles its class list at the end needs each case's values, which a rescued
+    # map does not report: it is computed again by the next run instead.
+    rescued = _written_before_the_stop(todo, reported, started_ns, stop) if max_classes is None else ()
+    results = itertools.chain(results, rescued)
     for result in results:  # lazily: recorded, and the bar moves, as cases finish
         reported.add(result.name)
         case = by_name[result.name]

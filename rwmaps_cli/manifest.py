@@ -281,6 +281,7 @@ class Manifest:
                        "source": source}  # for an nnU-Net preprocessed folder: its plans and their fingerprint
         self.cases: dict[str, dict] = dict(cases or {})
         self._journal_fd: int | None = None
+        self._torn = False
         self._unwritten = True  # cases or header differ from what the manifest on disk says
 
     @staticmethod
@@ -325,6 +326,7 @@ class Manifest:
             entry["map"] = result.map_stat or fingerprint(output_path, inode=True)
             entry["bytes"] = entry["map"]["size"] if entry["map"] else None
         self.cases[result.name] = entry
+        self._unwritten = True  # folded into the manifest at the end, even if the journal failed
         self._append({"name": result.name, "entry": entry})
 
     def _append(self, record: dict) -> None:
@@ -337,9 +339,13 @@ class Manifest:
         self._write_line(record)
 
     def _write_line(self, record: dict) -> None:
-        data = (json.dumps(record) + "\n").encode()
+        # After a failed write (a full disk) the line before may be torn: start on a new line,
+        # so that only the torn one is lost.
+        data = (("\n" if self._torn else "") + json.dumps(record) + "\n").encode()
+        self._torn = True
         while data:  # a regular file takes it in one write; a short write is only possible on a full disk
             data = data[os.write(self._journal_fd, data):]
+        self._torn = False
 
     def write(self) -> None:
         """Fold the journal into the manifest: an atomic rewrite (a temporary beside it,
@@ -347,9 +353,12 @@ class Manifest:
         if not self._unwritten and self._journal_fd is None:
             return  # the manifest on disk already says all of it (a rerun of a finished folder)
         self.close_journal()
-        self.header["journal_id"] = secrets.token_hex(8)
+        header = {**self.header, "journal_id": secrets.token_hex(8)}
         with atomic_path(self.path) as tmp:
-            tmp.write_text(manifest_text(self.header, self.cases))
+            tmp.write_text(manifest_text(header, self.cases))
+        # Only now: a journal names a manifest that is on disk (a failed rewrite keeps the old
+        # id, so the journal lines written after it still apply to the manifest there).
+        self.header = header
         self.journal.unlink(missing_ok=True)
         self._unwritten = False
 
@@ -361,7 +370,10 @@ class Manifest:
     def adopt(self, previous: ManifestFile) -> None:
         """Mark the manifest on disk as already current when ``previous`` (what was read)
         says exactly what this one would write: then :meth:`write` has nothing to do."""
-        same = (previous.path == self.path and not previous.journaled and previous.cases == self.cases
+        # Only when the folder holds this one manifest: a merge of parts' files says nothing
+        # about what is in rwmaps.json (read_folder_manifest names its merge rwmaps.json).
+        alone = manifest_files(self.path.parent) == [self.path]
+        same = (alone and not previous.journaled and previous.cases == self.cases
                 and {k: v for k, v in previous.header.items() if k != "journal_id"} == self.header)
         if same:
             self.header["journal_id"] = previous.header.get("journal_id")
@@ -465,6 +477,8 @@ def _cached_manifest(folder: Path) -> tuple[ManifestFile, dict[str, list[dict]]]
     if key not in _MANIFEST_CACHE:
         try:
             parsed = read_folder_manifest(folder)
+        except NewerSchemaError:
+            raise  # "upgrade rwmaps", not "no manifest"
         except (FileNotFoundError, ValueError):
             return None
         by_name: dict[str, list[dict]] = {}

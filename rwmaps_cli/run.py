@@ -134,7 +134,8 @@ def run_local(
             in_flight: dict[Future, list[Case]] = {}
             while (queue or in_flight) and not suspects and not stop:
                 while queue and len(in_flight) < jobs and _fits(queue[0], in_flight, budget, memory_need):
-                    batch, refused = _next_batch(queue, sizer.size(len(queue)), memory_need, budget)
+                    batch, refused = _next_batch(queue, sizer.size(len(queue)), memory_need, budget,
+                                                 budget - _running_need(in_flight, memory_need))
                     yield from refused
                     if batch:
                         in_flight[executor.submit(run_batch, work, batch, kwargs)] = batch
@@ -212,28 +213,38 @@ def _alone(executor, case: Case, work, kwargs: dict, stop: Stop) -> Iterator[Cas
         yield from results
 
 
-def _next_batch(queue: deque, size: int, memory_need, budget: int) -> tuple[list[Case], list[CaseResult]]:
-    """Up to ``size`` cases from the queue, and failed records for those that could never
-    fit in memory (they are not started)."""
+def _next_batch(queue: deque, size: int, memory_need, budget: int, free: int) -> tuple[list[Case], list[CaseResult]]:
+    """Up to ``size`` cases from the queue that fit in ``free`` bytes beside the running
+    batches (a batch needs what its largest case needs), and failed records for those that
+    could never fit in the run's ``budget``, even alone (they are not started).  A case that
+    fits only later stays first in the queue."""
     batch, refused = [], []
     while queue and len(batch) < size:
-        case = queue.popleft()
-        need = memory_need(case) if memory_need is not None else 0
+        need = memory_need(queue[0]) if memory_need is not None else 0
         if need > budget:
+            case = queue.popleft()
             refused.append(CaseResult(case.name, "failed", error=f"needs about {need / 2**30:.1f} GiB of memory, "
                                                                  f"more than the {budget / 2**30:.1f} GiB available"))
+        elif need > free and (batch or free < budget):
+            break  # it waits until memory allows (alone, at the latest)
         else:
-            batch.append(case)
+            batch.append(queue.popleft())
     return batch, refused
+
+
+def _running_need(in_flight: dict, memory_need) -> int:
+    """Bytes the running batches need: a batch runs its cases one after another, so what its
+    largest case needs."""
+    if memory_need is None:
+        return 0
+    return sum(max(map(memory_need, batch)) for batch in in_flight.values())
 
 
 def _fits(case: Case, in_flight: dict, budget: int, memory_need) -> bool:
     """Whether ``case`` may start now: always alone, else if memory allows."""
     if memory_need is None or not in_flight:
         return True
-    # A batch runs its cases one after another: it needs what its largest case needs.
-    running = sum(max(map(memory_need, batch)) for batch in in_flight.values())
-    return running + memory_need(case) <= budget
+    return _running_need(in_flight, memory_need) + memory_need(case) <= budget
 
 
 def available_memory() -> int:

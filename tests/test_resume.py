@@ -251,3 +251,52 @@ def test_the_manifest_and_every_map_say_their_schema_and_a_newer_one_is_refused(
     (out / "rwmaps.json").write_text(json.dumps(data))
     refused = run_rwmaps("compute", "--input", labels_dir, "--output", out, check=2)
     assert f"written by a newer rwmaps (schema {SCHEMA + 1}; this one reads up to schema {SCHEMA})" in refused.stderr
+
+
+def test_a_plain_run_after_the_parts_of_a_job_array_keeps_every_record(tmp_path):
+    labels_dir = tmp_path / "labels"
+    for i in range(4):
+        write_nifti(labels_dir / f"case_{i}.nii.gz", blobs((12, 10, 8), 3, seed=i))
+    out = tmp_path / "maps"
+    args = ["compute", "--input", labels_dir, "--output", out, "--format", "npy", "--classes", "0,1,2"]
+    for part in ("0", "1"):
+        run_rwmaps(*args, "--num-parts", "2", "--part-id", part, check=0)
+    assert "0 done, 4 skipped" in run_rwmaps(*args, check=0).stderr  # takes the parts' records over
+    assert sorted(p.name for p in out.glob("rwmaps*")) == ["rwmaps.json", "rwmaps.lock", "rwmaps.part-0-of-2.lock",
+                                                          "rwmaps.part-1-of-2.lock"]
+    assert len(manifest(out)["cases"]) == 4
+    assert "0 done, 4 skipped" in run_rwmaps(*args, check=0).stderr  # and the next run still finds them
+
+
+def test_a_map_of_a_newer_schema_is_refused_in_one_line(tmp_path):
+    from rwmaps_cli import load_map
+    from rwmaps_cli.formats import SCHEMA
+
+    labels_dir = tmp_path / "labels"
+    write_nifti(labels_dir / "case.nii.gz", blobs((12, 10, 8), 3))
+    run_rwmaps("compute", "--input", labels_dir, "--output", tmp_path / "maps", check=0)
+    import nibabel as nib
+
+    path = tmp_path / "maps" / "case.nii.gz"
+    image = nib.load(path)
+    image.header["descrip"] = f"rwmaps rrw full 3d schema {SCHEMA + 1}".encode()
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), image.affine, image.header), tmp_path / "newer.nii.gz")
+    with pytest.raises(Exception, match=f"written by a newer rwmaps \\(schema {SCHEMA + 1}"):
+        load_map(tmp_path / "newer.nii.gz")
+
+
+def test_a_batch_takes_only_the_cases_that_fit_beside_the_running_ones(tmp_path):
+    from collections import deque
+
+    from rwmaps_cli.run import _next_batch
+
+    need = {"a": 1, "b": 1, "big": 10, "c": 1, "huge": 99}
+    cases = deque(Case(tmp_path / n, tmp_path / n, n) for n in ["a", "b", "big", "c"])
+    batch, refused = _next_batch(cases, 8, lambda case: need[case.name], budget=12, free=5)
+    assert [c.name for c in batch] == ["a", "b"] and not refused
+    assert [c.name for c in cases] == ["big", "c"]  # big waits: it does not fit beside what runs
+    batch, _ = _next_batch(cases, 8, lambda case: need[case.name], budget=12, free=12)  # nothing running
+    assert [c.name for c in batch] == ["big", "c"]
+    cases = deque([Case(tmp_path / "huge", tmp_path / "huge", "huge")])
+    batch, refused = _next_batch(cases, 8, lambda case: need[case.name], budget=12, free=12)
+    assert not batch and refused[0].status == "failed" and "more than the" in refused[0].error

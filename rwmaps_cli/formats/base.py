@@ -210,6 +210,13 @@ def diagonal_affine(spacing: Sequence[float]) -> np.ndarray:
 SCHEMA = 2
 
 
+def check_schema(schema: int) -> None:
+    """InputError for a map of a schema newer than this rwmaps reads."""
+    if schema > SCHEMA:
+        raise InputError(f"written by a newer rwmaps (schema {schema}; this one reads up to schema {SCHEMA}): "
+                         "upgrade rwmaps_cli")
+
+
 def describe_map(kind: str, layout: str, spatial_ndim: int) -> str:
     """The self-description a map file carries: ``"rwmaps rrw compact 3d schema 2"``."""
     return f"rwmaps {kind} {layout} {spatial_ndim}d schema {SCHEMA}"

@@ -29,6 +29,7 @@ from .base import (
     check_labels,
     check_map_array,
     check_ndim,
+    check_schema,
     describe_map,
     parse_description,
 )
@@ -190,7 +191,7 @@ class NiftiFormat(FileFormat):
         """
         import nibabel as nib
 
-        header = nib.Nifti1Header()
+        header = nib.Nifti1Header(endianness="<")  # the byte order _fortran_chunks writes
         header.set_data_shape(data_shape)
         header.set_data_dtype(dtype)
         source = volume.nifti_header
@@ -216,7 +217,8 @@ class NiftiFormat(FileFormat):
     def _info(self, img) -> MapInfo:
         stored = tuple(int(n) for n in img.shape)
         dtype = img.get_data_dtype()
-        ours, kind, layout, ndim, _ = parse_description(_description(img.header))
+        ours, kind, layout, ndim, schema = parse_description(_description(img.header))
+        check_schema(schema)
         layout = layout or ("full" if len(stored) == 4 else None)
         if layout is None:
             raise _not_a_map(stored, ours)

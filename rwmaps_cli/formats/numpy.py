@@ -25,6 +25,7 @@ from .base import (
     DEFAULT_COMPRESSLEVEL,
     MAP_DTYPES,
     SCHEMA,
+    check_schema,
     FileFormat,
     LabelVolume,
     MapContent,
@@ -170,11 +171,12 @@ class NpzFormat(FileFormat):
             with archive.open("map.npy") as member:
                 shape, dtype = npy_header(member)
         with np.load(path, allow_pickle=False) as npz:  # the small keys only; 'map' stays unread
-            small = {key: npz[key] for key in ("classes", "spacing", "kind", "layout") if key in npz.files}
+            small = {key: npz[key] for key in ("classes", "spacing", "kind", "layout", "schema") if key in npz.files}
         return self._info(shape, dtype, small)
 
     @staticmethod
     def _info(shape, dtype, small: dict) -> MapInfo:
+        check_schema(int(small["schema"]) if "schema" in small else 1)
         layout = str(small["layout"]) if "layout" in small else "full"  # the first schema-1 maps were full only
         check_map_array(shape, dtype, layout if layout in ("full", "compact") else None)
         spatial_ndim = len(shape) - (1 if layout == "full" else 0)
