@@ -38,7 +38,7 @@ from dataclasses import replace
 
 from .dataset import Case
 from .errors import UsageError
-from .manifest import CaseResult
+from .manifest import FAILED, CaseResult
 from .run import WORKER_DIED, BatchSizer, Stop, run_batch, unreported, usable_cores
 
 CONNECT_TIMEOUT = 10  # seconds to reach a scheduler before giving up with a usage error
@@ -249,7 +249,7 @@ def _outcome(future, batch: list[Case]) -> list[CaseResult]:
 
 
 def _failed(case: Case, error: str, **fields) -> CaseResult:
-    return CaseResult(case.name, "failed", error=error, **fields)
+    return CaseResult(case.name, FAILED, error=error, **fields)
 
 
 def _one_line(error: BaseException) -> str:

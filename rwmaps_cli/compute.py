@@ -31,7 +31,7 @@ from .dataset import Case, Dataset, default_output, find_dataset
 from .errors import InputError, UsageError
 from .formats import DEFAULT_FORMAT, OUTPUT_DTYPES, OUTPUT_STORES_CLASSES, clean_temporaries, output_is_compressed
 from .lock import folder_lock
-from .manifest import DEFAULT_DTYPE, DEFAULT_SPACING, DONE, CaseResult, Manifest, Settings
+from .manifest import DEFAULT_DTYPE, DEFAULT_SPACING, DONE, FAILED, CaseResult, Manifest, Settings
 from .mapfile import map_info
 from .maps import DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_MAX_CLASSES, check_layout
 from .nnunet.preprocessed import is_preprocessed_folder
@@ -413,7 +413,7 @@ def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, run
             manifest.record(case.input, case.output, result, reader=case.reader)
         except OSError as error:  # a full disk, a lost NFS handle: stop, the maps written so far stay
             stop.set(f"cannot write {manifest.path.name}: {error.strerror or error}")
-            outcome.failures.append((case.input, CaseResult(case.name, "failed", error=stop.reason)))
+            outcome.failures.append((case.input, CaseResult(case.name, FAILED, error=stop.reason)))
             continue
         bar.update()
         if result.status == DONE:

@@ -22,7 +22,7 @@ from dataclasses import replace
 from statistics import median
 
 from .dataset import Case
-from .manifest import CaseResult
+from .manifest import FAILED, CaseResult
 
 WORKER_DIED = "the worker process died while computing this case (killed, or out of memory)"
 POLL_SECONDS = 0.2  # how often a runner looks at its Stop while cases run
@@ -208,7 +208,7 @@ def _alone(executor, case: Case, work, kwargs: dict, stop: Stop) -> Iterator[Cas
         return
     results = _result(future, stop)
     if results is None:
-        yield CaseResult(case.name, "failed", error=WORKER_DIED)
+        yield CaseResult(case.name, FAILED, error=WORKER_DIED)
     elif results is not _LOST:
         yield from results
 
@@ -223,7 +223,7 @@ def _next_batch(queue: deque, size: int, memory_need, budget: int, free: int) ->
         need = memory_need(queue[0]) if memory_need is not None else 0
         if need > budget:
             case = queue.popleft()
-            refused.append(CaseResult(case.name, "failed", error=f"needs about {need / 2**30:.1f} GiB of memory, "
+            refused.append(CaseResult(case.name, FAILED, error=f"needs about {need / 2**30:.1f} GiB of memory, "
                                                                  f"more than the {budget / 2**30:.1f} GiB available"))
         elif need > free and (batch or free < budget):
             break  # it waits until memory allows (alone, at the latest)

@@ -16,6 +16,7 @@ from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from threadpoolctl import threadpool_limits
 
+from ..manifest import DONE
 from .store import MapsFolder, MapsFolderError
 from .transforms import crop_map
 
@@ -39,7 +40,7 @@ class nnUNetDataLoaderRW(nnUNetDataLoader):
         self.return_boxes = return_boxes
         if maps is not None:
             missing = [case for case in self.indices
-                       if not isinstance(maps.cases.get(case), dict) or maps.cases[case].get("status") != "done"]
+                       if not isinstance(maps.cases.get(case), dict) or maps.cases[case].get("status") != DONE]
             if missing:
                 raise MapsFolderError(f"{maps.folder}: no finished map for {len(missing)} case(s), e.g. "
                                       f"{missing[0]!r}; run rwmaps compute on the preprocessed folder again")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from ..manifest import MANIFEST_NAME, read_folder_manifest
+from ..manifest import DONE, MANIFEST_NAME, read_folder_manifest
 
 
 class MapsFolderError(InputError, ValueError):
@@ -80,7 +80,7 @@ class MapsFolder:
             When the manifest has no finished map for it.
         """
         entry = self.cases.get(case)
-        if not isinstance(entry, dict) or entry.get("status") != "done":
+        if not isinstance(entry, dict) or entry.get("status") != DONE:
             raise MapsFolderError(f"{self.folder}: no finished map for case {case!r}; run rwmaps compute again")
         return self.folder / Path(entry["output"]).name
 
