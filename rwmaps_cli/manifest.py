@@ -350,7 +350,7 @@ class Manifest:
     def write(self) -> None:
         """Fold the journal into the manifest: an atomic rewrite (a temporary beside it,
         then a rename), and a new journal id, so the old journal no longer applies."""
-        if not self._unwritten and self._journal_fd is None:
+        if not self._unwritten:  # every record sets it
             return  # the manifest on disk already says all of it (a rerun of a finished folder)
         self.close_journal()
         header = {**self.header, "journal_id": secrets.token_hex(8)}

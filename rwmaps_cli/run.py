@@ -132,16 +132,22 @@ def run_local(
                 continue
             executor = _executor(jobs)
             in_flight: dict[Future, list[Case]] = {}
+            needs: dict[Future, int] = {}  # bytes each running batch needs: what its largest case needs
             while (queue or in_flight) and not suspects and not stop:
-                while queue and len(in_flight) < jobs and _fits(queue[0], in_flight, budget, memory_need):
+                while queue and len(in_flight) < jobs:
                     batch, refused = _next_batch(queue, sizer.size(len(queue)), memory_need, budget,
-                                                 budget - _running_need(in_flight, memory_need))
+                                                 budget - sum(needs.values()))
                     yield from refused
+                    if not batch and not refused:
+                        break  # the next case waits until memory allows
                     if batch:
-                        in_flight[executor.submit(run_batch, work, batch, kwargs)] = batch
+                        future = executor.submit(run_batch, work, batch, kwargs)
+                        in_flight[future] = batch
+                        needs[future] = max(map(memory_need, batch)) if memory_need is not None else 0
                 done, _ = wait(in_flight, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
                 for future in done:
                     batch = in_flight.pop(future)
+                    needs.pop(future)
                     results = _result(future, stop)
                     if results is None:
                         suspects.extend(batch)  # its worker died: each of its cases is retried alone
@@ -215,9 +221,9 @@ def _alone(executor, case: Case, work, kwargs: dict, stop: Stop) -> Iterator[Cas
 
 def _next_batch(queue: deque, size: int, memory_need, budget: int, free: int) -> tuple[list[Case], list[CaseResult]]:
     """Up to ``size`` cases from the queue that fit in ``free`` bytes beside the running
-    batches (a batch needs what its largest case needs), and failed records for those that
-    could never fit in the run's ``budget``, even alone (they are not started).  A case that
-    fits only later stays first in the queue."""
+    batches, and failed records for those that could never fit in the run's ``budget``,
+    even alone (they are not started).  A case that fits only later stays first in the
+    queue; with nothing running (``free == budget``) the first case that fits always starts."""
     batch, refused = [], []
     while queue and len(batch) < size:
         need = memory_need(queue[0]) if memory_need is not None else 0
@@ -230,21 +236,6 @@ def _next_batch(queue: deque, size: int, memory_need, budget: int, free: int) ->
         else:
             batch.append(queue.popleft())
     return batch, refused
-
-
-def _running_need(in_flight: dict, memory_need) -> int:
-    """Bytes the running batches need: a batch runs its cases one after another, so what its
-    largest case needs."""
-    if memory_need is None:
-        return 0
-    return sum(max(map(memory_need, batch)) for batch in in_flight.values())
-
-
-def _fits(case: Case, in_flight: dict, budget: int, memory_need) -> bool:
-    """Whether ``case`` may start now: always alone, else if memory allows."""
-    if memory_need is None or not in_flight:
-        return True
-    return _running_need(in_flight, memory_need) + memory_need(case) <= budget
 
 
 def available_memory() -> int:

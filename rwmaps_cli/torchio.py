@@ -54,7 +54,7 @@ import torch
 import torchio as tio
 
 from .errors import InputError
-from .maps import DEFAULT_KIND, compute_maps
+from .maps import DEFAULT_KIND, check_classes, compute_maps
 from .torch import Outside, class_index, expand_map, renormalize_patch
 
 __all__ = ["MAP_PAD_VALUE", "ExpandRegionWiseMap", "RandomAffineWithMaps", "RegionWiseMap", "RegionWiseMapImage",
@@ -182,9 +182,8 @@ class RegionWiseMap(tio.Transform):
         super().__init__(**kwargs)
         if spacing not in (None, "physical"):
             raise ValueError(f"spacing must be None or 'physical', got {spacing!r}")
-        if not classes:
-            raise ValueError("classes is empty: pass the dataset's class list")
-        self.label, self.output, self.classes = label, output, [int(k) for k in classes]
+        self.label, self.output = label, output
+        self.classes = check_classes(classes, ignore_label)  # the one rule (maps.check_classes)
         self.kind, self.spacing, self.ignore_label = kind, spacing, ignore_label
         self.args_names = ["label", "output", "classes", "kind", "spacing", "ignore_label"]
 
@@ -244,9 +243,8 @@ class ExpandRegionWiseMap(tio.Transform):
         super().__init__(**kwargs)
         if renormalize not in (None, "patch"):
             raise ValueError(f"renormalize must be None or 'patch', got {renormalize!r}")
-        if not classes:
-            raise ValueError("classes is empty: pass the dataset's class list")
-        self.map, self.label, self.classes = map, label, [int(k) for k in classes]
+        self.map, self.label = map, label
+        self.classes = check_classes(classes, ignore_label)  # the one rule (maps.check_classes)
         self.outside, self.renormalize, self.ignore_label = outside, renormalize, ignore_label
         self.args_names = ["map", "label", "classes", "outside", "renormalize", "ignore_label"]
 
