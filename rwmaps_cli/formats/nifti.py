@@ -7,7 +7,7 @@ header's ``descrip`` says what the file is, ``"rwmaps KIND LAYOUT Nd"``
 map itself.  Label arrays come back as nibabel returns them: Fortran-ordered ``(X, Y, Z)``.
 
 ``.nii.gz`` is read and written with ISA-L's gzip (PyPI ``isal``), standard gzip that every
-gzip reader opens (nibabel, SimpleITK, MONAI's ``LoadImage``: tested), 3-6x faster than
+gzip reader opens (nibabel, SimpleITK, MONAI's ``LoadImage``: tested), 4-5x faster than
 zlib: see :data:`ISAL_LEVEL`.
 """
 
@@ -37,12 +37,12 @@ from .base import (
 _DESCRIP_BYTES = 80  # size of the NIfTI-1 'descrip' field
 _VOX_OFFSET = 352  # a single-file NIfTI-1 without extensions: 348-byte header, 4-byte extension flag
 _WRITE_CHUNK = 1 << 24  # bytes per write: a large map is never copied whole to write it
-# ISA-L (igzip) level for .nii.gz maps, measured on this machine against zlib level 1 (what
-# nibabel and rwmaps 0.1 wrote), on the same bytes: a dense compact rrw channel (52 MB,
-# 60 classes): zlib 1 0.49 s / 12.8 MB; isal 0 0.17 s / 15.5 MB, 1 0.13 s / 14.0 MB,
-# 2 0.18 s / 13.4 MB, 3 0.27 s / 12.6 MB; a full 8-class rrw map (82 MB, mostly 1s):
-# zlib 1 0.27 s / 2.8 MB, isal 1 and 2 0.05 s / 2.7 and 2.6 MB, 3 0.17 s.  Level 2 is
-# within 5 % of zlib's size and 2.7-5.7x faster; decompression 0.14 s either way.
+# ISA-L (igzip) level for .nii.gz maps, against zlib level 1 (what nibabel and rwmaps 0.1
+# wrote), on the same bytes: the compact channel of a CT-sized brain-like case (512x512x400,
+# 118 classes, nibabel order, 419 MB raw), `python benchmarks/bench_scale.py --only kernel`:
+# zlib 1 3.00 s / 109.5 MB; isal 0 0.73 s / 136.5 MB, 1 0.72 s / 116.5 MB, 2 0.75 s /
+# 110.1 MB, 3 1.16 s / 100.0 MB.  Level 2: zlib 1's size (+0.5 %), 4x faster; level 1 is as
+# fast but 6 % larger, level 3 9 % smaller but 1.5x slower.
 ISAL_LEVEL = 2
 
 
@@ -83,10 +83,9 @@ def _load(path: Path):
 
     stream = igzip.open(path, "rb")
     try:
-        first = stream.read(4)
+        # nibabel's own test of which header this is (nib.load sniffs the same way).
+        image_class = nib.Nifti2Image if nib.Nifti2Header.may_contain_header(stream.read(540)) else nib.Nifti1Image
         stream.seek(0)
-        image_class = nib.Nifti2Image if 540 in (int.from_bytes(first, "little"), int.from_bytes(first, "big")) \
-            else nib.Nifti1Image  # sizeof_hdr: 348 for NIfTI-1, 540 for NIfTI-2
         holder = FileHolder(filename=str(path), fileobj=stream)
         return image_class.from_file_map({"header": holder, "image": holder}, mmap=False)
     except BaseException:
