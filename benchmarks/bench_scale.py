@@ -14,7 +14,8 @@ Prints ratios measured in the same run (the machines are shared and noisy):
    nii.gz and npy, ``rwmaps compute --jobs 1`` (a real process) against its parts in one
    process: nibabel read, ``compute_maps`` (the threads rwmaps gives the case), and the
    write: ``nibabel.save`` for nii.gz, ``np.save`` for npy.  Also ``--jobs 1`` with one
-   thread, for what the second core buys one large case.
+   thread, for what the second core buys one large case.  Section ``kernel``: ``compute_maps``
+   on 1 thread and on all, and gzip of the compact channel by zlib and by ISA-L's levels.
 3. **a set of brain-like cases** (6 x 182x218x182, 83 classes, nii.gz): ``rwmaps compute
    --jobs 2 --layout compact`` against the sum of their parts divided by 2 cores.
 
@@ -39,6 +40,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from seed import median_times  # noqa: E402  (benchmarks/seed.py)
 
 from rwmaps_cli import compute_maps
 from rwmaps_cli.synthetic import brain_like_labels
@@ -275,6 +278,33 @@ def bench_ct(root: Path, shape, n_classes: int, repeats: int) -> None:
               f"{one / run:.2f}x faster (target >= 1.6) (medians of {repeats})", flush=True)
 
 
+def bench_kernel_and_gzip(shape, n_classes: int, repeats: int) -> None:
+    """What the writer and a case's threads rest on, on the CT-sized labels as nibabel
+    returns them: compute_maps (compact) on 1 thread and on all, and gzip of its channel by
+    zlib level 1 (nibabel's) against ISA-L's levels (formats/nifti.py writes ISAL_LEVEL)."""
+    import zlib
+
+    from isal import igzip
+
+    from rwmaps_cli.formats.nifti import ISAL_LEVEL
+
+    labels = brain_like_labels(shape, n_classes, spacing=(0.8, 0.8, 1.5))
+    classes = list(range(n_classes))
+    threads = os.cpu_count() or 1
+    print(f"\n## compute_maps (compact) and gzip on the CT-sized labels (medians of {repeats})")
+    t = median_times({"1": lambda: compute_maps(labels, classes, layout="compact", threads=1),
+                      "all": lambda: compute_maps(labels, classes, layout="compact", threads=threads)}, repeats)
+    print(f"compute_maps: 1 thread {t['1']:.2f} s, {threads} threads {t['all']:.2f} s: {t['1'] / t['all']:.2f}x")
+    raw = compute_maps(labels, classes, layout="compact").tobytes(order="F")
+    codecs = {"zlib 1": lambda: zlib.compress(raw, 1), **{f"isal {level}": (lambda level=level: igzip.compress(raw, level))
+                                                         for level in range(4)}}
+    t = median_times(codecs, repeats)
+    sizes = {name: len(codec()) for name, codec in codecs.items()}
+    print(f"gzip of the compact channel ({len(raw) / 1e6:.0f} MB raw; rwmaps writes isal {ISAL_LEVEL}):")
+    for name in codecs:
+        print(f"  {name}: {t[name]:.2f} s, {sizes[name] / 1e6:.1f} MB, zlib 1 / this = {t['zlib 1'] / t[name]:.1f}x")
+
+
 def bench_brains(root: Path, shape, n_classes: int, n_cases: int, repeats: int) -> None:
     """Several brains at --jobs 2 against their parts; also the fixed cost of any run (a
     process that starts, imports, starts its workers), which a small set cannot hide."""
@@ -301,7 +331,7 @@ def bench_brains(root: Path, shape, n_classes: int, n_cases: int, repeats: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test of the script")
-    parser.add_argument("--only", choices=["manifest", "small", "large"], help="one section only")
+    parser.add_argument("--only", choices=["manifest", "small", "large", "kernel"], help="one section only")
     parser.add_argument("--small", default="1000,10000,100000", help="numbers of small cases (comma-separated)")
     parser.add_argument("--dask", type=int, default=0, help="also time --scheduler local on this many tiles")
     parser.add_argument("--repeats", type=int, default=3)
@@ -320,6 +350,8 @@ def main() -> None:
             bench_manifest([1000, 10000] if args.quick else [1000, 10000, 100000], root)
         if args.only in (None, "small"):
             bench_small(sizes, root, args.dask if not args.quick else 0)
+        if args.only in (None, "kernel"):
+            bench_kernel_and_gzip(ct, ct_classes, repeats)
         if args.only in (None, "large"):
             bench_ct(root, ct, ct_classes, repeats)
             bench_brains(root, brain, 83, brain_cases, repeats)

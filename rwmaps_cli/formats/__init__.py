@@ -230,7 +230,7 @@ def write_map(
     layout : {"full", "compact"}
     compresslevel : int, 0-9, optional
         A zlib level for .nii.gz and .npz.  Default: .nii.gz through ISA-L at its level 2
-        (standard gzip, 3-6x faster than zlib at about zlib 1's size: see
+        (standard gzip, 4-5x faster than zlib at about zlib 1's size: see
         ``formats/nifti.py``), .npz at zlib level 1.
     threads : int
         Threads that may compress (ISA-L's .nii.gz: the bytes then differ, the map not).
