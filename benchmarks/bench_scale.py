@@ -306,25 +306,37 @@ def bench_kernel_and_gzip(shape, n_classes: int, repeats: int) -> None:
 
 
 def bench_brains(root: Path, shape, n_classes: int, n_cases: int, repeats: int) -> None:
-    """Several brains at --jobs 2 against their parts; also the fixed cost of any run (a
-    process that starts, imports, starts its workers), which a small set cannot hide."""
-    print(f"\n## {n_cases} brain-like cases {'x'.join(map(str, shape))}, {n_classes} classes, nii.gz, "
-          "--layout compact, --jobs 2")
-    folder = root / "brains"
-    paths = [write_nifti(folder / f"brain_{i}.nii.gz", brain_like_labels(shape, n_classes, seed=i), (1.0, 1.0, 1.0))
-             for i in range(n_cases)]
+    """Brain sets at --jobs 2 against their parts: ``n_cases`` brains, and twice as many, so
+    that the cost of one more brain (the slope from one set to the other) is measured apart
+    from the fixed cost of a run (a process that starts, imports and starts its workers,
+    also timed alone on one tiny case)."""
+    print(f"\n## {n_cases} and {2 * n_cases} brain-like cases {'x'.join(map(str, shape))}, {n_classes} classes, "
+          "nii.gz, --layout compact, --jobs 2")
+    paths = [write_nifti(root / "brains_2n" / f"brain_{i}.nii.gz", brain_like_labels(shape, n_classes, seed=i),
+                         (1.0, 1.0, 1.0)) for i in range(2 * n_cases)]
+    for path in paths[:n_cases]:
+        (root / "brains_n").mkdir(exist_ok=True)
+        shutil.copy(path, root / "brains_n" / path.name)
     out = root / "brain_parts"
     out.mkdir(exist_ok=True)
     tiny = write_nifti(root / "tiny" / "tiny.nii.gz", brain_like_labels((8, 9, 7), 3), (1.0, 1.0, 1.0))
-    runs, part_sums, startups = [], [], []
-    for _ in range(repeats):
-        part_sums.append(sum(sum(parts(p, "nii.gz", 1, out).values()) for p in paths) / 2)
-        runs.append(cli_run(folder, root / "brain_maps", "nii.gz", jobs=2))
-        startups.append(cli_run(tiny.parent, root / "tiny_maps", "nii.gz", jobs=2))  # the fixed cost of a run
-    run, whole, startup = float(np.median(runs)), float(np.median(part_sums)), float(np.median(startups))
-    print(f"rwmaps compute {run:.2f} s | parts (one thread each) summed / 2 cores {whole:.2f} s | "
-          f"rwmaps / parts = {run / whole:.2f} (target <= 1.2) | a run of one tiny case (interpreter, "
-          f"imports, worker start) {startup:.2f} s; beyond it, rwmaps / parts = {(run - startup) / whole:.2f} "
+    runs_n, runs_2n, parts_n, parts_2n, startups = [], [], [], [], []
+    for _ in range(repeats):  # interleaved, so noise hits all alike
+        seconds = [sum(parts(p, "nii.gz", 1, out).values()) for p in paths]
+        parts_n.append(sum(seconds[:n_cases]) / 2)
+        parts_2n.append(sum(seconds) / 2)
+        runs_n.append(cli_run(root / "brains_n", root / "brain_maps", "nii.gz", jobs=2))
+        runs_2n.append(cli_run(root / "brains_2n", root / "brain_maps", "nii.gz", jobs=2))
+        startups.append(cli_run(tiny.parent, root / "tiny_maps", "nii.gz", jobs=2))
+    run_n, run_2n, part_n, part_2n, startup = (float(np.median(x)) for x in (runs_n, runs_2n, parts_n, parts_2n,
+                                                                               startups))
+    print(f"{n_cases} brains: rwmaps compute {run_n:.2f} s | parts (one thread each) summed / 2 cores {part_n:.2f} s "
+          f"| rwmaps / parts = {run_n / part_n:.2f} (target <= 1.2)\n"
+          f"{2 * n_cases} brains: rwmaps compute {run_2n:.2f} s | parts {part_2n:.2f} s | rwmaps / parts = "
+          f"{run_2n / part_2n:.2f}\n"
+          f"one brain more (from {n_cases} to {2 * n_cases}): rwmaps {(run_2n - run_n) / n_cases:.3f} s | parts "
+          f"{(part_2n - part_n) / n_cases:.3f} s | rwmaps / parts = {(run_2n - run_n) / (part_2n - part_n):.2f}\n"
+          f"a run of one tiny case (interpreter, imports, workers, exit): {startup:.2f} s "
           f"(medians of {repeats})", flush=True)
 
 

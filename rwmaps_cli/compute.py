@@ -36,7 +36,8 @@ from .mapfile import map_info
 from .maps import DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_MAX_CLASSES, check_layout
 from .nnunet.preprocessed import is_preprocessed_folder
 from .resume import is_done, manifest_source, open_manifest
-from .run import NoBar, Stop, run_local, start_workers, threads_per_case, usable_cores
+from .run import NoBar, Stop, run_local, threads_per_case, usable_cores
+from .workers import start_worker_server
 
 # Above this many bytes per full map, the summary suggests --layout compact.
 COMPACT_HINT_BYTES = 1_000_000_000
@@ -141,13 +142,13 @@ def compute_dataset(
         little disk space, classes in no case with ``strict``.
     """
     request = Request(**options)
+    if request.scheduler is None:
+        start_worker_server()
     progress = progress or (lambda total, description: NoBar())
     on_failure = on_failure or (lambda path, result: None)
     dataset, output_dir, request = _open_input(Path(input_dir), output_dir, request)
     mine = _share(dataset.cases, request.part)
     jobs = _jobs(request.jobs, len(mine))
-    if request.scheduler is None:
-        start_workers(jobs)
     stop = Stop()
     with ExitStack() as stack:
         stack.enter_context(_stop_on_signals(stop))

@@ -31,7 +31,6 @@ import inspect
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-import scipy.ndimage as ndi
 
 from .errors import UnknownLabelsError
 
@@ -649,6 +648,10 @@ def _distance(mask, spacing, engine, threads) -> np.ndarray:
     """EDT of a boolean mask: for each True voxel, distance to the nearest False one."""
     if engine == "edt":
         return _edt(mask, spacing, threads)
+    # Imported here: scipy.ndimage costs ~0.2 s to import, paid by every process and worker
+    # of a run that does not use the scipy engine.
+    import scipy.ndimage as ndi
+
     return ndi.distance_transform_edt(mask, sampling=spacing)
 
 

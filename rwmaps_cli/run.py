@@ -2,7 +2,7 @@
 
 A runner is called as ``runner(cases, work, memory_need=None, stop=None, **kwargs)`` and
 yields ``work(case, **kwargs)`` for every case, in completion order, never raising for one
-case.  :func:`run_local` uses local processes (joblib's loky executor), keeps the machine's
+case.  :func:`run_local` uses local processes (:mod:`rwmaps_cli.workers`), keeps the machine's
 cores and memory within bounds, and survives a worker that dies;
 :func:`rwmaps_cli.cluster.run_dask` does the same on a Dask cluster.
 
@@ -23,6 +23,7 @@ from statistics import median
 
 from .dataset import Case
 from .manifest import FAILED, CaseResult
+from .workers import executor as _executor
 
 WORKER_DIED = "the worker process died while computing this case (killed, or out of memory)"
 POLL_SECONDS = 0.2  # how often a runner looks at its Stop while cases run
@@ -163,32 +164,6 @@ def run_local(
 
 
 _LOST = CaseResult("", "lost")  # a case whose worker was stopped: it never finished
-
-
-def _executor(jobs: int):
-    from joblib.externals.loky import get_reusable_executor
-
-    return get_reusable_executor(max_workers=jobs, initializer=_worker_start)
-
-
-def _worker_start() -> None:
-    """How each worker process starts: it ignores Ctrl-C (the terminal sends it to the whole
-    process group, and the main process decides what stops: it kills the workers itself),
-    and imports what computing a case needs now, not in its first case."""
-    import importlib
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for module in ("rwmaps_cli.case", "nibabel", "edt", "isal.igzip"):
-        try:
-            importlib.import_module(module)
-        except ImportError:  # reported by the case that needs it, in one line
-            pass
-
-
-def start_workers(jobs: int) -> None:
-    """Start the worker processes now: they start and import (about half a second) while the
-    main process finds the cases and reads the manifest, instead of after."""
-    _executor(jobs).submit(int)
 
 
 def _result(future: Future, stop: Stop):

@@ -161,7 +161,11 @@ def _work(case: Case, marker_dir: str) -> CaseResult:
     return CaseResult(case.name, "done", seconds=0.2)
 
 
-def test_a_dying_worker_fails_only_its_case(tmp_path):
+@pytest.mark.parametrize("forked", [False, True], ids=["loky-spawn", "forkserver"])
+def test_a_dying_worker_fails_only_its_case(tmp_path, monkeypatch, forked):
+    # Both ways workers start (rwmaps_cli.workers): forked from the server, as `rwmaps
+    # compute` does, and loky's own, as a script calling compute_dataset gets.
+    monkeypatch.setattr("rwmaps_cli.workers._main_is_safe", lambda: forked)
     names = ["a", "b", "kill_always", "c", "kill_once", "d", "e"]
     cases = [Case(tmp_path / n, tmp_path / n, n) for n in names]
     records = {r.name: r for r in run_local(cases, _work, jobs=2, marker_dir=str(tmp_path))}
