@@ -62,6 +62,9 @@ def _context():
     notebook, but would run an unguarded user script again.  loky's default never
     re-imports it, so a script that calls :func:`~rwmaps_cli.compute.compute_dataset`
     keeps working, guarded or not.
+
+    multiprocessing has one forkserver per process: if the caller started it already (for
+    its own pool), the workers are forked from that one and import in :func:`_worker_start`.
     """
     if "forkserver" not in multiprocessing.get_all_start_methods() or not _main_is_safe():
         return None

@@ -23,6 +23,20 @@ def test_importing_the_package_loads_no_file_library_kernel_backend_or_cluster()
     assert out.strip() == "[]"
 
 
+def _loaded_after(statement: str, modules) -> list[str]:
+    probe = f"import sys; {statement}; print(sorted(m for m in {tuple(modules)!r} if m in sys.modules))"
+    return eval(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
+
+
+def test_the_package_and_the_command_start_light():
+    # Every process and worker pays its imports: scipy.ndimage alone was 0.2 s, for the
+    # scipy engine only.  The command's entry and the workers' start (which runs before
+    # the rest is imported, rwmaps_cli.workers) need the standard library only.
+    assert _loaded_after("import rwmaps_cli", ("numpy", "importlib.metadata")) == []
+    assert _loaded_after("from rwmaps_cli import compute_maps, load_map", ("scipy", "scipy.ndimage")) == []
+    assert _loaded_after("import rwmaps_cli.__main__, rwmaps_cli.workers", ("numpy", "click", "joblib")) == []
+
+
 def _module_name(path: Path) -> str:
     parts = path.relative_to(REPO).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
