@@ -64,7 +64,7 @@ def find_dataset(input_dir: Path, output_dir: Path, fmt: str, include: Sequence[
     if input_dir.is_file():
         return _single_file(input_dir, output_dir, fmt)
     if not input_dir.is_dir():
-        raise UsageError(f"{input_dir}: input folder does not exist")
+        raise UsageError(f"{input_dir}: input does not exist (give a folder of label files, or one file)")
     labels_dir, dataset_json = _nnunet_layout(input_dir)
     if _is_inside(output_dir, labels_dir):
         raise UsageError(f"{output_dir}: output folder is inside the input folder {labels_dir}; choose another")

@@ -110,7 +110,7 @@ def test_without_a_manifest_presence_and_shapes_are_checked(computed, tmp_path):
 
 def test_usage_errors_exit_2(computed, tmp_path):
     result = run_rwmaps("verify", "--input", tmp_path / "nothing", "--output", computed.maps["npy"], check=2)
-    assert "input folder does not exist" in result.stderr
+    assert "input does not exist" in result.stderr
     result = run_rwmaps("verify", "--input", computed.labels, "--output", tmp_path / "nothing", check=2)
     assert "output folder does not exist" in result.stderr
     result = run_rwmaps("verify", "--input", computed.labels, "--output", tmp_path, "--sample", "-1", check=2)
