@@ -13,6 +13,8 @@ loads nothing else; its names load numpy only: scipy, nibabel, SimpleITK, edt, m
 and Dask are imported where a file or a cluster needs them.
 """
 
+from typing import TYPE_CHECKING
+
 # The one place the version is written (pyproject.toml reads it from here): a lookup in
 # the installed metadata costs 40 ms of imports in every process and worker.
 __version__ = "0.2.0"
@@ -25,13 +27,24 @@ _EXPORTS = {"MapMeta": "mapfile", "load_map": "mapfile", **{name: "maps" for nam
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
 
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from .mapfile import MapMeta, load_map
+    from .maps import (ENGINES, KINDS, LAYOUTS, class_codes, compute_maps, compute_maps_batch, expand_map,
+                       unique_labels)
+
 
 def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'rwmaps_cli' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    else:  # a submodule, as `rwmaps_cli.maps` worked when this file imported it
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as missing:
+            if missing.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
     globals()[name] = value  # once: later lookups find it without this function
     return value
 

@@ -2,28 +2,38 @@
 
 Starting a worker the usual way (an interpreter that then imports numpy, nibabel, edt and
 isal) costs about 0.3 s of CPU per worker, paid again by every worker, at the start of
-every run, on the cores the cases need.  Where the platform has it (Linux, macOS), the
-workers are forked from multiprocessing's *forkserver*: one single-threaded server process
-imports :data:`WORKER_IMPORTS` once, and each worker is a fork of it, ready in
-milliseconds.  ``rwmaps compute`` starts that server first thing
+every run, on the cores the cases need.  On Linux, the workers are forked from
+multiprocessing's *forkserver* instead: one server process imports :data:`WORKER_IMPORTS`
+once, and each worker is a fork of it, ready in milliseconds.  The server runs no Python
+thread; the threads numpy's OpenBLAS starts are shut down around a fork by OpenBLAS's own
+fork handler.  ``rwmaps compute`` starts that server first thing
 (:func:`start_worker_server`, from ``__main__``), so that it imports while the command line
 imports, finds the cases and reads the manifest.
+
+multiprocessing has one forkserver per process, and it lives as long as the process: in a
+notebook or another long-lived process, the workers keep the code and the environment of
+the moment the server started (restart the kernel after upgrading rwmaps), and the server
+preloads :data:`WORKER_IMPORTS`, not a list the caller set.  Elsewhere (macOS, Windows), and
+when the forkserver cannot start, loky's default start is used.
 
 This module imports the standard library only: it is loaded before anything else.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import importlib
 import multiprocessing
 import signal
 import sys
+import threading
 
 # What a worker needs to compute a case.
 WORKER_IMPORTS = ("rwmaps_cli.case", "nibabel", "edt", "isal.igzip")
 
-
 _executor = None  # the last one made: what shutdown() ends
+_server_failed = False  # the forkserver could not start (e.g. a TMPDIR too long for a socket)
 
 
 def executor(jobs: int):
@@ -32,6 +42,7 @@ def executor(jobs: int):
     global _executor
     from joblib.externals.loky import get_reusable_executor
 
+    start_worker_server()
     _executor = get_reusable_executor(max_workers=jobs, initializer=_worker_start, context=_context())
     return _executor
 
@@ -45,28 +56,29 @@ def shutdown() -> None:
 def start_worker_server() -> None:
     """Start the process the workers will be forked from, and return at once.  Does
     nothing where the workers are not forked (see :func:`_context`)."""
-    if _context() is not None:
-        from multiprocessing import forkserver
+    global _server_failed
+    if _context() is None:
+        return
+    from multiprocessing import forkserver
 
+    # Started with Ctrl-C ignored (it inherits that): the terminal sends SIGINT to the whole
+    # process group, and the main process decides what stops.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
         forkserver.ensure_running()
+    except OSError:  # e.g. "AF_UNIX path too long": start workers loky's way instead
+        _server_failed = True
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _context():
     """multiprocessing's forkserver, preloading :data:`WORKER_IMPORTS`, when it is safe;
     else None (loky's default: each worker starts an interpreter and imports in
-    :func:`_worker_start`).
-
-    Safe means: a worker that multiprocessing starts re-imports the caller's ``__main__``
-    script (the spawn rules), which is harmless for the ``rwmaps`` command (its script
-    is guarded by ``if __name__ == "__main__"``), ``python -m``, ``-c``, a REPL or a
-    notebook, but would run an unguarded user script again.  loky's default never
-    re-imports it, so a script that calls :func:`~rwmaps_cli.compute.compute_dataset`
-    keeps working, guarded or not.
-
-    multiprocessing has one forkserver per process: if the caller started it already (for
-    its own pool), the workers are forked from that one and import in :func:`_worker_start`.
-    """
-    if "forkserver" not in multiprocessing.get_all_start_methods() or not _main_is_safe():
+    :func:`_worker_start`)."""
+    if _server_failed or not sys.platform.startswith("linux") or not _main_is_safe():
         return None
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(WORKER_IMPORTS))
@@ -74,16 +86,44 @@ def _context():
 
 
 def _main_is_safe() -> bool:
+    """Whether a forked worker may import the caller's ``__main__`` again.
+
+    multiprocessing's spawn rules make every worker it starts re-import the caller's
+    ``__main__`` script (loky's default never does).  That is harmless for ``python -m`` of
+    a package (never re-imported), ``-c``, a REPL or a notebook (nothing to re-import), and
+    a script whose top level only imports and defines, and runs under ``if __name__ ==
+    "__main__"``, like the ``rwmaps`` script pip writes; any other script would run again in
+    every worker, so it gets loky's start.
+    """
     main = sys.modules.get("__main__")
     spec_name = getattr(getattr(main, "__spec__", None), "name", None)
-    if spec_name is not None:
-        # `python -m package`: multiprocessing never re-imports a package's __main__;
-        # another `-m module` is re-imported by name, as a script would be.
-        return spec_name.rpartition(".")[2] == "__main__"
-    if getattr(main, "__file__", None) is None:
-        return True  # REPL, notebook, `python -c`: nothing to re-import
-    # The `rwmaps` script pip wrote: it imports rwmaps_cli.__main__.main, guarded.
-    return getattr(getattr(main, "main", None), "__module__", None) == "rwmaps_cli.__main__"
+    if spec_name is not None and spec_name.rpartition(".")[2] == "__main__":
+        return True
+    path = getattr(main, "__file__", None)
+    return path is None or _only_imports_and_defines(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _only_imports_and_defines(path: str) -> bool:
+    try:
+        with open(path, "rb") as script:
+            tree = ast.parse(script.read())
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return all(_inert(statement) for statement in tree.body)
+
+
+def _inert(statement: ast.stmt) -> bool:
+    if isinstance(statement, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return True
+    if isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant):
+        return True  # a docstring
+    if isinstance(statement, ast.If) and not statement.orelse:  # if __name__ == "__main__":
+        test = statement.test
+        return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__"
+                and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq) and len(test.comparators) == 1
+                and isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value == "__main__")
+    return False
 
 
 def _worker_start() -> None:

@@ -94,6 +94,7 @@ def test_a_signal_stops_the_run_cleanly_and_a_rerun_resumes(many_cases, tmp_path
     assert line == (f"rwmaps: stopped ({'SIGINT' if how.startswith('SIGINT') else 'SIGTERM'}): {done} done, "
                     f"{N_CASES - done} not finished; run the same command again to resume"), stderr
     assert 2 <= done < N_CASES
+    assert "Traceback" not in stderr and "leaked" not in stderr  # e.g. the resource tracker's warning
     maps = sorted(p.name for p in out.iterdir() if p.suffix == ".npy")
     assert len(maps) == done  # every map on disk is recorded, and only those
     assert not [p for p in out.rglob("*") if TMP_MARKER in p.name]
