@@ -37,7 +37,7 @@ from .maps import DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_MAX_CLAS
 from .nnunet.preprocessed import is_preprocessed_folder
 from .resume import is_done, manifest_source, open_manifest
 from .run import NoBar, Stop, run_local, threads_per_case, usable_cores
-from .workers import start_worker_server
+from .workers import start_worker_server, start_workers
 
 # Above this many bytes per full map, the summary suggests --layout compact.
 COMPACT_HINT_BYTES = 1_000_000_000
@@ -149,6 +149,8 @@ def compute_dataset(
     dataset, output_dir, request = _open_input(Path(input_dir), output_dir, request)
     mine = _share(dataset.cases, request.part)
     jobs = _jobs(request.jobs, len(mine))
+    if request.scheduler is None:
+        start_workers(jobs)
     stop = Stop()
     with ExitStack() as stack:
         stack.enter_context(_stop_on_signals(stop))
