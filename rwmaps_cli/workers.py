@@ -70,7 +70,7 @@ def start_worker_server() -> None:
     except OSError:  # e.g. "AF_UNIX path too long": start workers loky's way instead
         _server_failed = True
     finally:
-        if main_thread:
+        if main_thread and previous is not None:  # None: a handler not set from Python, left as is
             signal.signal(signal.SIGINT, previous)
 
 
