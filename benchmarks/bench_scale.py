@@ -314,8 +314,8 @@ def bench_brains(root: Path, shape, n_classes: int, n_cases: int, repeats: int) 
           "nii.gz, --layout compact, --jobs 2")
     paths = [write_nifti(root / "brains_2n" / f"brain_{i}.nii.gz", brain_like_labels(shape, n_classes, seed=i),
                          (1.0, 1.0, 1.0)) for i in range(2 * n_cases)]
+    (root / "brains_n").mkdir(exist_ok=True)
     for path in paths[:n_cases]:
-        (root / "brains_n").mkdir(exist_ok=True)
         shutil.copy(path, root / "brains_n" / path.name)
     out = root / "brain_parts"
     out.mkdir(exist_ok=True)
