@@ -2,7 +2,7 @@
 
 A plain ``rwmaps compute`` takes an exclusive lock on ``rwmaps.lock`` in the output folder;
 the parts of a job array (``--num-parts N --part-id I``) each take a shared lock on it and an
-exclusive lock on their own ``rwmaps.part-I-of-N.lock``.  So two plain runs, a plain run and
+exclusive lock on their own ``rwmaps.parts/rwmaps.part-I-of-N.lock``.  So two plain runs, a plain run and
 a part, or two copies of one part never write into one folder at once; different parts do.
 
 The locks are POSIX record locks (``fcntl.lockf``): the kernel releases them when the
@@ -25,13 +25,18 @@ from typing import Iterator
 from .errors import UsageError
 
 LOCK_NAME = "rwmaps.lock"
+# The files of a job array's parts (their locks, manifests and journals) live in their own
+# folder, so a reader learns which parts exist by listing it: never the output folder,
+# which may hold 100,000 maps.
+PARTS_FOLDER = "rwmaps.parts"
 
 
 def part_file_name(part: int, parts: int, suffix: str) -> str:
-    """``rwmaps.part-03-of-08<suffix>``: the files of one part of a job array (its lock,
-    manifest and journal), zero-padded so that they sort in part order."""
+    """``rwmaps.parts/rwmaps.part-03-of-12<suffix>``: a file of one part of a job array
+    (its lock, manifest or journal), relative to the output folder; the part id is
+    zero-padded to the width of the largest, so the names sort in part order."""
     width = len(str(parts - 1))
-    return f"rwmaps.part-{part:0{width}d}-of-{parts}{suffix}"
+    return f"{PARTS_FOLDER}/rwmaps.part-{part:0{width}d}-of-{parts}{suffix}"
 
 
 def part_lock_name(part: int, parts: int) -> str:
@@ -59,6 +64,7 @@ def folder_lock(folder: Path, part: tuple[int, int] | None = None) -> Iterator[b
         else:
             if not _try(main, fcntl.LOCK_SH):
                 raise UsageError(_refusal(folder, "a plain rwmaps compute (not a part) is writing into it"))
+            (folder / PARTS_FOLDER).mkdir(exist_ok=True)
             own = open(folder / part_lock_name(*part), "a+")
             opened.append(own)
             if not _try(own, fcntl.LOCK_EX):
@@ -109,7 +115,7 @@ def _holder(path: Path) -> str | None:
 
 def _live_holders(folder: Path) -> list[str | None]:
     """The writers that hold locks in ``folder`` now: the plain run's, or the running parts'."""
-    live = [path for path in sorted(folder.glob("rwmaps.part-*-of-*.lock")) if _is_held(path)]
+    live = [path for path in sorted((folder / PARTS_FOLDER).glob("rwmaps.part-*-of-*.lock")) if _is_held(path)]
     return [_holder(path) for path in live] or [_holder(folder / LOCK_NAME)]
 
 

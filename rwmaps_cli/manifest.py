@@ -19,6 +19,7 @@ layout in it.  The schema, and why a journal, is in ``docs/design.md`` ("The man
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import secrets
@@ -26,18 +27,23 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import UsageError
-from .lock import part_file_name
+from .lock import PARTS_FOLDER, part_file_name
 from .formats import DEFAULT_FORMAT, LAYOUTS, OUTPUT_FORMATS, SCHEMA, atomic_path
 from .maps import DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, ENGINES, KINDS
 
 MANIFEST_NAME = "rwmaps.json"
-PART_MANIFEST_GLOB = "rwmaps.part-*-of-*.json"  # one per part of a job array: no two writers share a file
+PART_MANIFEST_GLOB = "rwmaps.part-*-of-*.json"  # one per part of a job array, in PARTS_FOLDER: no two writers share a file
 JOURNAL_SUFFIX = ".journal"  # rwmaps.json -> rwmaps.journal, beside it
 DONE, FAILED = "done", "failed"  # a case's status in the manifest
+# What manifest_text writes between the header and the first case, and the header key that
+# says the case lines are sorted by name (manifests of rwmaps 0.2 are not).
+CASES_OPENING = ',\n "cases": {'
+SORTED_KEY = "cases_sorted"
 
 
 def part_manifest_name(part: int, parts: int) -> str:
-    """``rwmaps.part-03-of-08.json``: the manifest a part of a job array writes."""
+    """``rwmaps.parts/rwmaps.part-3-of-8.json``: the manifest a part of a job array writes,
+    relative to the output folder."""
     return part_file_name(part, parts, ".json")
 
 
@@ -167,21 +173,32 @@ def read_manifest(path: str | os.PathLike) -> ManifestFile:
     if not isinstance(cases, dict):
         raise ValueError("'cases' is not an object")
     header = {k: v for k, v in data.items() if k != "cases"}
-    if not isinstance(header.get("schema", 1), int) or header.get("schema", 1) > SCHEMA:
-        raise NewerSchemaError(f"written by a newer rwmaps (schema {header.get('schema')!r}; this one reads up "
-                               f"to schema {SCHEMA}): upgrade rwmaps_cli")
-    try:
-        settings, settings_error = Settings.from_parameters(header.get("parameters"), header.get("engine")), None
-    except ValueError as error:
-        settings, settings_error = None, str(error)
+    settings, settings_error = header_settings(header)
     cases = {name: entry for name, entry in cases.items() if isinstance(entry, dict)}
     journaled = read_journal(journal_path(path), header.get("journal_id"))
     cases.update(journaled)
     return ManifestFile(path, header, cases, settings, settings_error, journaled=len(journaled))
 
 
+def header_settings(header: dict) -> tuple[Settings | None, str | None]:
+    """(the settings a manifest's header describes, None) or (None, why they cannot be read).
+
+    Raises
+    ------
+    NewerSchemaError
+        A header of a schema newer than this rwmaps reads.
+    """
+    if not isinstance(header.get("schema", 1), int) or header.get("schema", 1) > SCHEMA:
+        raise NewerSchemaError(f"written by a newer rwmaps (schema {header.get('schema')!r}; this one reads up "
+                               f"to schema {SCHEMA}): upgrade rwmaps_cli")
+    try:
+        return Settings.from_parameters(header.get("parameters"), header.get("engine")), None
+    except ValueError as error:
+        return None, str(error)
+
+
 def journal_path(manifest_path: str | os.PathLike) -> Path:
-    """``rwmaps.journal`` beside ``rwmaps.json`` (``rwmaps.part-0-of-2.journal`` for a part)."""
+    """``rwmaps.journal`` beside ``rwmaps.json`` (``rwmaps.part-0-of-2.journal`` beside a part's)."""
     path = Path(manifest_path)
     return path.with_name(path.stem + JOURNAL_SUFFIX)
 
@@ -216,10 +233,24 @@ def read_journal(path: Path, journal_id: str | None) -> dict[str, dict]:
     return {name: entry for name, entry in cases.items() if isinstance(entry, dict)}
 
 
-def manifest_files(folder: str | os.PathLike) -> list[Path]:
-    """The manifests in ``folder``: ``rwmaps.json`` and the parts', oldest first."""
+def manifest_files(folder: str | os.PathLike, legacy_parts: bool = True) -> list[Path]:
+    """The manifests of output folder ``folder``: ``rwmaps.json`` and the parts', oldest first.
+
+    Never lists ``folder`` itself (it may hold 100,000 maps), only its parts' folder,
+    except with ``legacy_parts``: rwmaps 0.2 wrote the parts' manifests beside
+    ``rwmaps.json``, and a command that reads a whole folder once (compute, verify) lists
+    it to find them.  A plain run moves their records into ``rwmaps.json``.
+    """
     folder = Path(folder)
-    files = [p for p in [folder / MANIFEST_NAME, *folder.glob(PART_MANIFEST_GLOB)] if p.is_file()]
+    files = [folder / MANIFEST_NAME]
+    try:
+        files += [folder / PARTS_FOLDER / name for name in os.listdir(folder / PARTS_FOLDER)
+                  if fnmatch.fnmatchcase(name, PART_MANIFEST_GLOB)]
+    except OSError:  # no parts (the usual case), or not a folder
+        pass
+    if legacy_parts:
+        files += folder.glob(PART_MANIFEST_GLOB)
+    files = [p for p in files if p.is_file()]
     return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
 
 
@@ -272,7 +303,8 @@ class Manifest:
 
     def __init__(self, output_dir: Path, settings: Settings, version: str, cases: dict | None = None,
                  selection: dict | None = None, name: str = MANIFEST_NAME, source: dict | None = None):
-        self.path = Path(output_dir) / name
+        self.folder = Path(output_dir)
+        self.path = self.folder / name
         self.journal = journal_path(self.path)
         self.settings = settings
         self.header = {"tool": "rwmaps", "schema": SCHEMA, "version": version, "parameters": settings.to_parameters(),
@@ -372,24 +404,27 @@ class Manifest:
         says exactly what this one would write: then :meth:`write` has nothing to do."""
         # Only when the folder holds this one manifest: a merge of parts' files says nothing
         # about what is in rwmaps.json (read_folder_manifest names its merge rwmaps.json).
-        alone = manifest_files(self.path.parent) == [self.path]
-        same = (alone and not previous.journaled and previous.cases == self.cases
-                and {k: v for k, v in previous.header.items() if k != "journal_id"} == self.header)
+        alone = manifest_files(self.folder) == [self.path]
+        # A manifest whose cases are not sorted (rwmaps 0.2) is rewritten: readers search sorted ones.
+        same = (alone and not previous.journaled and previous.cases == self.cases and previous.header.get(SORTED_KEY)
+                and {k: v for k, v in previous.header.items() if k not in ("journal_id", SORTED_KEY)} == self.header)
         if same:
             self.header["journal_id"] = previous.header.get("journal_id")
             self._unwritten = False
 
 
 def manifest_text(header: dict, cases: dict[str, dict]) -> str:
-    """The manifest as JSON text: the header indented, one line per case.
+    """The manifest as JSON text: the header indented, then one line per case, sorted by name.
 
     One line per case keeps 100,000 cases readable and lets CPython's C encoder write
     them (``json.dumps`` with ``indent`` falls back to the pure-Python encoder, about 7x
-    slower).
+    slower).  Sorted lines let a reader find one map's entry by binary search, without
+    parsing the others (:mod:`rwmaps_cli.manifest_lookup`); the header says so
+    (``SORTED_KEY``).
     """
-    head = json.dumps(header, indent=1)
-    body = ",\n".join(f"  {json.dumps(name)}: {json.dumps(entry)}" for name, entry in cases.items())
-    return head[:-2] + ',\n "cases": {' + ("\n" + body + "\n " if body else "") + "}\n}\n"
+    head = json.dumps({**header, SORTED_KEY: True}, indent=1)
+    body = ",\n".join(f"  {json.dumps(name)}: {json.dumps(cases[name])}" for name in sorted(cases))
+    return head[:-2] + CASES_OPENING + ("\n" + body + "\n " if body else "") + "}\n}\n"
 
 
 def fingerprint(path: str | os.PathLike, inode: bool = False) -> dict | None:
@@ -408,84 +443,16 @@ def fingerprint(path: str | os.PathLike, inode: bool = False) -> dict | None:
     return found
 
 
+def entry_is_current(entry: dict | None, input_path: str | os.PathLike, map_path: str | os.PathLike) -> bool:
+    """Whether ``entry`` records ``map_path`` done from ``input_path`` as both files are now:
+    two ``stat`` calls.  A truncated, rewritten or replaced map has another size, mtime or
+    inode; an entry without the map's fingerprint (rwmaps 0.1) is never current."""
+    return (isinstance(entry, dict) and entry.get("status") == DONE and entry.get("map") is not None
+            and entry.get("fingerprint") == fingerprint(input_path)
+            and entry["map"] == fingerprint(map_path, inode=True))
+
+
 def changed_parameters(before: Settings, now: Settings, ignore: tuple[str, ...] = ()) -> list[str]:
     """The names of the parameters that differ (``"fmt"``, ``"classes"``...), except ``ignore``."""
     old, new = before.to_parameters(), now.to_parameters()
     return [key for key in new if old.get(key) != new.get(key) and key not in ignore]
-
-
-# --------------------------------------------------------------------------- finding a map's manifest
-
-
-@dataclass(frozen=True)
-class MapRecord:
-    """The manifest that lists a map file: its path (as the caller named it), and the entry."""
-
-    manifest: Path
-    parsed: ManifestFile
-    entry: dict | None  # None: the nearest manifest, which does not list this map
-
-
-def manifest_for_map(path: str | os.PathLike) -> MapRecord | None:
-    """The ``rwmaps.json`` in the map's folder or the nearest parent whose manifest lists
-    it; else the nearest manifest (``entry`` None); else None."""
-    relative_to_cwd = not Path(path).is_absolute()
-    path = Path(os.path.abspath(path))
-    nearest = None
-    for folder in path.parents:
-        candidate = folder / MANIFEST_NAME
-        cached = _cached_manifest(folder)
-        if cached is None:
-            continue
-        parsed, by_name = cached
-        shown = Path(os.path.relpath(candidate)) if relative_to_cwd else candidate  # as the caller named the map
-        relative = path.relative_to(folder).parts
-        for entry in by_name.get(path.name, ()):
-            if Path(entry["output"]).parts[-len(relative):] == relative:
-                return MapRecord(shown, parsed, entry)
-        if nearest is None:
-            nearest = MapRecord(shown, parsed, None)
-    return nearest
-
-
-def _journal_state(manifest_path: Path) -> tuple[int, int] | None:
-    """Size and mtime of a manifest's journal (None if absent): a run in progress appends to it."""
-    try:
-        stat = journal_path(manifest_path).stat()
-    except OSError:
-        return None
-    return stat.st_size, stat.st_mtime_ns
-
-
-_MANIFEST_CACHE: dict[tuple, tuple[ManifestFile, dict[str, list[dict]]]] = {}
-
-
-def _cached_manifest(folder: Path) -> tuple[ManifestFile, dict[str, list[dict]]] | None:
-    """(the folder's merged manifest, case entries by output file name), or None if absent
-    or unreadable.
-
-    Cached by the manifests' paths, sizes and mtimes: a data loader calls load_map for every
-    map of every epoch, and a manifest of many cases takes milliseconds to parse.
-    """
-    try:
-        key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns, _journal_state(p))
-                    for p in manifest_files(folder))
-    except OSError:
-        return None
-    if not key:
-        return None
-    if key not in _MANIFEST_CACHE:
-        try:
-            parsed = read_folder_manifest(folder)
-        except NewerSchemaError:
-            raise  # "upgrade rwmaps", not "no manifest"
-        except (FileNotFoundError, ValueError):
-            return None
-        by_name: dict[str, list[dict]] = {}
-        for entry in parsed.cases.values():
-            if isinstance(entry.get("output"), str):
-                by_name.setdefault(Path(entry["output"]).name, []).append(entry)
-        if len(_MANIFEST_CACHE) >= 16:
-            _MANIFEST_CACHE.clear()
-        _MANIFEST_CACHE[key] = (parsed, by_name)
-    return _MANIFEST_CACHE[key]

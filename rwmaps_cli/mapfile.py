@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import InputError
 from .formats import MapInfo, can_mmap, is_map, output_format, load_map_array, read_geometry, read_labels, read_map_info
-from .manifest import MapRecord, manifest_for_map
+from .manifest_lookup import MapRecord, manifest_for_map
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def map_info(path: str | os.PathLike, record: MapRecord | None = None) -> MapInf
 
 def _settled(info: MapInfo, record: MapRecord | None) -> MapInfo:
     listed = record is not None and record.entry is not None
-    settings = record.parsed.settings if listed else None
+    settings = record.settings if listed else None
     layout = info.layout or (settings.layout if settings else "full")
     spatial_ndim = info.spatial_ndim or len(info.shape) - (1 if layout == "full" else 0)
     if spatial_ndim not in (2, 3):
@@ -219,8 +219,8 @@ def _check_outside_applies(layout: str, expand: bool, outside) -> None:
 
 
 def _meta(path: Path, info: MapInfo, record: MapRecord | None) -> MapMeta:
-    settings = record.parsed.settings if record else None
-    parameters = record.parsed.header.get("parameters") if record else None
+    settings = record.settings if record else None
+    parameters = record.header.get("parameters") if record else None
     input_path = record.entry.get("input") if record else None
     spacing = info.spacing
     if spacing is None and input_path is not None:

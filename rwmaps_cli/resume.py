@@ -19,7 +19,7 @@ from .manifest import (
     Manifest,
     Settings,
     changed_parameters,
-    fingerprint,
+    entry_is_current,
     journal_path,
     manifest_files,
     part_manifest_name,
@@ -75,7 +75,7 @@ def _taking_over(manifest: Manifest, part: tuple[int, int] | None) -> Manifest:
     then removes the parts' files."""
     if part is None:
         manifest.write()
-        for stale in manifest_files(manifest.path.parent):
+        for stale in manifest_files(manifest.folder):
             if stale.name != MANIFEST_NAME:
                 stale.unlink()
                 journal_path(stale).unlink(missing_ok=True)
@@ -102,12 +102,11 @@ def manifest_source(dataset: Dataset) -> dict | None:
 
 def is_done(manifest: Manifest, case: Case) -> bool:
     """Recorded done from the same input, and the map is the file that was written: two
-    ``stat`` calls.  A truncated, rewritten or replaced map has another size, time or inode."""
-    entry = manifest.done_entry(case.name, case.input)
-    if entry is None:
-        return False
-    if entry.get("map") is not None:
-        return fingerprint(case.output, inode=True) == entry["map"]
+    ``stat`` calls (:func:`~rwmaps_cli.manifest.entry_is_current`)."""
+    entry = manifest.cases.get(case.name)
+    if isinstance(entry, dict) and entry.get("map") is not None:
+        return entry_is_current(entry, case.input, case.output)
     # Entries recorded under schema 1 (carried over when this resumes a 0.1 folder) have no map
     # fingerprint: check the map's header instead.
-    return map_is_complete(case.output, entry.get("shape"), entry.get("bytes"))
+    entry = manifest.done_entry(case.name, case.input)
+    return entry is not None and map_is_complete(case.output, entry.get("shape"), entry.get("bytes"))

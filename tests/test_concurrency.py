@@ -40,7 +40,7 @@ def start(labels: Path, out: Path, *extra) -> subprocess.Popen:
 def done_cases(out: Path) -> dict[str, list[str]]:
     """Case name -> the manifest files that record it done."""
     found: dict[str, list[str]] = {}
-    for path in sorted(out.glob("rwmaps*.json")):
+    for path in sorted([*out.glob("rwmaps*.json"), *out.glob("rwmaps.parts/rwmaps*.json")]):
         try:
             cases = read_manifest(path).cases  # with the journal beside it, which a running run appends to
         except (OSError, ValueError):

@@ -266,8 +266,9 @@ def test_a_plain_run_after_the_parts_of_a_job_array_keeps_every_record(tmp_path)
     for part in ("0", "1"):
         run_rwmaps(*args, "--num-parts", "2", "--part-id", part, check=0)
     assert "0 done, 4 skipped" in run_rwmaps(*args, check=0).stderr  # takes the parts' records over
-    assert sorted(p.name for p in out.glob("rwmaps*")) == ["rwmaps.json", "rwmaps.lock", "rwmaps.part-0-of-2.lock",
-                                                          "rwmaps.part-1-of-2.lock"]
+    assert sorted(p.name for p in out.glob("rwmaps*")) == ["rwmaps.json", "rwmaps.lock", "rwmaps.parts"]
+    assert sorted(p.name for p in (out / "rwmaps.parts").iterdir()) == ["rwmaps.part-0-of-2.lock",
+                                                                       "rwmaps.part-1-of-2.lock"]
     assert len(manifest(out)["cases"]) == 4
     assert "0 done, 4 skipped" in run_rwmaps(*args, check=0).stderr  # and the next run still finds them
 

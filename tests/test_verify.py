@@ -195,3 +195,31 @@ def test_verify_of_an_83_class_map_needs_about_one_maps_worth_of_memory(tmp_path
     assert result["problems"] == []
     full_map = 83 * labels.size * 4
     assert result["peak"] < bound * full_map, f"peak {result['peak'] / full_map:.2f} maps"
+
+
+def test_unchanged_maps_outside_the_sample_cost_two_stats_and_changed_ones_are_still_caught(tmp_path, monkeypatch):
+    """verify costs a rerun plus its sample: the maps a rerun would trust (same size, mtime
+    and inode as recorded, from the same input) are not opened; any other is checked."""
+    from helpers import blobs, write_nifti
+
+    labels, maps = tmp_path / "labels", tmp_path / "maps"
+    for i in range(6):
+        write_nifti(labels / f"case_{i}.nii.gz", blobs((10, 9, 5), 3, seed=i))
+    run_rwmaps("compute", "--input", labels, "--output", maps, "--format", "npy", "--classes", "0,1,2", check=0)
+    opened = []
+    real_map_info, real_read_shape = verify_module.map_info, verify_module.read_shape
+    monkeypatch.setattr(verify_module, "map_info", lambda path, *a: opened.append(path) or real_map_info(path, *a))
+    monkeypatch.setattr(verify_module, "read_shape", lambda path, **k: opened.append(path) or real_read_shape(path, **k))
+    assert verify(labels, maps, sample=1).problems == []
+    assert opened == [maps / "case_0.npy", labels / "case_0.nii.gz"]  # the sampled case only
+
+    with open(maps / "case_3.npy", "r+b") as f:  # truncated after the run, outside the sample
+        f.truncate(1000)
+    with open(maps / "case_4.npy", "r+b") as f:  # a header rewritten in place: same size, same inode
+        header = f.read(128)
+        f.seek(0)
+        f.write(header.replace(b"'descr': '<f4'", b"'descr': '<i4'"))
+    found = verify(labels, maps, sample=1).problems
+    assert found[0].startswith(f"{maps / 'case_3.npy'}: 1,000 bytes, the manifest recorded")
+    assert found[1].startswith(f"{maps / 'case_4.npy'}: cannot read the map header") and "int32" in found[1]
+    assert len(found) == 2

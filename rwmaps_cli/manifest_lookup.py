@@ -1,0 +1,247 @@
+"""Finding the manifest entry of one map file, at the same cost in a folder of 100 maps or 100,000.
+
+``load_map``, ``map_info`` and ``inspect`` need what the manifest says of one map (its
+classes, kind and layout; the labels it was computed from).  Parsing a manifest of 100,000
+cases takes most of a second, and listing the output folder to find the parts' manifests
+takes 50 ms: both once per map was the O(n) per case of rwmaps 0.2.  Here, per map:
+
+- the manifests of a folder are ``rwmaps.json`` and the files of ``rwmaps.parts/``: a few
+  ``stat`` calls, the maps' folder is never listed;
+- a manifest's case lines are sorted by case name (``manifest.manifest_text``), and a case's
+  name is its map's path under the output folder with a label suffix instead of the map's:
+  a binary search over the memory-mapped file reads about log2(n) lines, not n;
+- a journal (a run in progress, or killed) is read whole and kept until it changes; a
+  manifest of rwmaps 0.2 (unsorted) is parsed whole once per process.
+
+Everything is cached per process by each file's size, mtime and inode, so a data loader
+that calls ``load_map`` per sample pays a dictionary look-up and a few ``stat`` calls.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+from dataclasses import dataclass
+from json.decoder import scanstring
+from pathlib import Path
+
+from .formats import output_format
+from .manifest import (
+    CASES_OPENING,
+    MANIFEST_NAME,
+    SORTED_KEY,
+    NewerSchemaError,
+    Settings,
+    header_settings,
+    journal_path,
+    manifest_files,
+    read_journal,
+    read_manifest,
+)
+
+
+@dataclass(frozen=True)
+class MapRecord:
+    """What the manifests of a folder say of one map file.
+
+    Attributes
+    ----------
+    manifest : Path
+        The folder's ``rwmaps.json``, as the caller named the map (relative stays relative).
+    header : dict
+        The newest manifest's header (its ``parameters``, ``classes``...).
+    settings : Settings or None
+        The parameters the maps were made with; None when unreadable, or when the parts of a
+        job array disagree.
+    entry : dict or None
+        The map's case entry; None when the folder's manifests do not list it.
+    """
+
+    manifest: Path
+    header: dict
+    settings: Settings | None
+    entry: dict | None
+
+
+def manifest_for_map(path: str | os.PathLike) -> MapRecord | None:
+    """The manifest in the map's folder or the nearest parent that lists it; else the
+    nearest manifest (``entry`` None); else None.
+
+    Raises
+    ------
+    NewerSchemaError
+        A manifest of a newer rwmaps (``upgrade rwmaps``, not "no manifest").
+    """
+    relative_to_cwd = not Path(path).is_absolute()
+    path = Path(os.path.abspath(path))
+    nearest = None
+    for folder in path.parents:
+        indexes = _folder_indexes(folder)
+        if not indexes:
+            continue
+        shown = folder / MANIFEST_NAME
+        shown = Path(os.path.relpath(shown)) if relative_to_cwd else shown  # as the caller named the map
+        header, settings = _merged_header(indexes)
+        relative = path.relative_to(folder).parts
+        for index in reversed(indexes):  # the newest entry of a case wins, as in read_folder_manifest
+            entry = index.find(relative)
+            if entry is not None:
+                return MapRecord(shown, header, settings, entry)
+        if nearest is None:
+            nearest = MapRecord(shown, header, settings, None)
+    return nearest
+
+
+def _merged_header(indexes: list[_ManifestIndex]) -> tuple[dict, Settings | None]:
+    """The newest header, and the settings all the folder's manifests share (None if they differ)."""
+    newest = indexes[-1]
+    same = all(index.settings == newest.settings for index in indexes)
+    return newest.header, newest.settings if same else None
+
+
+def _folder_indexes(folder: Path) -> list[_ManifestIndex]:
+    """The readable manifests of ``folder``, oldest first, each indexed (cached)."""
+    try:
+        files = manifest_files(folder, legacy_parts=False)
+    except OSError:
+        return []
+    indexes = []
+    for file in files:
+        index = _index_of(file)
+        if index is not None:
+            indexes.append(index)
+    return indexes
+
+
+_INDEXES: dict[Path, _ManifestIndex] = {}
+
+
+def _index_of(path: Path) -> _ManifestIndex | None:
+    """The cached index of manifest ``path``, made anew when the file or its journal changed."""
+    key = (_identity(path), _identity(journal_path(path)))
+    if key[0] is None:  # the manifest went away since the folder was looked at
+        return None
+    index = _INDEXES.get(path)
+    if index is None or index.key != key:
+        try:
+            fresh = _ManifestIndex(path, key)
+        except NewerSchemaError:
+            raise
+        except (OSError, ValueError):
+            return None  # unreadable: as if absent, as read_folder_manifest's callers treat it
+        if index is not None:
+            index.close()
+        elif len(_INDEXES) >= 64:
+            _INDEXES.pop(next(iter(_INDEXES))).close()
+        _INDEXES[path] = index = fresh
+    return index
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """(size, mtime, inode) of a file, or None when it is absent."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
+
+
+class _ManifestIndex:
+    """One manifest file, ready to find one case's entry: sorted (binary search over a
+    memory map) or, for a manifest of rwmaps 0.2, parsed whole."""
+
+    def __init__(self, path: Path, key: tuple):
+        self.path, self.key = path, key
+        self._map: mmap.mmap | None = None
+        self._by_map_name: dict[str, list[dict]] | None = None  # an unsorted manifest's entries
+        with open(path, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            self._map = mmap.mmap(file.fileno(), size, access=mmap.ACCESS_READ) if size else None
+        opening = self._map.find(CASES_OPENING.encode()) if self._map is not None else -1
+        header = json.loads(self._map[:opening] + b"\n}") if opening > 0 else None
+        if not isinstance(header, dict) or not header.get(SORTED_KEY):
+            self._parse_whole()
+            return
+        self.header = header
+        self.settings, _ = header_settings(header)  # NewerSchemaError for a newer rwmaps' manifest
+        self._lines = (opening + len(CASES_OPENING) + 1, max(opening, self._map.rfind(b"\n }\n}")))
+        self._journal = _by_map_name(read_journal(journal_path(path), header.get("journal_id")))
+
+    def _parse_whole(self) -> None:
+        parsed = read_manifest(self.path)  # the one parser: NewerSchemaError, ValueError
+        self.close()
+        self.header, self.settings = parsed.header, parsed.settings
+        self._by_map_name = _by_map_name(parsed.cases)
+        self._journal = {}
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+
+    def find(self, relative: tuple[str, ...]) -> dict | None:
+        """The entry of the map at ``relative`` (path parts under the manifest's folder), or None."""
+        for entry in self._journal.get(relative[-1], ()):  # newer than the manifest's lines
+            if _records(entry, relative):
+                return entry
+        if self._by_map_name is not None:
+            return next((e for e in self._by_map_name.get(relative[-1], ()) if _records(e, relative)), None)
+        return self._search(relative)
+
+    def _search(self, relative: tuple[str, ...]) -> dict | None:
+        """Binary search of the sorted case lines: a case's name is the map's relative path
+        with a label suffix for the map's (``sub/case.png`` for ``sub/case.npy``), or without
+        one (nnU-Net's preprocessed cases).  The names that start with the map's stem are
+        consecutive lines; the first whose entry records this map is it."""
+        try:
+            stem = "/".join(relative)[: -len(output_format(relative[-1])) - 1]
+        except ValueError:
+            return None  # not a map's name
+        offset, end = self._first_line_at_or_after(stem)
+        while offset < end:
+            line_end = self._line_end(offset, end)
+            line = self._map[offset:line_end].decode()
+            name, after_name = scanstring(line, 3)  # the line is '  "name": {...},'
+            if not name.startswith(stem):
+                return None
+            if name == stem or name.startswith(stem + "."):
+                entry = json.loads(line[after_name + 1:].rstrip(","))
+                if isinstance(entry, dict) and _records(entry, relative):
+                    return entry
+            offset = line_end + 1
+        return None
+
+    def _first_line_at_or_after(self, target: str) -> tuple[int, int]:
+        """(offset of the first case line whose name is >= ``target``, end of the case lines)."""
+        low, high = self._lines
+        end = high
+        while low < high:
+            middle = (low + high) // 2
+            start = self._map.rfind(b"\n", low, middle) + 1 or low  # the line holding `middle`
+            line_end = self._line_end(start, end)
+            name, _ = scanstring(self._map[start:line_end].decode(), 3)
+            if name < target:
+                low = line_end + 1
+            else:
+                high = start
+        return low, end
+
+    def _line_end(self, start: int, end: int) -> int:
+        found = self._map.find(b"\n", start, end)
+        return end if found < 0 else found
+
+
+def _records(entry: dict, relative: tuple[str, ...]) -> bool:
+    """Whether ``entry`` records the map at ``relative``: its ``output`` ends with those parts
+    (it is recorded as the run named it, relative or absolute)."""
+    output = entry.get("output")
+    return isinstance(output, str) and Path(output).parts[-len(relative):] == relative
+
+
+def _by_map_name(cases: dict[str, dict]) -> dict[str, list[dict]]:
+    by_name: dict[str, list[dict]] = {}
+    for entry in cases.values():
+        if isinstance(entry, dict) and isinstance(entry.get("output"), str):
+            by_name.setdefault(Path(entry["output"]).name, []).append(entry)
+    return by_name
