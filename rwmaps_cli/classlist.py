@@ -57,10 +57,7 @@ def scan_values(dataset: Dataset, ignore_label, max_classes, runner, progress, s
     if len(classes) > max_classes:
         raise UsageError(f"the inputs hold {len(classes)} distinct label values, more than --max-classes "
                          f"{max_classes}: are some of them images? Pass --classes, or raise --max-classes")
-    if not classes:
-        raise UsageError("no label file could be read, so there is no class list: "
-                         + "; ".join(f"{name}: {r.error}" for name, r in list(failed.items())[:3]))
-    return classes, ignore_label, failed
+    return classes, ignore_label, failed  # empty when no label file could be read: each failed alone
 
 
 def settle_deferred_classes(manifest: Manifest, max_classes: int) -> tuple[int, ...]:

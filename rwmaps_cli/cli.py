@@ -144,7 +144,9 @@ def compute(input_dir, output_dir, kind, fmt, layout, classes_text, num_classes,
             f"rwmaps: {outcome.done} done, {outcome.skipped} skipped (already done), {outcome.failed} failed, "
             f"{outcome.ignored_files} other files ignored"
             + (f", {removed} stale temporary file{'s' if removed > 1 else ''} removed" if removed else "")
-            + f"; {_channels(outcome.classes)}; {time.perf_counter() - start:.1f} s; manifest {outcome.manifest}",
+            + (f"; {_channels(outcome.classes)}" if outcome.classes else "")
+            + f"; {time.perf_counter() - start:.1f} s"
+            + (f"; manifest {outcome.manifest}" if outcome.manifest else "; no manifest"),
             err=True,
         )
     sys.exit(1 if outcome.failed else 0)

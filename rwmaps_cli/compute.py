@@ -160,6 +160,8 @@ def compute_dataset(
         settings, defer, failed = _settle(dataset, request, runner, progress, stop)
         if stop:  # stopped while reading the labels: nothing written, not even a manifest
             return Outcome(classes=settings.classes, not_finished=len(mine), stopped=stop.reason)
+        if not settings.classes and not defer:  # no label file could be read: each is a failed case
+            return _nothing_readable(dataset, mine, failed, on_failure)
         selection = {"include": list(request.include), "exclude": list(request.exclude)}
         manifest = open_manifest(output_dir, settings, request.overwrite, selection, request.part, mine,
                                  manifest_source(dataset), defer)
@@ -168,7 +170,7 @@ def compute_dataset(
         todo = _cases_to_compute(mine, failed, manifest, request.overwrite, outcome, on_failure)
         voxels = _HeaderVoxels()  # read when first needed, once per case, only for cases to compute
         if request.space_check:
-            _check_space(output_dir, todo, settings, voxels)
+            todo = _check_space(output_dir, todo, settings, voxels, manifest, outcome, on_failure)
         reported = _compute_cases(todo, settings, manifest, runner, jobs, progress, on_failure, outcome, stop,
                                   voxels, request.max_classes if defer else None)
         outcome.not_finished = len(todo) - len(reported)
@@ -225,6 +227,20 @@ def _settle(dataset: Dataset, request: Request, runner, progress, stop: Stop):
     if request.strict and given and not stop:
         refuse_unseen_classes(dataset, settings, request.max_classes, runner, progress, stop)
     return settings, defer, failed
+
+
+def _nothing_readable(dataset: Dataset, mine: list[Case], failed: dict[str, CaseResult], on_failure) -> Outcome:
+    """No label file could be read, so there is no class list and nothing to write: every
+    case failed (exit 1, as any bad file), each named with its cause; no manifest."""
+    if len(failed) < len(dataset.cases):
+        raise UsageError("the label files hold no value but the ignore label, so there is no class list; "
+                         "pass --classes")
+    outcome = Outcome(ignored_files=len(dataset.skipped_files))
+    for case in mine:
+        outcome.failures.append((case.input, failed[case.name]))
+        on_failure(case.input, failed[case.name])
+    outcome.hints.append("no label file could be read, so there is no class list and no map was written")
+    return outcome
 
 
 def _cases_to_compute(mine: list[Case], failed: dict, manifest: Manifest, overwrite: bool, outcome: Outcome,
@@ -320,22 +336,40 @@ def estimated_output_bytes(voxels: int, settings: Settings) -> int:
     return raw
 
 
-def _check_space(output_dir: Path, todo: Sequence[Case], settings: Settings, voxels: dict[str, int]) -> None:
-    need = estimated_output_bytes(_estimated_voxels(todo, voxels), settings)
+def _check_space(output_dir: Path, todo: list[Case], settings: Settings, voxels: _HeaderVoxels,
+                 manifest: Manifest, outcome: Outcome, on_failure) -> list[Case]:
+    """The cases to compute, less those whose map alone would not fit on the output file
+    system (each fails alone: one header never stops the others); a UsageError when the
+    rest would not fit together.  A header's voxels count only as far as its file can hold
+    them (``formats.base.check_claim``): a lying header counts 0 and fails in its worker."""
     free = shutil.disk_usage(output_dir).free
+    sampled, step = _header_sample(todo)
+    too_big = {}
+    for case in sampled:
+        need = estimated_output_bytes(voxels.of(case), settings)
+        if need > free:
+            too_big[case.name] = CaseResult(case.name, FAILED, error=f"its map needs about {_size(need)} and the "
+                                            f"output file system has {_size(free)} free")
+    for case in (case for case in todo if case.name in too_big):
+        manifest.record(case.input, case.output, too_big[case.name], reader=case.reader)
+        outcome.failures.append((case.input, too_big[case.name]))
+        on_failure(case.input, too_big[case.name])
+    need = estimated_output_bytes(int(sum(voxels.of(case) for case in sampled if case.name not in too_big) * step),
+                                  settings)
     if need > free:
         raise UsageError(f"{output_dir}: the maps need about {_size(need)} and the file system has "
                          f"{_size(free)} free; free some space, choose another --output, or pass --no-space-check")
+    return [case for case in todo if case.name not in too_big]
 
 
-def _estimated_voxels(todo: Sequence[Case], voxels: _HeaderVoxels, sample: int = 1000) -> int:
-    """Voxels of all cases to compute: every header up to ``sample`` cases, else the
-    headers of ``sample`` cases spread over the sorted list, scaled (an estimate, as the
-    compression is)."""
+def _header_sample(todo: list[Case], sample: int = 1000) -> tuple[list[Case], float]:
+    """(the cases whose headers estimate the whole, the factor to scale their sum by): every
+    case up to ``sample``, else ``sample`` cases spread over the sorted list (an estimate,
+    as the compression is)."""
     if len(todo) <= sample:
-        return sum(voxels.of(case) for case in todo)
+        return todo, 1.0
     step = len(todo) / sample
-    return int(sum(voxels.of(todo[int(i * step)]) for i in range(sample)) * step)
+    return [todo[int(i * step)] for i in range(sample)], step
 
 
 def _size(n_bytes: int) -> str:

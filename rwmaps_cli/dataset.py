@@ -69,7 +69,9 @@ def find_dataset(input_dir: Path, output_dir: Path, fmt: str, include: Sequence[
     if _is_inside(output_dir, labels_dir):
         raise UsageError(f"{output_dir}: output folder is inside the input folder {labels_dir}; choose another")
     cases, skipped = [], []
-    for path in sorted(p for p in labels_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    # Not only regular files: a broken or looping link, or a FIFO, with a label file's name is
+    # a case that fails alone, named with its cause (the readers never open such a file).
+    for path in sorted(p for p in labels_dir.rglob("*") if not p.name.startswith(".") and not p.is_dir()):
         name = path.relative_to(labels_dir).as_posix()
         if label_suffix(path) is None or not _selected(path.name, name, include, exclude):
             skipped.append(path)

@@ -113,20 +113,39 @@ def output_not_writable(root, tmp):
     return ["--output", blocker / "maps"], None
 
 
-def too_big_for_the_machine(root, tmp):
-    """A real NIfTI header claiming 4000^3 voxels: the need is read from the header alone."""
+def huge_sparse_nifti(root: Path, shape=(4000, 4000, 4000)) -> Path:
+    """A real NIfTI of 4000^3 uint8 voxels (64 GB) whose file holds them: sparse, so it takes
+    no disk.  Its header tells the truth; the need is read from the header alone."""
     path = root / "huge.nii"
     header = nib.Nifti1Header()
-    header.set_data_shape((4000, 4000, 4000))
+    header.set_data_shape(shape)
     header.set_data_dtype(np.uint8)
     path.write_bytes(header.binaryblock + b"\0" * 4)
-    return ["--classes", "0,1,2"], path
+    os.truncate(path, 352 + int(np.prod(shape)))
+    return path
+
+
+def too_big_for_the_machine(root, tmp):
+    return ["--classes", "0,1,2", "--no-space-check"], huge_sparse_nifti(root)
 
 
 def too_big_to_scan(root, tmp):
     """The same, when the class list is read from the files: the scan runs out of memory."""
-    _, path = too_big_for_the_machine(root, tmp)
-    return [], path
+    return ["--no-space-check"], huge_sparse_nifti(root)
+
+
+def header_that_lies(root, tmp):
+    """The same header in a file of 4 bytes: it fails alone, before any allocation, and the
+    disk-space check does not count it."""
+    path = huge_sparse_nifti(root)
+    os.truncate(path, 356)
+    return ["--classes", "0,1,2"], path
+
+
+def too_big_for_the_disk(root, tmp):
+    """A true header whose map alone would not fit on the output file system (64 G voxels,
+    3 channels): that case fails alone, the others are computed."""
+    return ["--classes", "0,1,2"], huge_sparse_nifti(root)
 
 
 def float16_nifti(root, tmp):
@@ -153,12 +172,19 @@ BAD_INPUTS = [
     (output_not_writable, 2, "cannot be written"),
     (too_big_for_the_machine, 1, "GiB of memory, more than the"),
     (too_big_to_scan, 1, "out of memory"),
+    (header_that_lies, 1, "the header claims 4000 × 4000 × 4000 voxels (64.0 GB), more than the file can hold (356 bytes)"),
+    (too_big_for_the_disk, 1, "its map needs about"),
     (float16_nifti, 2, "cannot be stored as nii.gz"),
 ]
 
 
 @pytest.mark.parametrize("make, code, message", BAD_INPUTS, ids=[m.__name__ for m, _, _ in BAD_INPUTS])
-def test_bad_input(tmp_path, make, code, message):
+def test_bad_input(tmp_path, make, code, message, monkeypatch):
+    if make is too_big_for_the_disk:  # whatever this machine has free, less than that map's 15 GB
+        from rwmaps_cli import compute
+
+        usage = compute.shutil.disk_usage(tmp_path)
+        monkeypatch.setattr(compute.shutil, "disk_usage", lambda path: usage._replace(free=10**9))
     root = tmp_path / "labels"
     good_case(root)
     extra, named = make(root, tmp_path)

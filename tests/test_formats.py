@@ -389,7 +389,7 @@ BAD_INPUTS = {
         r"^cannot read: file is truncated or not a valid NIfTI \(EOFError: ",
         _truncated_nifti,
     ),
-    "truncated_nii": ("a.nii", "^cannot read: .*NIfTI", _truncated_nifti),
+    "truncated_nii": ("a.nii", "^the header claims 40 × 50 × 30 voxels .*truncated", _truncated_nifti),
     "garbage_nii_gz": ("a.nii.gz", "^cannot read: .*NIfTI", lambda p: p.write_bytes(os.urandom(4000))),
     "garbage_gzip": ("a.nii.gz", "^cannot read: .*NIfTI", lambda p: p.write_bytes(gzip.compress(os.urandom(4000)))),
     "empty_nii_gz": ("a.nii.gz", "^cannot read", lambda p: p.write_bytes(b"")),

@@ -8,10 +8,15 @@ suffix or knows how a format lays out its axes.
 
 from __future__ import annotations
 
+import errno
+import logging
+import math
 import os
 import re
 import secrets
 import socket
+import stat
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -285,28 +290,110 @@ def library_detail(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text.strip() else type(exc).__name__
 
 
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file, found without opening it (a FIFO would block
+    the reader forever), or None.  A broken or looping link says so."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
+        return "file not found"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop (the links point at each other)"
+        return error.strerror or str(error)
+    if stat.S_ISDIR(mode):
+        return "is a directory, not a file"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, socket or device)"
+    return None
+
+
+# A header's shape is a claim: rwmaps believes it only as far as the file's bytes can hold
+# it, and checks before reading the voxels, so a lying header allocates nothing.  An
+# uncompressed file holds its own bytes (after the header); a deflate stream (gzip, zlib,
+# zip, PNG) inflates at most 1032:1 (the format's limit: 258 bytes per 2-bit code); TIFF's
+# LZW at most about 2,560:1 (a 12-bit code stands for at most 3,838 bytes).
+DEFLATE_INFLATION = 1032
+LZW_INFLATION = 2560
+
+
+def check_claim(shape: Sequence[int], itemsize: int, holds: int) -> None:
+    """InputError when ``shape`` voxels of ``itemsize`` bytes are more than ``holds`` bytes,
+    what the file can hold (see :data:`DEFLATE_INFLATION`)."""
+    claimed = math.prod(int(n) for n in shape) * itemsize
+    if claimed > holds:
+        shown = " × ".join(str(int(n)) for n in shape)
+        raise InputError(f"the header claims {shown} voxels ({_bytes(claimed)}), more than the file can hold "
+                         f"({_bytes(holds)}): truncated, or a header that lies")
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+class _Collected(logging.Filter):
+    """A logger filter that keeps each message's text and lets none through."""
+
+    def __init__(self, into: list[str]):
+        super().__init__()
+        self.into = into
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.into.append(record.getMessage())
+        return False
+
+
+@contextmanager
+def library_messages() -> Iterator[list[str]]:
+    """What the libraries say while the body reads a file (Python warnings, nibabel's log),
+    kept out of the terminal: the caller puts it into its one line, or nowhere."""
+    said: list[str] = []
+    collect = _Collected(said)
+    logger = logging.getLogger("nibabel.global")  # nibabel prints header fixes there ("sizeof_hdr should be")
+    logger.addFilter(collect)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield said
+            finally:
+                said.extend(str(warning.message) for warning in caught)
+    finally:
+        logger.removeFilter(collect)
+
+
 @contextmanager
 def input_errors(path: Path, format_name: str) -> Iterator[None]:
-    """Turn any failure to read ``path`` into a one-line InputError."""
-    try:
-        if path.is_dir():
-            raise InputError("is a directory, not a file")
-        with open(path, "rb"):  # fail early with a plain cause: missing file, no permission
-            pass
-        yield
-    except InputError:
-        raise
-    except MemoryError:  # not a property of the file: let the caller retry with fewer workers
-        raise
-    except FileNotFoundError as exc:
-        raise InputError("file not found") from exc
-    except PermissionError as exc:
-        raise InputError("permission denied") from exc
-    except IsADirectoryError as exc:
-        raise InputError("is a directory, not a file") from exc
-    except Exception as exc:  # nibabel, SimpleITK, numpy and zipfile raise many types
-        cause = f"cannot read: file is truncated or not a valid {format_name} ({library_detail(exc)})"
-        raise InputError(one_line(cause, path)) from exc
+    """Turn any failure to read ``path`` into a one-line InputError; what the libraries said
+    meanwhile goes into that line, or nowhere."""
+    with library_messages() as said:
+        try:
+            problem = file_problem(path)
+            if problem is not None:
+                raise InputError(problem)
+            with open(path, "rb"):  # fail early with a plain cause: no permission
+                pass
+            yield
+        except InputError:
+            raise
+        except MemoryError:  # not a property of the file: let the caller retry with fewer workers
+            raise
+        except FileNotFoundError as exc:
+            raise InputError("file not found") from exc
+        except PermissionError as exc:
+            raise InputError("permission denied") from exc
+        except IsADirectoryError as exc:
+            raise InputError("is a directory, not a file") from exc
+        except Exception as exc:  # nibabel, SimpleITK, numpy and zipfile raise many types
+            detail = library_detail(exc)
+            noted = "".join(f"; {text}" for text in dict.fromkeys(said) if text not in detail)
+            cause = f"cannot read: file is truncated or not a valid {format_name} ({detail}{noted})"
+            raise InputError(one_line(cause, path)) from exc
 
 
 # --------------------------------------------------------------------------- atomic writing

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,10 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from .base import (
+    DEFLATE_INFLATION,
     FileFormat,
     LabelVolume,
     MapContent,
     MapInfo,
+    check_claim,
     check_labels,
     check_map_array,
     check_ndim,
@@ -129,6 +132,7 @@ class NiftiFormat(FileFormat):
         try:
             shape = _squeeze_trailing(img.shape)
             check_ndim(shape)
+            self._check_claim(img, path)
             # asanyarray(dataobj) keeps the stored integer dtype unless the header really
             # scales (scl_slope, scl_inter not in {nan, 0, 1} x {0}); get_fdata would give float64.
             array = np.asanyarray(img.dataobj).reshape(shape, order="A")
@@ -141,9 +145,18 @@ class NiftiFormat(FileFormat):
     def read_shape(self, path: Path) -> tuple[int, ...]:
         import nibabel as nib
 
-        shape = _squeeze_trailing(nib.load(path).shape)  # header only: nibabel loads lazily
+        img = nib.load(path)  # header only: nibabel loads lazily
+        shape = _squeeze_trailing(img.shape)
         check_ndim(shape)
+        self._check_claim(img, path)
         return shape
+
+    def _check_claim(self, img, path: Path) -> None:
+        """The voxels the header claims fit in the file (see ``base.check_claim``)."""
+        header = img.header
+        size = os.path.getsize(path)
+        holds = size * DEFLATE_INFLATION if self.compressed else size - int(header.get_data_offset())
+        check_claim(header.get_data_shape(), header.get_data_dtype().itemsize, holds)
 
     def read_geometry(self, path: Path) -> tuple[tuple[float, ...], np.ndarray]:
         import nibabel as nib
@@ -240,6 +253,7 @@ class NiftiFormat(FileFormat):
         img = _load(path)
         try:
             info = self._info(img)
+            self._check_claim(img, path)
             data = np.asanyarray(img.dataobj)  # Fortran-ordered (X, Y, Z, C), as nibabel reads it
         finally:
             _close(img)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ from rwmaps_cli.errors import InputError
 
 from .base import (
     DEFAULT_COMPRESSLEVEL,
+    DEFLATE_INFLATION,
     MAP_DTYPES,
     SCHEMA,
     check_schema,
@@ -30,6 +32,7 @@ from .base import (
     LabelVolume,
     MapContent,
     MapInfo,
+    check_claim,
     check_labels,
     check_map_array,
     check_ndim,
@@ -57,6 +60,7 @@ class NpyFormat(FileFormat):
     can_mmap = True
 
     def read_labels(self, path: Path) -> LabelVolume:
+        self._header(path)  # the claim checked before numpy allocates it
         array = check_labels(np.load(path, allow_pickle=False))
         spacing = (1.0,) * array.ndim
         return LabelVolume(array=array, spacing=spacing, affine=diagonal_affine(spacing))
@@ -102,8 +106,11 @@ class NpyFormat(FileFormat):
 
     @staticmethod
     def _header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype, once the file is known to hold them (``base.check_claim``)."""
         with open(path, "rb") as f:
-            return npy_header(f)
+            shape, dtype = npy_header(f)
+            check_claim(shape, dtype.itemsize, os.fstat(f.fileno()).st_size - f.tell())
+        return shape, dtype
 
 
 class NpzFormat(FileFormat):
@@ -115,8 +122,9 @@ class NpzFormat(FileFormat):
     compressed = True
 
     def read_labels(self, path: Path) -> LabelVolume:
+        with zipfile.ZipFile(path) as archive:
+            key, _ = _member_header(archive, _npz_label_key(_npz_keys(archive)))  # the claim, before numpy
         with np.load(path, allow_pickle=False) as npz:
-            key = _npz_label_key(npz.files)
             array = check_labels(npz[key])
             spacing = (tuple(float(s) for s in npz["spacing"].ravel()) if "spacing" in npz.files
                        else (1.0,) * array.ndim)
@@ -127,9 +135,7 @@ class NpzFormat(FileFormat):
     def read_shape(self, path: Path) -> tuple[int, ...]:
         # Read the member's .npy header from the zip, so a large compressed volume is not inflated.
         with zipfile.ZipFile(path) as archive:
-            names = [n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy")]
-            with archive.open(_npz_label_key(names) + ".npy") as member:
-                shape, _ = npy_header(member)
+            _, (shape, _) = _member_header(archive, _npz_label_key(_npz_keys(archive)))
         check_ndim(shape)
         return shape
 
@@ -168,8 +174,7 @@ class NpzFormat(FileFormat):
             if "map.npy" not in names:
                 keys = ", ".join(sorted(n[: -len(".npy")] for n in names))
                 raise InputError(f"has no 'map' array (keys: {keys}); not an rwmaps map")
-            with archive.open("map.npy") as member:
-                shape, dtype = npy_header(member)
+            _, (shape, dtype) = _member_header(archive, "map")
         with np.load(path, allow_pickle=False) as npz:  # the small keys only; 'map' stays unread
             small = {key: npz[key] for key in ("classes", "spacing", "kind", "layout", "schema") if key in npz.files}
         return self._info(shape, dtype, small)
@@ -192,6 +197,28 @@ class NpzFormat(FileFormat):
         with np.load(path, allow_pickle=False) as npz:
             data = npz["map"]
         return data.astype(np.float32, copy=False), info
+
+
+def _npz_keys(archive: zipfile.ZipFile) -> list[str]:
+    return [n[: -len(".npy")] for n in archive.namelist() if n.endswith(".npy")]
+
+
+# How much a member's stored bytes can inflate, by zip method: numpy writes stored or deflated.
+_ZIP_INFLATION = {zipfile.ZIP_STORED: 1, zipfile.ZIP_DEFLATED: DEFLATE_INFLATION}
+
+
+def _member_header(archive: zipfile.ZipFile, key: str) -> tuple[str, tuple[tuple[int, ...], np.dtype]]:
+    """(key, (shape, dtype)) of member ``key.npy``, once its stored bytes can hold what its
+    header claims (``base.check_claim``)."""
+    info = archive.getinfo(key + ".npy")
+    inflation = _ZIP_INFLATION.get(info.compress_type)
+    if inflation is None:
+        raise InputError(f"array {key!r} is compressed with zip method {info.compress_type}; "
+                         ".npz files hold stored or deflated arrays (as numpy writes them)")
+    with archive.open(info) as member:
+        shape, dtype = npy_header(member)
+    check_claim(shape, dtype.itemsize, info.compress_size * inflation)
+    return key, (shape, dtype)
 
 
 def _fits_header_1_0(header: dict) -> bool:

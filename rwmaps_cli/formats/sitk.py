@@ -6,6 +6,7 @@ ITK's, ``(Z, Y, X)``; spacing and affine are reversed to match.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 
 from rwmaps_cli.errors import InputError
 
-from .base import FileFormat, LabelVolume, check_labels, check_ndim
+from .base import DEFLATE_INFLATION, LZW_INFLATION, FileFormat, LabelVolume, check_claim, check_labels, check_ndim
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -31,9 +32,10 @@ class SitkFormat(FileFormat):
     def read_labels(self, path: Path) -> LabelVolume:
         import SimpleITK as sitk
 
-        # One read: Execute parses the header again anyway, so the checks of reader() are
-        # made on the image (reading the information first cost a third of a small case).
-        image = self.reader(path, header=False).Execute()
+        # One read for a PNG: Execute parses the header again anyway, so the checks of
+        # reader() are made on the image (reading the information first cost a third of a
+        # small case), and the claim is checked on the PNG's own header, read by hand.
+        image = self.reader(path, header=self.image_io != "PNGImageIO").Execute()
         self._check(image.GetNumberOfComponentsPerPixel(), image.GetSize())
         array = sitk.GetArrayFromImage(image)  # axes reversed from ITK's: (z, y, x)
         return LabelVolume(array=check_labels(array), spacing=tuple(float(s) for s in reversed(image.GetSpacing())),
@@ -56,16 +58,33 @@ class SitkFormat(FileFormat):
             # ITK's own message names the header, with a misleading cause; say which file is missing.
             raise InputError(f"data file {data_file.name!r} named in the header is missing")
         if self.image_io == "PNGImageIO":
-            with open(path, "rb") as f:
-                if f.read(len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:  # ITK reads such a file as a 0x0 image
-                    raise InputError("cannot read: not a valid PNG (no PNG signature)")
+            _check_png_claim(path)
+        _quiet(sitk)
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         reader.SetImageIO(self.image_io)
         if header:
             reader.ReadImageInformation()
             self._check(reader.GetNumberOfComponents(), reader.GetSize())
+            holds = _data_bytes(path, data_file)
+            if holds is not None:  # one byte per voxel at least, whatever the pixel type
+                check_claim(reader.GetSize(), reader.GetNumberOfComponents(), holds * self._inflation(path))
         return reader
+
+    def _inflation(self, path: Path) -> int:
+        """How far the stored bytes can inflate: PNG deflate, TIFF by its codecs (LZW the
+        most), MetaImage and NRRD as their header says (zlib/gzip, or raw and text)."""
+        if self.image_io == "PNGImageIO":
+            return DEFLATE_INFLATION
+        if self.image_io == "TIFFImageIO":
+            return LZW_INFLATION
+        header = _header_text(path)
+        if re.search(r"^\s*CompressedData\s*=\s*True\s*$", header, flags=re.IGNORECASE | re.MULTILINE):
+            return DEFLATE_INFLATION
+        encoding = re.search(r"^\s*encoding\s*:\s*(\S+)", header, flags=re.IGNORECASE | re.MULTILINE)
+        if encoding and encoding.group(1).lower() not in ("raw", "ascii", "text", "txt", "hex"):
+            return DEFLATE_INFLATION
+        return 1
 
     def _check(self, components: int, size: Sequence[int]) -> None:
         if components > 1:
@@ -89,6 +108,45 @@ def sitk_affine(image) -> np.ndarray:
     lps[:ndim, :ndim] = columns[:, ::-1]
     lps[:ndim, 3] = image.GetOrigin()
     return _LPS_TO_RAS @ lps
+
+
+_QUIETED = False
+
+
+def _quiet(sitk) -> None:
+    """ITK's and libtiff's warnings ("TIFFReadDirectory: Warning, Bogus ...") go to the
+    terminal from C++, where no Python handler sees them: turned off, once per process."""
+    global _QUIETED
+    if not _QUIETED:
+        sitk.ProcessObject_SetGlobalWarningDisplay(False)
+        _QUIETED = True
+
+
+def _check_png_claim(path: Path) -> None:
+    """The signature, and the IHDR's width x height (one byte per pixel at least) against
+    what the file's deflate stream can hold: before ITK allocates the image."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if head[: len(_PNG_SIGNATURE)] != _PNG_SIGNATURE:  # ITK reads such a file as a 0x0 image
+        raise InputError("cannot read: not a valid PNG (no PNG signature)")
+    if len(head) == 24 and head[12:16] == b"IHDR":
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        check_claim((height, width), 1, os.path.getsize(path) * DEFLATE_INFLATION)
+
+
+def _header_text(path: Path) -> str:
+    with open(path, "rb") as f:
+        return f.read(65536).decode("latin-1")
+
+
+def _data_bytes(path: Path, data_file: Path | None) -> int | None:
+    """Bytes that hold the voxels: the file's, plus a detached data file's; None when the
+    header names several data files (a LIST or a pattern), which are not measured."""
+    if path.suffix.lower() in (".mhd", ".nhdr") and data_file is None:
+        header = _header_text(path)
+        if re.search(r"(ElementDataFile|data ?file)\s*[=:]\s*(LIST|\S*%)", header, flags=re.IGNORECASE):
+            return None
+    return os.path.getsize(path) + (os.path.getsize(data_file) if data_file is not None else 0)
 
 
 def _detached_data_file(path: Path) -> Path | None:
