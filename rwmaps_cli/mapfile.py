@@ -147,6 +147,24 @@ def load_map(
 ) -> tuple[np.ndarray, MapMeta]:
     """Read a map written by ``rwmaps compute``, in any output format, channels first.
 
+    The public face of :func:`read_map`: the same, with the file named in its InputError
+    (``InputError: maps/case.nii.gz: file not found``), as the command line names it.
+    """
+    try:
+        return read_map(path, mmap=mmap, expand=expand, labels=labels, outside=outside)
+    except InputError as error:
+        raise InputError(f"{path}: {error}") from None
+
+
+def read_map(
+    path: str | os.PathLike,
+    mmap: bool | None = False,
+    expand: bool = True,
+    labels: np.ndarray | None = None,
+    outside: float | Sequence[float] = 1.0,
+) -> tuple[np.ndarray, MapMeta]:
+    """Read a map written by ``rwmaps compute``, in any output format, channels first.
+
     Parameters
     ----------
     path : path of a ``.nii.gz``, ``.nii``, ``.npz`` or ``.npy`` map
@@ -180,8 +198,8 @@ def load_map(
     Raises
     ------
     InputError
-        One line, without the path, when the file cannot be read as a map, or a compact
-        map cannot be expanded (no labels).
+        One line, without the path (the caller names the file; :func:`load_map` does), when
+        the file cannot be read as a map, or a compact map cannot be expanded (no labels).
     ValueError
         An unsupported suffix, ``mmap`` for a format other than ``.npy``, or ``outside``
         other than 1 for a full map (its outside values are in the file: use a compact

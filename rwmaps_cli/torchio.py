@@ -94,10 +94,10 @@ def read_map(path: str | os.PathLike) -> tuple[torch.Tensor, np.ndarray]:
     """
     from .formats import format_for, read_geometry
     from .formats.sitk import SitkFormat
-    from .mapfile import load_map
+    from . import mapfile
 
     try:
-        data, meta = load_map(path, expand=False)
+        data, meta = mapfile.read_map(path, expand=False)  # its errors without the path: named below
         source = meta["input"]
         if source is not None and meta["reader"] is None and isinstance(format_for(source), SitkFormat):
             raise InputError("is a map of labels read by SimpleITK, in (Z, Y, X) order; TorchIO reads them as "

@@ -44,7 +44,7 @@ from .manifest import (
     read_folder_manifest,
 )
 from .manifest_lookup import MapRecord
-from .mapfile import load_map, map_info
+from .mapfile import map_info, read_map
 from .maps import expanded_channels
 from .run import NoBar, run_local, threads_per_case, usable_cores
 
@@ -333,7 +333,7 @@ def recompute_case(case: Case, settings: Settings, threads: int = 1) -> CaseResu
     problems = []
     try:
         expected = _expected(read_labels(case.input, reader=case.reader), settings, threads)
-        stored, meta = load_map(case.output, expand=False, mmap=None)  # a .npy map stays on disk
+        stored, meta = read_map(case.output, expand=False, mmap=None)  # a .npy map stays on disk
     except (InputError, ValueError) as error:
         problems.append(f"{case.output}: cannot recompute: {error}")
     except MemoryError:

@@ -95,3 +95,16 @@ def test_outside_is_refused_where_it_would_be_ignored(computed, outside):
     with pytest.raises(ValueError, match="outside= applies when a compact map is expanded"):
         load_map(map_file(computed, "nii.gz", "case_000"), outside=outside)
     load_map(map_file(computed, "nii.gz", "case_000"), outside=1.0)  # the default stays fine
+
+
+def test_load_map_names_the_file_as_the_command_line_does(tmp_path):
+    from rwmaps_cli import load_map
+    from rwmaps_cli.errors import InputError
+
+    missing = tmp_path / "maps" / "case.nii.gz"
+    with pytest.raises(InputError, match=f"^{missing}: file not found$"):
+        load_map(missing)
+    garbage = tmp_path / "garbage.npy"
+    garbage.write_bytes(b"not a map")
+    with pytest.raises(InputError, match=f"^{garbage}: cannot read"):
+        load_map(garbage)

@@ -16,7 +16,7 @@ import numpy as np
 from rwmaps_cli.checks import channel_statistics
 from rwmaps_cli.errors import InputError
 from rwmaps_cli.formats import format_name, read_geometry, read_labels
-from rwmaps_cli.mapfile import is_map_file, load_map
+from rwmaps_cli.mapfile import is_map_file, read_map
 from rwmaps_cli.maps import DEFAULT_MAX_CLASSES, KINDS, expanded_channels
 
 # A "label file" with more distinct values than --max-classes (compute's threshold too) is
@@ -112,7 +112,7 @@ class _ExpandedChannels:
 
 
 def _describe_map(path: Path) -> dict:
-    maps, meta = load_map(path, mmap=None, expand=False)  # a memory map where the format allows
+    maps, meta = read_map(path, mmap=None, expand=False)  # a memory map where the format allows
     if meta.layout == "compact":
         if meta.input is None or meta.classes is None:
             raise InputError("is a compact map, and no rwmaps.json names its labels: it cannot be expanded")

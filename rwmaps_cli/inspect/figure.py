@@ -13,7 +13,7 @@ import numpy as np
 
 from rwmaps_cli.errors import InputError
 from rwmaps_cli.formats import atomic_path, read_labels
-from rwmaps_cli.mapfile import is_map_file, load_map
+from rwmaps_cli.mapfile import is_map_file, read_map
 from rwmaps_cli.maps import DEFAULT_MAX_CLASSES, compute_maps, unique_labels
 
 from .describe import class_names, label_affine
@@ -113,7 +113,7 @@ class View:
 def _view(path: Path, max_classes: int) -> View:
     """Everything the figure needs: maps (C, *spatial), labels, classes, names, geometry."""
     if is_map_file(path):
-        maps, meta = load_map(path)
+        maps, meta = read_map(path)
         classes = meta.classes
         labels, source = None, "implied by the map"
         affine = meta.affine if meta.affine is not None else label_affine(meta.input)
