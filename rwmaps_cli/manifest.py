@@ -36,7 +36,7 @@ PART_MANIFEST_GLOB = "rwmaps.part-*-of-*.json"  # one per part of a job array, i
 JOURNAL_SUFFIX = ".journal"  # rwmaps.json -> rwmaps.journal, beside it
 DONE, FAILED = "done", "failed"  # a case's status in the manifest
 # What manifest_text writes between the header and the first case, and the header key that
-# says the case lines are sorted by name (manifests of rwmaps 0.2 are not).
+# says the case lines are sorted by name (those of rwmaps 0.1 are not).
 CASES_OPENING = ',\n "cases": {'
 SORTED_KEY = "cases_sorted"
 
@@ -237,7 +237,7 @@ def manifest_files(folder: str | os.PathLike, legacy_parts: bool = True) -> list
     """The manifests of output folder ``folder``: ``rwmaps.json`` and the parts', oldest first.
 
     Never lists ``folder`` itself (it may hold 100,000 maps), only its parts' folder,
-    except with ``legacy_parts``: rwmaps 0.2 wrote the parts' manifests beside
+    except with ``legacy_parts``: rwmaps 0.1 wrote the parts' manifests beside
     ``rwmaps.json``, and a command that reads a whole folder once (compute, verify) lists
     it to find them.  A plain run moves their records into ``rwmaps.json``.
     """
@@ -405,7 +405,7 @@ class Manifest:
         # Only when the folder holds this one manifest: a merge of parts' files says nothing
         # about what is in rwmaps.json (read_folder_manifest names its merge rwmaps.json).
         alone = manifest_files(self.folder) == [self.path]
-        # A manifest whose cases are not sorted (rwmaps 0.2) is rewritten: readers search sorted ones.
+        # A manifest whose cases are not sorted (rwmaps 0.1) is rewritten: readers search sorted ones.
         same = (alone and not previous.journaled and previous.cases == self.cases and previous.header.get(SORTED_KEY)
                 and {k: v for k, v in previous.header.items() if k not in ("journal_id", SORTED_KEY)} == self.header)
         if same:

@@ -29,7 +29,7 @@ def write_manifest(folder: Path, names: list[str], header: dict = HEADER, sort: 
     cases = {name: {"input": f"/labels/{name}", "output": str(folder / map_name(name)), "status": "done",
                     "shape": [3, 4, 4], "case": name} for name in names}
     text = manifest_text(header, cases)
-    if not sort:  # as rwmaps 0.2 wrote it: insertion order, and no SORTED_KEY
+    if not sort:  # as rwmaps 0.1 wrote it: insertion order, and no SORTED_KEY
         text = manifest_text(header, {}).replace(f' "{SORTED_KEY}": true', ' "unsorted": true')
         body = ",\n".join(f"  {json.dumps(n)}: {json.dumps(e)}" for n, e in cases.items())
         text = text.replace(CASES_OPENING + "}", CASES_OPENING + "\n" + body + "\n }")
@@ -78,7 +78,7 @@ def test_a_journal_is_newer_than_the_manifest_lines(tmp_path):
     assert manifest_for_map(folder / "a.npy").entry["case"] == "a.png"
 
 
-def test_a_manifest_of_rwmaps_0_2_whose_lines_are_not_sorted_is_still_read(tmp_path):
+def test_a_manifest_of_rwmaps_0_1_whose_lines_are_not_sorted_is_still_read(tmp_path):
     folder = tmp_path / "maps"
     cases = write_manifest(folder, ["z.png", "a.png", "sub/m.nii.gz"], sort=False)
     assert SORTED_KEY not in (folder / MANIFEST_NAME).read_text()
@@ -86,7 +86,7 @@ def test_a_manifest_of_rwmaps_0_2_whose_lines_are_not_sorted_is_still_read(tmp_p
         assert manifest_for_map(folder / map_name(name)).entry == entry
 
 
-def test_a_rerun_sorts_a_manifest_of_rwmaps_0_2(tmp_path):
+def test_a_rerun_sorts_a_manifest_of_rwmaps_0_1(tmp_path):
     labels = tmp_path / "labels"
     for name in ("b", "a", "c"):
         write_nifti(labels / f"{name}.nii.gz", blobs((8, 8, 4), 3, seed=ord(name)))

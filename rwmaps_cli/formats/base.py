@@ -16,6 +16,9 @@ import re
 import secrets
 import socket
 import stat
+import sys
+import tempfile
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -350,14 +353,15 @@ class _Collected(logging.Filter):
 
 @contextmanager
 def library_messages() -> Iterator[list[str]]:
-    """What the libraries say while the body reads a file (Python warnings, nibabel's log),
-    kept out of the terminal: the caller puts it into its one line, or nowhere."""
+    """What the libraries say while the body reads a file (Python warnings, nibabel's log,
+    and what C code writes to file descriptor 2: ITK's MetaIO, libpng, libtiff), kept out of
+    the terminal: the caller puts it into its one line, or nowhere."""
     said: list[str] = []
     collect = _Collected(said)
     logger = logging.getLogger("nibabel.global")  # nibabel prints header fixes there ("sizeof_hdr should be")
     logger.addFilter(collect)
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, _c_stderr(said):
             warnings.simplefilter("always")
             try:
                 yield said
@@ -365,6 +369,52 @@ def library_messages() -> Iterator[list[str]]:
                 said.extend(str(warning.message) for warning in caught)
     finally:
         logger.removeFilter(collect)
+
+
+class _StderrSink:
+    """File descriptor 2 pointed at a temporary file while any thread of this process reads
+    (counted: threads that read at once share one redirection, restored by the last)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.readers = 0
+        self.file = None
+        self.saved = -1
+
+    def enter(self) -> int:
+        with self.lock:
+            if self.readers == 0:
+                if self.file is None:
+                    self.file = tempfile.TemporaryFile()
+                os.ftruncate(self.file.fileno(), 0)
+                sys.stderr.flush()
+                self.saved = os.dup(2)
+                os.dup2(self.file.fileno(), 2)
+            self.readers += 1
+            return os.fstat(self.file.fileno()).st_size
+
+    def leave(self, start: int) -> str:
+        with self.lock:
+            end = os.fstat(self.file.fileno()).st_size
+            text = os.pread(self.file.fileno(), min(end - start, 65536), start) if end > start else b""
+            self.readers -= 1
+            if self.readers == 0:
+                os.dup2(self.saved, 2)
+                os.close(self.saved)
+            return text.decode(errors="replace")
+
+
+_SINK = _StderrSink()
+
+
+@contextmanager
+def _c_stderr(said: list[str]) -> Iterator[None]:
+    """What C code writes to file descriptor 2 during the body, appended to ``said`` by line."""
+    start = _SINK.enter()
+    try:
+        yield
+    finally:
+        said.extend(line.strip() for line in _SINK.leave(start).splitlines() if line.strip())
 
 
 @contextmanager

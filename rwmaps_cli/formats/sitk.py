@@ -59,6 +59,8 @@ class SitkFormat(FileFormat):
             raise InputError(f"data file {data_file.name!r} named in the header is missing")
         if self.image_io == "PNGImageIO":
             _check_png_claim(path)
+        if self.image_io == "TIFFImageIO":
+            _check_tiff_directories(path)
         _quiet(sitk)
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
@@ -132,6 +134,30 @@ def _check_png_claim(path: Path) -> None:
     if len(head) == 24 and head[12:16] == b"IHDR":
         width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
         check_claim((height, width), 1, os.path.getsize(path) * DEFLATE_INFLATION)
+
+
+def _check_tiff_directories(path: Path) -> None:
+    """The chain of image directories ends, inside the file: libtiff (in ITK) follows a chain
+    that loops back on itself forever, at full CPU."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+        order = {b"II": "little", b"MM": "big"}.get(head[:2])
+        version = int.from_bytes(head[2:4], order) if order else 0
+        if version not in (42, 43):
+            return  # not a TIFF: ITK says so itself
+        big = version == 43  # BigTIFF: 8-byte counts and offsets
+        size, count_bytes, entry_bytes, offset_bytes = os.fstat(f.fileno()).st_size, (8 if big else 2), \
+            (20 if big else 12), (8 if big else 4)
+        offset, seen = int.from_bytes(head[8:16] if big else head[4:8], order), set()
+        while offset:
+            if offset in seen or offset + count_bytes > size:
+                raise InputError("cannot read: not a valid TIFF (its chain of image directories "
+                                 + ("loops back on itself)" if offset in seen else "points past the end of the file)"))
+            seen.add(offset)
+            f.seek(offset)
+            entries = int.from_bytes(f.read(count_bytes), order)
+            f.seek(offset + count_bytes + entries * entry_bytes)
+            offset = int.from_bytes(f.read(offset_bytes) or b"\0", order)
 
 
 def _header_text(path: Path) -> str:
