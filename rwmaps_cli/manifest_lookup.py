@@ -30,7 +30,6 @@ from pathlib import Path
 from .formats import output_format
 from .manifest import (
     CASES_OPENING,
-    MANIFEST_NAME,
     SORTED_KEY,
     NewerSchemaError,
     Settings,
@@ -49,7 +48,8 @@ class MapRecord:
     Attributes
     ----------
     manifest : Path
-        The folder's ``rwmaps.json``, as the caller named the map (relative stays relative).
+        The manifest that lists the map (``rwmaps.json``, or a part's in ``rwmaps.parts/``),
+        else the folder's newest; as the caller named the map (relative stays relative).
     header : dict
         The newest manifest's header (its ``parameters``, ``classes``...).
     settings : Settings or None
@@ -76,21 +76,23 @@ def manifest_for_map(path: str | os.PathLike) -> MapRecord | None:
     """
     relative_to_cwd = not Path(path).is_absolute()
     path = Path(os.path.abspath(path))
+
+    def shown(manifest: Path) -> Path:  # as the caller named the map: relative stays relative
+        return Path(os.path.relpath(manifest)) if relative_to_cwd else manifest
+
     nearest = None
     for folder in path.parents:
         indexes = _folder_indexes(folder)
         if not indexes:
             continue
-        shown = folder / MANIFEST_NAME
-        shown = Path(os.path.relpath(shown)) if relative_to_cwd else shown  # as the caller named the map
         header, settings = _merged_header(indexes)
         relative = path.relative_to(folder).parts
         for index in reversed(indexes):  # the newest entry of a case wins, as in read_folder_manifest
             entry = index.find(relative)
             if entry is not None:
-                return MapRecord(shown, header, settings, entry)
+                return MapRecord(shown(index.path), header, settings, entry)
         if nearest is None:
-            nearest = MapRecord(shown, header, settings, None)
+            nearest = MapRecord(shown(indexes[-1].path), header, settings, None)
     return nearest
 
 

@@ -42,7 +42,8 @@ class MapMeta:
     stored_shape : tuple of int
         The array exactly as stored (NIfTI: channels last).
     manifest : str or None
-        The ``rwmaps.json`` that lists this map.
+        The manifest that lists this map: ``rwmaps.json``, or a job-array part's in
+        ``rwmaps.parts/``.
     parameters : dict or None
         That manifest's parameters (a copy).
     input : str or None

@@ -120,6 +120,7 @@ def huge_sparse_nifti(root: Path, shape=(4000, 4000, 4000)) -> Path:
     header = nib.Nifti1Header()
     header.set_data_shape(shape)
     header.set_data_dtype(np.uint8)
+    header.set_data_offset(352)
     path.write_bytes(header.binaryblock + b"\0" * 4)
     os.truncate(path, 352 + int(np.prod(shape)))
     return path
@@ -172,7 +173,7 @@ BAD_INPUTS = [
     (output_not_writable, 2, "cannot be written"),
     (too_big_for_the_machine, 1, "GiB of memory, more than the"),
     (too_big_to_scan, 1, "out of memory"),
-    (header_that_lies, 1, "the header claims 4000 × 4000 × 4000 voxels (64.0 GB), more than the file can hold (356 bytes)"),
+    (header_that_lies, 1, "the header claims 4000 × 4000 × 4000 voxels (64.0 GB), more than the file can hold (4 bytes)"),
     (too_big_for_the_disk, 1, "its map needs about"),
     (float16_nifti, 2, "cannot be stored as nii.gz"),
 ]

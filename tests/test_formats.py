@@ -382,6 +382,12 @@ def _without_raw(path: Path) -> None:
     path.with_suffix(".raw").unlink()
 
 
+def _cut_last_100_bytes(path: Path) -> None:
+    """A file whose header is whole and whose voxels lack their last 100 bytes."""
+    sitk.WriteImage(sitk.GetImageFromArray(labels((8, 8, 8))), str(path))
+    path.write_bytes(path.read_bytes()[:-100])
+
+
 # name -> (file name, regex the message must match, writer of the bad file)
 BAD_INPUTS = {
     "truncated_nii_gz": (
@@ -390,9 +396,14 @@ BAD_INPUTS = {
         _truncated_nifti,
     ),
     "truncated_nii": ("a.nii", "^the header claims 40 × 50 × 30 voxels .*truncated", _truncated_nifti),
+    "vox_offset_inside_header": (
+        "a.nii",
+        "^the header puts the voxels at byte 0, inside the header itself",
+        lambda p: p.write_bytes(_header_only((3, 4, 5)) + bytes(60)),
+    ),
     "garbage_nii_gz": ("a.nii.gz", "^cannot read: .*NIfTI", lambda p: p.write_bytes(os.urandom(4000))),
     "garbage_gzip": ("a.nii.gz", "^cannot read: .*NIfTI", lambda p: p.write_bytes(gzip.compress(os.urandom(4000)))),
-    "empty_nii_gz": ("a.nii.gz", "^cannot read", lambda p: p.write_bytes(b"")),
+    "empty_nii_gz": ("a.nii.gz", "^empty file \(0 bytes\)$", lambda p: p.write_bytes(b"")),
     "garbage_mha": ("a.mha", "^cannot read: .*MetaImage", lambda p: p.write_bytes(os.urandom(4000))),
     "garbage_nrrd": ("a.nrrd", "^cannot read: .*NRRD", lambda p: p.write_bytes(os.urandom(4000))),
     "garbage_png": ("a.png", "^cannot read: .*PNG", lambda p: p.write_bytes(os.urandom(4000))),
@@ -416,6 +427,11 @@ BAD_INPUTS = {
         r"^4D label volume \(shape \(2, 3, 4, 5\)\)",
         lambda p: sitk.WriteImage(sitk.Image([5, 4, 3, 2], sitk.sitkUInt8), str(p)),
     ),
+    "mha_cut_in_data": ("a.mha", r"^the header claims 8 × 8 × 8 voxels \(512 bytes\), more than the file can "
+                        r"hold \(412 bytes\)", _cut_last_100_bytes),
+    "nrrd_cut_in_data": ("a.nrrd", r"can hold \(412 bytes\)", _cut_last_100_bytes),
+    "mha_naming_a_missing_file": ("a.mha", "^data file 'b.raw' named in the header is missing$", lambda p: p.write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_UCHAR\nElementDataFile = b.raw\n")),
     "mhd_without_raw": ("a.mhd", "^data file 'a.raw' named in the header is missing$", _without_raw),
     "nhdr_without_raw": ("a.nhdr", "^data file 'a.raw' named in the header is missing$", _without_raw),
     "complex_npy": (
@@ -438,6 +454,14 @@ BAD_INPUTS = {
         lambda p: nib.save(nib.Nifti1Image(np.ones((3, 4, 5), np.complex64), np.eye(4)), p),
     ),
 }
+
+
+def _header_only(shape) -> bytes:
+    """A NIfTI-1 header as nibabel makes it, vox_offset left at 0, and its extension flag."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(shape)
+    header.set_data_dtype(np.uint8)
+    return header.binaryblock + b"\0" * 4
 
 
 def bad_input(tmp_path: Path, name: str) -> tuple[Path, str]:

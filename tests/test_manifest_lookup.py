@@ -117,7 +117,7 @@ def test_the_parts_of_a_job_array_are_found_without_listing_the_maps_folder(tmp_
     for i in range(4):
         data, meta = load_map(out / f"case_{i}.npy")
         assert meta.classes == [0, 1, 2] and data.shape == (3, 8, 8, 4)
-        assert Path(meta.manifest).name == MANIFEST_NAME  # the folder's merged manifest, as before
+        assert Path(meta.manifest) == out / "rwmaps.parts" / f"rwmaps.part-{i % 2}-of-2.json"  # the one listing it
     assert str(out) not in listed
 
 

@@ -295,9 +295,9 @@ def library_detail(exc: BaseException) -> str:
 
 def file_problem(path: Path) -> str | None:
     """Why ``path`` cannot be read as a file, found without opening it (a FIFO would block
-    the reader forever), or None.  A broken or looping link says so."""
+    the reader forever), or None.  A broken or looping link says so, and an empty file."""
     try:
-        mode = os.stat(path).st_mode
+        found = os.stat(path)
     except FileNotFoundError:
         if os.path.islink(path):
             return f"broken symbolic link (its target {os.readlink(path)} does not exist)"
@@ -306,10 +306,12 @@ def file_problem(path: Path) -> str | None:
         if error.errno == errno.ELOOP:
             return "symbolic link loop (the links point at each other)"
         return error.strerror or str(error)
-    if stat.S_ISDIR(mode):
+    if stat.S_ISDIR(found.st_mode):
         return "is a directory, not a file"
-    if not stat.S_ISREG(mode):
+    if not stat.S_ISREG(found.st_mode):
         return "not a regular file (a FIFO, socket or device)"
+    if found.st_size == 0:
+        return "empty file (0 bytes)"
     return None
 
 

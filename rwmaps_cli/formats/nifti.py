@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rwmaps_cli.errors import InputError
+
 from .base import (
     DEFLATE_INFLATION,
     FileFormat,
@@ -152,10 +154,15 @@ class NiftiFormat(FileFormat):
         return shape
 
     def _check_claim(self, img, path: Path) -> None:
-        """The voxels the header claims fit in the file (see ``base.check_claim``)."""
-        header = img.header
+        """The voxels start after the header, and the ones it claims fit in the file (see
+        ``base.check_claim``): nibabel would read a vox_offset of 0 as voxels from byte 0."""
+        header = img.header  # a copy, whose vox_offset nibabel resets: the file's is the proxy's
+        offset, first = int(img.dataobj.offset), type(header).single_vox_offset
+        if offset < first:
+            raise InputError(f"the header puts the voxels at byte {offset}, inside the header itself "
+                             f"(a single-file NIfTI holds them from byte {first} on)")
         size = os.path.getsize(path)
-        holds = size * DEFLATE_INFLATION if self.compressed else size - int(header.get_data_offset())
+        holds = size * DEFLATE_INFLATION if self.compressed else size - offset
         check_claim(header.get_data_shape(), header.get_data_dtype().itemsize, holds)
 
     def read_geometry(self, path: Path) -> tuple[tuple[float, ...], np.ndarray]:

@@ -165,29 +165,43 @@ def _header_text(path: Path) -> str:
         return f.read(65536).decode("latin-1")
 
 
+# The header line that names where a MetaImage's or NRRD's voxels are: ``LOCAL`` (after the
+# header, in the same file), one file, or several (``LIST``, a ``%d`` pattern).
+_DATA_FILE_LINE = {".mha": r"ElementDataFile\s*=\s*(.+?)\s*$", ".mhd": r"ElementDataFile\s*=\s*(.+?)\s*$",
+                   ".nrrd": r"data ?file\s*:\s*(.+?)\s*$", ".nhdr": r"data ?file\s*:\s*(.+?)\s*$"}
+
+
+def _data_file_line(path: Path) -> tuple[str | None, int]:
+    """(what the header names as the voxels' file, or None; the offset where the header ends)."""
+    pattern = _DATA_FILE_LINE.get(path.suffix.lower())
+    if pattern is None:
+        return None, 0
+    text = _header_text(path)
+    offset = 0
+    for line in text.splitlines(keepends=True):
+        offset += len(line)
+        if path.suffix.lower() in (".nrrd", ".nhdr") and not line.strip():
+            return None, offset  # a NRRD header ends at its first empty line
+        match = re.match(pattern, line, flags=re.IGNORECASE)
+        if match:  # a MetaImage header ends with this line; a NRRD that names one has no inline voxels
+            return match.group(1), offset
+    return None, offset
+
+
 def _data_bytes(path: Path, data_file: Path | None) -> int | None:
-    """Bytes that hold the voxels: the file's, plus a detached data file's; None when the
-    header names several data files (a LIST or a pattern), which are not measured."""
-    if path.suffix.lower() in (".mhd", ".nhdr") and data_file is None:
-        header = _header_text(path)
-        if re.search(r"(ElementDataFile|data ?file)\s*[=:]\s*(LIST|\S*%)", header, flags=re.IGNORECASE):
-            return None
-    return os.path.getsize(path) + (os.path.getsize(data_file) if data_file is not None else 0)
+    """Bytes that hold the voxels: a detached data file's, else the file's after its header;
+    None when the header names several data files (a LIST or a pattern), not measured here."""
+    if data_file is not None:
+        return os.path.getsize(data_file)
+    named, header_end = _data_file_line(path)
+    if named is not None and (named.upper() == "LIST" or "%" in named):
+        return None
+    return os.path.getsize(path) - header_end
 
 
 def _detached_data_file(path: Path) -> Path | None:
-    """The data file a .mhd/.nhdr header names, when it is one plain file (not LOCAL/LIST/pattern)."""
-    pattern = {".mhd": r"\s*ElementDataFile\s*=\s*(.+?)\s*$", ".nhdr": r"\s*data ?file\s*:\s*(.+?)\s*$"}.get(
-        path.suffix.lower()
-    )
-    if pattern is None:
+    """The data file a MetaImage or NRRD header names, when it is one plain file (not LOCAL/LIST/pattern)."""
+    name, _ = _data_file_line(path)
+    if name is None or name.upper() in ("LOCAL", "LIST") or re.search(r"[\s%]", name):
         return None
-    with open(path, "rb") as f:
-        header = f.read(65536).decode("latin-1")
-    for line in header.splitlines():
-        match = re.match(pattern, line, flags=re.IGNORECASE)
-        if match:
-            name = match.group(1)
-            plain = name.upper() not in ("LOCAL", "LIST") and not re.search(r"[\s%]", name)
-            return path.parent / name if plain else None
-    return None
+    return path.parent / name
