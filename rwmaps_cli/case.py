@@ -18,7 +18,7 @@ import numpy as np
 
 from .dataset import Case
 from .errors import InputError, UnknownLabelsError
-from .formats import LabelVolume, read_labels, read_shape, write_map
+from .formats import LabelVolume, capturing_library_output, read_labels, read_shape, write_map
 from .manifest import DONE, FAILED, CaseResult, Settings, fingerprint
 from .maps import compute_maps, unique_labels
 from .regions import compute_region_maps
@@ -128,7 +128,8 @@ def contained(name: str, body: Callable[[], dict]) -> CaseResult:
         return CaseResult(name, seconds=round(time.perf_counter() - start, 4), **fields)
 
     try:
-        return result(**body())
+        with capturing_library_output():  # a library's own lines go into the case's error, or nowhere
+            return result(**body())
     except UnknownLabelsError as error:
         return result(status=FAILED, error=str(error), unknown_labels=True)
     except (InputError, ValueError) as error:  # bad input: the message says it all

@@ -36,6 +36,14 @@ def cli() -> None:
     """Precompute Region-wise loss maps for a dataset of segmentation label volumes."""
 
 
+def _quiet_libraries() -> None:
+    """rwmaps owns the terminal while a command runs: what a library prints while reading a
+    file goes into that file's one line, or nowhere (``formats.capturing_library_output``)."""
+    from .formats import capturing_library_output
+
+    click.get_current_context().with_resource(capturing_library_output())
+
+
 @cli.command()
 @click.option("--input", "input_dir", required=True, type=click.Path(path_type=Path),
               help="Folder of label files, searched recursively; one label file; an nnU-Net dataset / labelsTr "
@@ -113,6 +121,7 @@ def compute(input_dir, output_dir, kind, fmt, layout, classes_text, num_classes,
     """
     from .compute import compute_dataset
 
+    _quiet_libraries()
     start = time.perf_counter()
 
     def report_failure(path: Path, result) -> None:
@@ -222,6 +231,8 @@ def inspect_command(file, as_json, png, axis, slice_index, max_classes) -> None:
     import json
 
     from .errors import InputError
+
+    _quiet_libraries()
     from .inspect import check_slice, describe, draw_png, format_table, spatial_shape
 
     try:
@@ -276,6 +287,8 @@ def verify_command(input_dir, output_dir, sample, jobs, quiet) -> None:
     Exit code: 0 when all is well, 1 when there is any problem, 2 for a usage error.
     """
     from .verify import verify
+
+    _quiet_libraries()
 
     start = time.perf_counter()
     try:

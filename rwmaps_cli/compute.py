@@ -344,21 +344,18 @@ def _check_space(output_dir: Path, todo: list[Case], settings: Settings, voxels:
     them (``formats.base.check_claim``): a lying header counts 0 and fails in its worker."""
     free = shutil.disk_usage(output_dir).free
     sampled, step = _header_sample(todo)
-    too_big = {}
-    for case in sampled:
-        need = estimated_output_bytes(voxels.of(case), settings)
-        if need > free:
-            too_big[case.name] = CaseResult(case.name, FAILED, error=f"its map needs about {_size(need)} and the "
-                                            f"output file system has {_size(free)} free")
-    for case in (case for case in todo if case.name in too_big):
-        manifest.record(case.input, case.output, too_big[case.name], reader=case.reader)
-        outcome.failures.append((case.input, too_big[case.name]))
-        on_failure(case.input, too_big[case.name])
-    need = estimated_output_bytes(int(sum(voxels.of(case) for case in sampled if case.name not in too_big) * step),
-                                  settings)
-    if need > free:
-        raise UsageError(f"{output_dir}: the maps need about {_size(need)} and the file system has "
+    needs = {case.name: estimated_output_bytes(voxels.of(case), settings) for case in sampled}
+    too_big = {name: need for name, need in needs.items() if need > free}
+    rest = int(sum(need for name, need in needs.items() if name not in too_big) * step)
+    if rest > free:  # refused before anything is recorded
+        raise UsageError(f"{output_dir}: the maps need about {_size(rest)} and the file system has "
                          f"{_size(free)} free; free some space, choose another --output, or pass --no-space-check")
+    for case in (case for case in todo if case.name in too_big):
+        result = CaseResult(case.name, FAILED, error=f"its map needs about {_size(too_big[case.name])} and the output "
+                                                     f"file system has {_size(free)} free (--no-space-check tries it)")
+        manifest.record(case.input, case.output, result, reader=case.reader)
+        outcome.failures.append((case.input, result))
+        on_failure(case.input, result)
     return [case for case in todo if case.name not in too_big]
 
 

@@ -118,6 +118,7 @@ def _folder_indexes(folder: Path) -> list[_ManifestIndex]:
 
 
 _INDEXES: dict[Path, _ManifestIndex] = {}
+_CACHED_MANIFESTS = 256  # a folder's rwmaps.json and its parts' (a job array of up to 255 parts stays cached)
 
 
 def _index_of(path: Path) -> _ManifestIndex | None:
@@ -125,19 +126,17 @@ def _index_of(path: Path) -> _ManifestIndex | None:
     key = (_identity(path), _identity(journal_path(path)))
     if key[0] is None:  # the manifest went away since the folder was looked at
         return None
-    index = _INDEXES.get(path)
+    index = _INDEXES.pop(path, None)  # put back last: the dict's order is the least recently used first
     if index is None or index.key != key:
         try:
-            fresh = _ManifestIndex(path, key)
+            index = _ManifestIndex(path, key)
         except NewerSchemaError:
             raise
         except (OSError, ValueError):
             return None  # unreadable: as if absent, as read_folder_manifest's callers treat it
-        if index is not None:
-            index.close()
-        elif len(_INDEXES) >= 64:
-            _INDEXES.pop(next(iter(_INDEXES))).close()
-        _INDEXES[path] = index = fresh
+        while len(_INDEXES) >= _CACHED_MANIFESTS:
+            _INDEXES.pop(next(iter(_INDEXES)))  # never closed here: a caller may still search it (GC closes it)
+    _INDEXES[path] = index
     return index
 
 
@@ -173,64 +172,65 @@ class _ManifestIndex:
 
     def _parse_whole(self) -> None:
         parsed = read_manifest(self.path)  # the one parser: NewerSchemaError, ValueError
-        self.close()
+        self._map = None  # closed when no caller holds it any more
         self.header, self.settings = parsed.header, parsed.settings
         self._by_map_name = _by_map_name(parsed.cases)
         self._journal = {}
-
-    def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
 
     def find(self, relative: tuple[str, ...]) -> dict | None:
         """The entry of the map at ``relative`` (path parts under the manifest's folder), or None."""
         for entry in self._journal.get(relative[-1], ()):  # newer than the manifest's lines
             if _records(entry, relative):
                 return entry
-        if self._by_map_name is not None:
-            return next((e for e in self._by_map_name.get(relative[-1], ()) if _records(e, relative)), None)
-        return self._search(relative)
+        if self._by_map_name is None:
+            try:
+                return self._search(relative)
+            except ValueError:  # a damaged line (UnicodeDecodeError too): read the file as a whole
+                try:
+                    self._parse_whole()
+                except ValueError:
+                    return None  # unreadable: as if it listed nothing
+        return next((e for e in self._by_map_name.get(relative[-1], ()) if _records(e, relative)), None)
 
     def _search(self, relative: tuple[str, ...]) -> dict | None:
         """Binary search of the sorted case lines: a case's name is the map's relative path
         with a label suffix for the map's (``sub/case.png`` for ``sub/case.npy``), or without
-        one (nnU-Net's preprocessed cases).  The names that start with the map's stem are
-        consecutive lines; the first whose entry records this map is it."""
+        one (nnU-Net's preprocessed cases): the name equal to the stem, then the consecutive
+        lines whose names start with the stem and a dot."""
         try:
             stem = "/".join(relative)[: -len(output_format(relative[-1])) - 1]
         except ValueError:
             return None  # not a map's name
-        offset, end = self._first_line_at_or_after(stem)
-        while offset < end:
-            line_end = self._line_end(offset, end)
-            line = self._map[offset:line_end].decode()
-            name, after_name = scanstring(line, 3)  # the line is '  "name": {...},'
-            if not name.startswith(stem):
-                return None
-            if name == stem or name.startswith(stem + "."):
+        for target in (stem, stem + "."):
+            offset = self._first_line_at_or_after(target)
+            while offset < self._lines[1]:
+                line_end = self._line_end(offset)
+                line = self._map[offset:line_end].decode()
+                name, after_name = scanstring(line, 3)  # the line is '  "name": {...},'
+                if not (name == stem if target == stem else name.startswith(target)):
+                    break
                 entry = json.loads(line[after_name + 1:].rstrip(","))
                 if isinstance(entry, dict) and _records(entry, relative):
                     return entry
-            offset = line_end + 1
+                offset = line_end + 1
         return None
 
-    def _first_line_at_or_after(self, target: str) -> tuple[int, int]:
-        """(offset of the first case line whose name is >= ``target``, end of the case lines)."""
+    def _first_line_at_or_after(self, target: str) -> int:
+        """The offset of the first case line whose name is >= ``target`` (the end if none)."""
         low, high = self._lines
-        end = high
         while low < high:
             middle = (low + high) // 2
             start = self._map.rfind(b"\n", low, middle) + 1 or low  # the line holding `middle`
-            line_end = self._line_end(start, end)
+            line_end = self._line_end(start)
             name, _ = scanstring(self._map[start:line_end].decode(), 3)
             if name < target:
                 low = line_end + 1
             else:
                 high = start
-        return low, end
+        return low
 
-    def _line_end(self, start: int, end: int) -> int:
+    def _line_end(self, start: int) -> int:
+        end = self._lines[1]
         found = self._map.find(b"\n", start, end)
         return end if found < 0 else found
 

@@ -32,7 +32,16 @@ import numpy as np
 from .case import case_maps, case_memory_need, case_voxels, channel_labels, map_channels
 from .dataset import Case, Dataset, find_dataset
 from .errors import InputError, UsageError
-from .formats import DEFAULT_FORMAT, OUTPUT_FORMATS, TMP_MARKER, is_output_file, output_path, read_labels, read_shape
+from .formats import (
+    DEFAULT_FORMAT,
+    OUTPUT_FORMATS,
+    TMP_MARKER,
+    capturing_library_output,
+    is_output_file,
+    output_path,
+    read_labels,
+    read_shape,
+)
 from .manifest import (
     DONE,
     MANIFEST_NAME,
@@ -332,8 +341,9 @@ def recompute_case(case: Case, settings: Settings, threads: int = 1) -> CaseResu
     start = time.perf_counter()
     problems = []
     try:
-        expected = _expected(read_labels(case.input, reader=case.reader), settings, threads)
-        stored, meta = read_map(case.output, expand=False, mmap=None)  # a .npy map stays on disk
+        with capturing_library_output():  # in a worker: a library's own lines go into the problem, or nowhere
+            expected = _expected(read_labels(case.input, reader=case.reader), settings, threads)
+            stored, meta = read_map(case.output, expand=False, mmap=None)  # a .npy map stays on disk
     except (InputError, ValueError) as error:
         problems.append(f"{case.output}: cannot recompute: {error}")
     except MemoryError:

@@ -403,7 +403,7 @@ BAD_INPUTS = {
     ),
     "garbage_nii_gz": ("a.nii.gz", "^cannot read: .*NIfTI", lambda p: p.write_bytes(os.urandom(4000))),
     "garbage_gzip": ("a.nii.gz", "^cannot read: .*NIfTI", lambda p: p.write_bytes(gzip.compress(os.urandom(4000)))),
-    "empty_nii_gz": ("a.nii.gz", "^empty file \(0 bytes\)$", lambda p: p.write_bytes(b"")),
+    "empty_nii_gz": ("a.nii.gz", r"^empty file \(0 bytes\)$", lambda p: p.write_bytes(b"")),
     "garbage_mha": ("a.mha", "^cannot read: .*MetaImage", lambda p: p.write_bytes(os.urandom(4000))),
     "garbage_nrrd": ("a.nrrd", "^cannot read: .*NRRD", lambda p: p.write_bytes(os.urandom(4000))),
     "garbage_png": ("a.png", "^cannot read: .*PNG", lambda p: p.write_bytes(os.urandom(4000))),
@@ -794,3 +794,71 @@ def test_labels_read_through_isal_equal_nibabels(tmp_path):
     truncated.write_bytes((tmp_path / "Nifti1Image.nii.gz").read_bytes()[:-40])
     with pytest.raises(InputError, match="truncated or not a valid NIfTI"):
         read_labels(truncated)
+
+
+def _one_bit_png(path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.zeros((1024, 1024), bool)).save(path)  # 1 bit per pixel, a few hundred bytes
+
+
+def _mhd_with_a_space(path: Path) -> None:
+    sitk.WriteImage(sitk.GetImageFromArray(labels((4, 5, 6))), str(path.with_name("my case.mhd")))
+    path.with_name("my case.mhd").rename(path)  # the header still names "my case.raw"
+
+
+def _metaimage_compressed_t(path: Path) -> None:
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((40, 40, 40), np.uint8)), str(path), True)
+    path.write_bytes(path.read_bytes().replace(b"CompressedData = True", b"CompressedData = T", 1))
+
+
+# Good files the header rule must not refuse: packed pixels, names with spaces, MetaIO's spellings.
+GOOD_UNUSUAL = {"one_bit.png": _one_bit_png, "a.mhd": _mhd_with_a_space, "c.mha": _metaimage_compressed_t}
+
+
+@pytest.mark.parametrize("name", sorted(GOOD_UNUSUAL))
+def test_unusual_good_files_are_read(tmp_path, name):
+    path = tmp_path / name
+    GOOD_UNUSUAL[name](path)
+    volume = read_labels(path)
+    assert volume.array.ndim in (2, 3) and volume.array.size > 0
+    assert read_shape(path) == volume.array.shape
+
+
+def test_what_a_library_prints_during_a_failed_read_goes_into_its_one_line(tmp_path):
+    """C code's stderr (fd 2) and Python warnings, while rwmaps captures (its commands and
+    workers do): in the failed read's line, in order, and fd 2 is given back, every time."""
+    import warnings
+
+    from rwmaps_cli.formats import capturing_library_output, input_errors
+
+    path = tmp_path / "a.nii"
+    path.write_bytes(b"x" * 10)
+    before = os.fstat(2)
+    with capturing_library_output():
+        for attempt in range(3):  # the sink is reused: no stale bytes from the attempt before
+            with pytest.raises(InputError) as err:
+                with input_errors(path, "NIfTI"):
+                    os.write(2, f"C-LEVEL MESSAGE {attempt}\n".encode())
+                    warnings.warn(f"PY WARNING {attempt}")
+                    raise RuntimeError("boom")
+            assert str(err.value) == f"cannot read: file is truncated or not a valid NIfTI (RuntimeError: boom; " \
+                                     f"PY WARNING {attempt}; C-LEVEL MESSAGE {attempt})"
+            assert os.fstat(2).st_ino == before.st_ino  # fd 2 is the terminal's again
+
+
+def test_outside_rwmaps_commands_a_read_changes_nothing_of_the_process(tmp_path):
+    """load_map in a user's loader: warnings and stderr are the user's, as they were."""
+    import warnings
+
+    from rwmaps_cli.formats import input_errors
+
+    path = tmp_path / "a.nii"
+    path.write_bytes(b"x" * 10)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(InputError, match=r"\(RuntimeError: boom\)$"):
+            with input_errors(path, "NIfTI"):
+                warnings.warn("the user's warning")
+                raise RuntimeError("boom")
+    assert [str(w.message) for w in caught] == ["the user's warning"]

@@ -147,7 +147,7 @@ def test_one_lookup_in_100000_cases_reads_log_n_lines_and_lists_no_folder(tmp_pa
     for name in names[:: max(1, n_cases // 50)]:
         read_lines.clear()
         assert manifest_for_map(folder / map_name(name)).entry["case"] == name
-        assert len(read_lines) <= math.log2(n_cases) + 3, (name, len(read_lines))
+        assert len(read_lines) <= 2 * (math.log2(n_cases) + 3), (name, len(read_lines))  # two bisections
     assert not [path for path in listed if path.startswith(str(folder)) and not path.endswith("rwmaps.parts")]
 
 
@@ -163,3 +163,39 @@ def test_a_folder_of_maps_is_never_listed_by_load_map_inspect_or_map_info(tmp_pa
     assert data.shape == (3, 8, 8, 4) and meta.layout == "compact"
     assert "rwmaps map, kind rrw" in run_rwmaps("inspect", out / "case.npy", check=0).stdout
     assert str(out) not in listed
+
+
+def test_a_map_is_found_among_names_that_share_its_stem_without_walking_them(tmp_path, monkeypatch):
+    """'c-*.png' sort between 'c' and 'c.png': the search jumps over them (two bisections)."""
+    folder = tmp_path / "maps"
+    names = [f"c-{i:05d}.png" for i in range(2000)] + ["c.png", "c_1.png"]
+    cases = write_manifest(folder, names)
+    read_lines = []
+    real = manifest_lookup.scanstring
+    monkeypatch.setattr(manifest_lookup, "scanstring", lambda s, end: read_lines.append(s) or real(s, end))
+    assert manifest_for_map(folder / "c.npy").entry == cases["c.png"]
+    assert len(read_lines) <= 2 * (math.log2(len(names)) + 3)
+    read_lines.clear()
+    assert manifest_for_map(folder / "c-.npy").entry is None  # absent, with 2,000 names sharing its stem
+    assert len(read_lines) <= 2 * (math.log2(len(names)) + 3)
+
+
+def test_a_damaged_case_line_reads_the_manifest_as_a_whole_or_as_absent(tmp_path):
+    folder = tmp_path / "maps"
+    write_manifest(folder, ["a.png", "b.png", "c.png"])
+    text = (folder / MANIFEST_NAME).read_text()
+    (folder / MANIFEST_NAME).write_text(text.replace('  "b.png": {', '  "b.png": {{', 1))
+    assert manifest_for_map(folder / "b.npy").entry is None  # not valid JSON: as if it listed nothing
+
+
+def test_a_job_array_of_many_parts_stays_searchable(tmp_path):
+    """More part manifests than the cache used to hold (64): none is closed under a caller."""
+    folder = tmp_path / "maps"
+    for part in range(70):
+        header = {**HEADER, "journal_id": f"{part:016x}"}
+        cases = {f"case_{part}.png": {"input": "/x", "output": str(folder / f"case_{part}.npy"), "status": "done"}}
+        path = folder / "rwmaps.parts" / f"rwmaps.part-{part:02d}-of-70.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(manifest_text(header, cases))
+    for part in (0, 35, 69):
+        assert manifest_for_map(folder / f"case_{part}.npy").entry["output"].endswith(f"case_{part}.npy")

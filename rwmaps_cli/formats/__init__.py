@@ -35,6 +35,7 @@ from .base import (
     LabelVolume,
     MapContent,
     MapInfo,
+    capturing_library_output,
     clean_temporaries,
     input_errors,
 )
@@ -295,7 +296,7 @@ def load_map_array(path: str | os.PathLike, mmap: bool = False) -> tuple[np.ndar
 
 __all__ = [
     "DEFAULT_COMPRESSLEVEL", "FORMATS", "LABEL_SUFFIXES", "LAYOUTS", "DEFAULT_FORMAT", "OUTPUT_DTYPES", "OUTPUT_FORMATS", "OUTPUT_STORES_CLASSES", "SCHEMA", "TMP_MARKER",
-    "FileFormat", "LabelVolume", "MapInfo", "atomic_path", "clean_temporaries", "format_for", "format_name",
+    "FileFormat", "LabelVolume", "MapInfo", "atomic_path", "capturing_library_output", "clean_temporaries", "format_for", "format_name",
     "is_map", "label_suffix", "load_map_array", "npy_header", "output_format", "output_path", "read_geometry",
     "read_labels", "read_map_info", "read_shape", "sitk_affine", "write_map",
 ]

@@ -305,7 +305,7 @@ def file_problem(path: Path) -> str | None:
     except OSError as error:
         if error.errno == errno.ELOOP:
             return "symbolic link loop (the links point at each other)"
-        return error.strerror or str(error)
+        return (error.strerror or str(error)).lower()
     if stat.S_ISDIR(found.st_mode):
         return "is a directory, not a file"
     if not stat.S_ISREG(found.st_mode):
@@ -324,10 +324,11 @@ DEFLATE_INFLATION = 1032
 LZW_INFLATION = 2560
 
 
-def check_claim(shape: Sequence[int], itemsize: int, holds: int) -> None:
-    """InputError when ``shape`` voxels of ``itemsize`` bytes are more than ``holds`` bytes,
-    what the file can hold (see :data:`DEFLATE_INFLATION`)."""
-    claimed = math.prod(int(n) for n in shape) * itemsize
+def check_claim(shape: Sequence[int], itemsize: int, holds: int, claimed: int | None = None) -> None:
+    """InputError when ``shape`` voxels of ``itemsize`` bytes (or ``claimed`` bytes, for a
+    format that packs them) are more than ``holds`` bytes, what the file can hold (see
+    :data:`DEFLATE_INFLATION`)."""
+    claimed = math.prod(int(n) for n in shape) * itemsize if claimed is None else claimed
     if claimed > holds:
         shown = " × ".join(str(int(n)) for n in shape)
         raise InputError(f"the header claims {shown} voxels ({_bytes(claimed)}), more than the file can hold "
@@ -341,41 +342,37 @@ def _bytes(n: int) -> str:
     return f"{n} bytes"
 
 
-class _Collected(logging.Filter):
-    """A logger filter that keeps each message's text and lets none through."""
+# --------------------------------------------------------------------------- what libraries say
+#
+# rwmaps' commands print one line per bad file, in their own words.  While one of them runs
+# (:func:`capturing_library_output`, entered by the command line and by the worker side of a
+# case), what the libraries say during a read is kept from the terminal: Python warnings,
+# nibabel's log ("sizeof_hdr should be 348"), and what C code writes to file descriptor 2
+# (ITK's MetaIO, libpng, libtiff).  A read that fails puts that text into its one line; a read
+# that succeeds drops it.  Outside such a run (``load_map`` in a user's data loader) nothing
+# is captured and no process-wide state is touched.
 
-    def __init__(self, into: list[str]):
-        super().__init__()
-        self.into = into
+_CAPTURE = threading.local()  # .said: the messages of the read this thread is doing, or None
+
+
+def _said() -> list[str] | None:
+    return getattr(_CAPTURE, "said", None)
+
+
+class _Collected(logging.Filter):
+    """On nibabel's logger: a message goes to the capturing thread's read, else through."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        self.into.append(record.getMessage())
+        said = _said()
+        if said is None:
+            return True
+        said.append(record.getMessage())
         return False
 
 
-@contextmanager
-def library_messages() -> Iterator[list[str]]:
-    """What the libraries say while the body reads a file (Python warnings, nibabel's log,
-    and what C code writes to file descriptor 2: ITK's MetaIO, libpng, libtiff), kept out of
-    the terminal: the caller puts it into its one line, or nowhere."""
-    said: list[str] = []
-    collect = _Collected(said)
-    logger = logging.getLogger("nibabel.global")  # nibabel prints header fixes there ("sizeof_hdr should be")
-    logger.addFilter(collect)
-    try:
-        with warnings.catch_warnings(record=True) as caught, _c_stderr(said):
-            warnings.simplefilter("always")
-            try:
-                yield said
-            finally:
-                said.extend(str(warning.message) for warning in caught)
-    finally:
-        logger.removeFilter(collect)
-
-
 class _StderrSink:
-    """File descriptor 2 pointed at a temporary file while any thread of this process reads
-    (counted: threads that read at once share one redirection, restored by the last)."""
+    """File descriptor 2 pointed at a temporary file while a capturing read runs (counted:
+    threads that read at once share one redirection, which the last one restores)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -389,6 +386,7 @@ class _StderrSink:
                 if self.file is None:
                     self.file = tempfile.TemporaryFile()
                 os.ftruncate(self.file.fileno(), 0)
+                os.lseek(self.file.fileno(), 0, os.SEEK_SET)  # fd 2 will share this offset
                 sys.stderr.flush()
                 self.saved = os.dup(2)
                 os.dup2(self.file.fileno(), 2)
@@ -401,51 +399,107 @@ class _StderrSink:
             text = os.pread(self.file.fileno(), min(end - start, 65536), start) if end > start else b""
             self.readers -= 1
             if self.readers == 0:
-                os.dup2(self.saved, 2)
-                os.close(self.saved)
+                self._restore()
             return text.decode(errors="replace")
+
+    def _restore(self) -> None:
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.saved = -1
+
+    def after_fork(self) -> None:
+        """In a child forked mid-read (another thread's): its own stderr back, a fresh lock."""
+        self.lock = threading.Lock()
+        if self.readers:
+            self.readers = 0
+            self._restore()
 
 
 _SINK = _StderrSink()
+_NIBABEL_FILTER = _Collected()
+
+
+def _install() -> None:
+    """nibabel's log filtered, warnings routed, the sink reset on fork: once per process
+    (the warnings hook again if someone put theirs back, as ``catch_warnings`` does)."""
+    logger = logging.getLogger("nibabel.global")
+    if _NIBABEL_FILTER not in logger.filters:
+        logger.addFilter(_NIBABEL_FILTER)
+        os.register_at_fork(after_in_child=_SINK.after_fork)
+    if getattr(warnings.showwarning, "routes_to_rwmaps", False):
+        return
+    shown = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        said = _said()
+        if said is None:
+            return shown(message, category, filename, lineno, file, line)
+        said.append(str(message))
+
+    showwarning.routes_to_rwmaps = True
+    warnings.showwarning = showwarning
 
 
 @contextmanager
-def _c_stderr(said: list[str]) -> Iterator[None]:
-    """What C code writes to file descriptor 2 during the body, appended to ``said`` by line."""
+def capturing_library_output() -> Iterator[None]:
+    """While the body runs, this thread's file reads keep what the libraries say from the
+    terminal (into a failed read's one line, or nowhere).  For rwmaps' own commands and
+    workers, which own the terminal; a library user's process is left as it is."""
+    _install()
+    outer = _said()
+    _CAPTURE.said = [] if outer is None else outer
+    try:
+        yield
+    finally:
+        _CAPTURE.said = outer
+
+
+@contextmanager
+def _read_messages(said: list[str]) -> Iterator[None]:
+    """What the libraries say during the body, into ``said``, when this thread captures."""
+    captured = _said()
+    if captured is None:
+        yield
+        return
+    first = len(captured)
     start = _SINK.enter()
     try:
         yield
     finally:
-        said.extend(line.strip() for line in _SINK.leave(start).splitlines() if line.strip())
+        text = _SINK.leave(start)
+        said.extend(captured[first:])
+        del captured[first:]
+        said.extend(line.strip() for line in text.splitlines() if line.strip())
 
 
 @contextmanager
 def input_errors(path: Path, format_name: str) -> Iterator[None]:
     """Turn any failure to read ``path`` into a one-line InputError; what the libraries said
-    meanwhile goes into that line, or nowhere."""
-    with library_messages() as said:
-        try:
+    meanwhile (when captured: :func:`capturing_library_output`) goes into that line."""
+    said: list[str] = []
+    try:
+        with _read_messages(said):
             problem = file_problem(path)
             if problem is not None:
                 raise InputError(problem)
             with open(path, "rb"):  # fail early with a plain cause: no permission
                 pass
             yield
-        except InputError:
-            raise
-        except MemoryError:  # not a property of the file: let the caller retry with fewer workers
-            raise
-        except FileNotFoundError as exc:
-            raise InputError("file not found") from exc
-        except PermissionError as exc:
-            raise InputError("permission denied") from exc
-        except IsADirectoryError as exc:
-            raise InputError("is a directory, not a file") from exc
-        except Exception as exc:  # nibabel, SimpleITK, numpy and zipfile raise many types
-            detail = library_detail(exc)
-            noted = "".join(f"; {text}" for text in dict.fromkeys(said) if text not in detail)
-            cause = f"cannot read: file is truncated or not a valid {format_name} ({detail}{noted})"
-            raise InputError(one_line(cause, path)) from exc
+    except InputError:
+        raise
+    except MemoryError:  # not a property of the file: let the caller retry with fewer workers
+        raise
+    except FileNotFoundError as exc:
+        raise InputError("file not found") from exc
+    except PermissionError as exc:
+        raise InputError("permission denied") from exc
+    except IsADirectoryError as exc:
+        raise InputError("is a directory, not a file") from exc
+    except Exception as exc:  # nibabel, SimpleITK, numpy and zipfile raise many types
+        detail = library_detail(exc)
+        noted = "".join(f"; {text}" for text in dict.fromkeys(said) if text not in detail)
+        cause = f"cannot read: file is truncated or not a valid {format_name} ({detail}{noted})"
+        raise InputError(one_line(cause, path)) from exc
 
 
 # --------------------------------------------------------------------------- atomic writing

@@ -61,15 +61,15 @@ class SitkFormat(FileFormat):
             _check_png_claim(path)
         if self.image_io == "TIFFImageIO":
             _check_tiff_directories(path)
-        _quiet(sitk)
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         reader.SetImageIO(self.image_io)
         if header:
             reader.ReadImageInformation()
             self._check(reader.GetNumberOfComponents(), reader.GetSize())
-            holds = _data_bytes(path, data_file)
-            if holds is not None:  # one byte per voxel at least, whatever the pixel type
+            holds = _data_bytes(path, data_file) if self.image_io != "PNGImageIO" else None  # PNG: checked above
+            if holds is not None:  # one byte per voxel at least, whatever the pixel type (ITK reads a
+                # bilevel TIFF as RGBA, refused above; a PNG packs bits, and is checked on its IHDR)
                 check_claim(reader.GetSize(), reader.GetNumberOfComponents(), holds * self._inflation(path))
         return reader
 
@@ -81,7 +81,7 @@ class SitkFormat(FileFormat):
         if self.image_io == "TIFFImageIO":
             return LZW_INFLATION
         header = _header_text(path)
-        if re.search(r"^\s*CompressedData\s*=\s*True\s*$", header, flags=re.IGNORECASE | re.MULTILINE):
+        if re.search(r"^\s*CompressedData\s*=\s*[Tt1]", header, flags=re.MULTILINE):  # MetaIO: True, T or 1
             return DEFLATE_INFLATION
         encoding = re.search(r"^\s*encoding\s*:\s*(\S+)", header, flags=re.IGNORECASE | re.MULTILINE)
         if encoding and encoding.group(1).lower() not in ("raw", "ascii", "text", "txt", "hex"):
@@ -112,28 +112,25 @@ def sitk_affine(image) -> np.ndarray:
     return _LPS_TO_RAS @ lps
 
 
-_QUIETED = False
-
-
-def _quiet(sitk) -> None:
-    """ITK's and libtiff's warnings ("TIFFReadDirectory: Warning, Bogus ...") go to the
-    terminal from C++, where no Python handler sees them: turned off, once per process."""
-    global _QUIETED
-    if not _QUIETED:
-        sitk.ProcessObject_SetGlobalWarningDisplay(False)
-        _QUIETED = True
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by colour type: grey, RGB, palette, grey+alpha, RGBA
 
 
 def _check_png_claim(path: Path) -> None:
-    """The signature, and the IHDR's width x height (one byte per pixel at least) against
-    what the file's deflate stream can hold: before ITK allocates the image."""
+    """The signature, and the bytes the IHDR's rows need (a filter byte and the packed pixels
+    of each row: 1-bit masks pack 8 to a byte) against what the file's deflate stream can
+    hold: before ITK allocates the image."""
     with open(path, "rb") as f:
-        head = f.read(24)
+        head = f.read(26)
     if head[: len(_PNG_SIGNATURE)] != _PNG_SIGNATURE:  # ITK reads such a file as a 0x0 image
         raise InputError("cannot read: not a valid PNG (no PNG signature)")
-    if len(head) == 24 and head[12:16] == b"IHDR":
+    if len(head) == 26 and head[12:16] == b"IHDR":
         width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-        check_claim((height, width), 1, os.path.getsize(path) * DEFLATE_INFLATION)
+        bits = head[24] * _PNG_CHANNELS.get(head[25], 1)
+        row = 1 + -(-width * bits // 8)
+        check_claim((height, width), 1, os.path.getsize(path) * DEFLATE_INFLATION, claimed=height * row)
+
+
+_TIFF_MAX_DIRECTORIES = 1 << 20  # libtiff's own limit
 
 
 def _check_tiff_directories(path: Path) -> None:
@@ -150,6 +147,8 @@ def _check_tiff_directories(path: Path) -> None:
             (20 if big else 12), (8 if big else 4)
         offset, seen = int.from_bytes(head[8:16] if big else head[4:8], order), set()
         while offset:
+            if len(seen) >= _TIFF_MAX_DIRECTORIES:
+                raise InputError(f"cannot read: more than {_TIFF_MAX_DIRECTORIES:,} TIFF image directories")
             if offset in seen or offset + count_bytes > size:
                 raise InputError("cannot read: not a valid TIFF (its chain of image directories "
                                  + ("loops back on itself)" if offset in seen else "points past the end of the file)"))
@@ -194,14 +193,20 @@ def _data_bytes(path: Path, data_file: Path | None) -> int | None:
     if data_file is not None:
         return os.path.getsize(data_file)
     named, header_end = _data_file_line(path)
-    if named is not None and (named.upper() == "LIST" or "%" in named):
+    if named is not None and _several_files(named):
         return None
     return os.path.getsize(path) - header_end
 
 
+def _several_files(named: str) -> bool:
+    """A data-file line naming several files: ``LIST``, or a pattern (``slice%03d.raw 1 40 1``)."""
+    return bool(named.upper().startswith("LIST") or "%" in named or re.fullmatch(r".*\s+-?\d+\s+-?\d+\s+-?\d+", named))
+
+
 def _detached_data_file(path: Path) -> Path | None:
-    """The data file a MetaImage or NRRD header names, when it is one plain file (not LOCAL/LIST/pattern)."""
+    """The data file a MetaImage or NRRD header names, when it is one file (not LOCAL, a LIST
+    or a pattern); its name may hold spaces (``my case.raw``, as ITK writes it)."""
     name, _ = _data_file_line(path)
-    if name is None or name.upper() in ("LOCAL", "LIST") or re.search(r"[\s%]", name):
+    if name is None or name.upper() == "LOCAL" or _several_files(name):
         return None
     return path.parent / name
