@@ -196,23 +196,27 @@ class _ManifestIndex:
         """Binary search of the sorted case lines: a case's name is the map's relative path
         with a label suffix for the map's (``sub/case.png`` for ``sub/case.npy``), or without
         one (nnU-Net's preprocessed cases): the name equal to the stem, then the consecutive
-        lines whose names start with the stem and a dot."""
+        lines whose names start with the stem and a dot.  Names such as ``case-1.png``
+        (``-`` and space sort before ``.``) lie between: a second bisection jumps over them."""
         try:
             stem = "/".join(relative)[: -len(output_format(relative[-1])) - 1]
         except ValueError:
             return None  # not a map's name
-        for target in (stem, stem + "."):
-            offset = self._first_line_at_or_after(target)
-            while offset < self._lines[1]:
-                line_end = self._line_end(offset)
-                line = self._map[offset:line_end].decode()
-                name, after_name = scanstring(line, 3)  # the line is '  "name": {...},'
-                if not (name == stem if target == stem else name.startswith(target)):
-                    break
+        prefix, jumped = stem + ".", False
+        offset = self._first_line_at_or_after(stem)
+        while offset < self._lines[1]:
+            line_end = self._line_end(offset)
+            line = self._map[offset:line_end].decode()
+            name, after_name = scanstring(line, 3)  # the line is '  "name": {...},'
+            if name == stem or name.startswith(prefix):
                 entry = json.loads(line[after_name + 1:].rstrip(","))
                 if isinstance(entry, dict) and _records(entry, relative):
                     return entry
                 offset = line_end + 1
+            elif name.startswith(stem) and not jumped:
+                offset, jumped = self._first_line_at_or_after(prefix), True
+            else:
+                return None
         return None
 
     def _first_line_at_or_after(self, target: str) -> int:
@@ -222,12 +226,19 @@ class _ManifestIndex:
             middle = (low + high) // 2
             start = self._map.rfind(b"\n", low, middle) + 1 or low  # the line holding `middle`
             line_end = self._line_end(start)
-            name, _ = scanstring(self._map[start:line_end].decode(), 3)
+            name = self._name(start, line_end)
             if name < target:
                 low = line_end + 1
             else:
                 high = start
         return low
+
+    def _name(self, start: int, line_end: int) -> str:
+        """The case name of the line at ``start``, decoding only its first bytes when they hold it."""
+        try:
+            return scanstring(self._map[start:min(line_end, start + 256)].decode(), 3)[0]
+        except ValueError:  # a longer name (or a multi-byte character cut at 256)
+            return scanstring(self._map[start:line_end].decode(), 3)[0]
 
     def _line_end(self, start: int) -> int:
         end = self._lines[1]
