@@ -53,7 +53,8 @@ class SitkFormat(FileFormat):
         loaded; with ``header=False`` only set up (the caller checks the image)."""
         import SimpleITK as sitk
 
-        data_file = _detached_data_file(path)
+        header_text = _header_text(path) if path.suffix.lower() in _DATA_FILE_LINE else ""  # read once
+        data_file = _detached_data_file(path, header_text)
         if data_file is not None and not data_file.is_file():
             # ITK's own message names the header, with a misleading cause; say which file is missing.
             raise InputError(f"data file {data_file.name!r} named in the header is missing")
@@ -67,20 +68,18 @@ class SitkFormat(FileFormat):
         if header:
             reader.ReadImageInformation()
             self._check(reader.GetNumberOfComponents(), reader.GetSize())
-            holds = _data_bytes(path, data_file) if self.image_io != "PNGImageIO" else None  # PNG: checked above
+            holds = _data_bytes(path, data_file, header_text) if self.image_io != "PNGImageIO" else None
             if holds is not None:  # one byte per voxel at least, whatever the pixel type (ITK reads a
                 # bilevel TIFF as RGBA, refused above; a PNG packs bits, and is checked on its IHDR)
-                check_claim(reader.GetSize(), reader.GetNumberOfComponents(), holds * self._inflation(path))
+                check_claim(reader.GetSize(), reader.GetNumberOfComponents(), holds * self._inflation(header_text))
         return reader
 
-    def _inflation(self, path: Path) -> int:
-        """How far the stored bytes can inflate: PNG deflate, TIFF by its codecs (LZW the
-        most), MetaImage and NRRD as their header says (zlib/gzip, or raw and text)."""
-        if self.image_io == "PNGImageIO":
-            return DEFLATE_INFLATION
+    def _inflation(self, header: str) -> int:
+        """How far the stored bytes of a TIFF, MetaImage or NRRD can inflate: TIFF by its
+        codecs (LZW the most), MetaImage and NRRD as their ``header`` text says (zlib/gzip,
+        or raw and text).  A PNG's claim is checked on its IHDR (:func:`_check_png_claim`)."""
         if self.image_io == "TIFFImageIO":
             return LZW_INFLATION
-        header = _header_text(path)
         if re.search(r"^\s*CompressedData\s*=\s*[Tt1]", header, flags=re.MULTILINE):  # MetaIO: True, T or 1
             return DEFLATE_INFLATION
         encoding = re.search(r"^\s*encoding\s*:\s*(\S+)", header, flags=re.IGNORECASE | re.MULTILINE)
@@ -170,12 +169,12 @@ _DATA_FILE_LINE = {".mha": r"ElementDataFile\s*=\s*(.+?)\s*$", ".mhd": r"Element
                    ".nrrd": r"data ?file\s*:\s*(.+?)\s*$", ".nhdr": r"data ?file\s*:\s*(.+?)\s*$"}
 
 
-def _data_file_line(path: Path) -> tuple[str | None, int]:
-    """(what the header names as the voxels' file, or None; the offset where the header ends)."""
+def _data_file_line(path: Path, text: str) -> tuple[str | None, int]:
+    """(what the header ``text`` of ``path`` names as the voxels' file, or None; the offset
+    where the header ends)."""
     pattern = _DATA_FILE_LINE.get(path.suffix.lower())
     if pattern is None:
         return None, 0
-    text = _header_text(path)
     offset = 0
     for line in text.splitlines(keepends=True):
         offset += len(line)
@@ -187,12 +186,12 @@ def _data_file_line(path: Path) -> tuple[str | None, int]:
     return None, offset
 
 
-def _data_bytes(path: Path, data_file: Path | None) -> int | None:
+def _data_bytes(path: Path, data_file: Path | None, header_text: str) -> int | None:
     """Bytes that hold the voxels: a detached data file's, else the file's after its header;
     None when the header names several data files (a LIST or a pattern), not measured here."""
     if data_file is not None:
         return os.path.getsize(data_file)
-    named, header_end = _data_file_line(path)
+    named, header_end = _data_file_line(path, header_text)
     if named is not None and _several_files(named):
         return None
     return os.path.getsize(path) - header_end
@@ -203,10 +202,10 @@ def _several_files(named: str) -> bool:
     return bool(named.upper().startswith("LIST") or "%" in named or re.fullmatch(r".*\s+-?\d+\s+-?\d+\s+-?\d+", named))
 
 
-def _detached_data_file(path: Path) -> Path | None:
+def _detached_data_file(path: Path, header_text: str) -> Path | None:
     """The data file a MetaImage or NRRD header names, when it is one file (not LOCAL, a LIST
     or a pattern); its name may hold spaces (``my case.raw``, as ITK writes it)."""
-    name, _ = _data_file_line(path)
+    name, _ = _data_file_line(path, header_text)
     if name is None or name.upper() == "LOCAL" or _several_files(name):
         return None
     return path.parent / name
