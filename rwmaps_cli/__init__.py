@@ -5,7 +5,8 @@ The kernels are pure functions on arrays::
     from rwmaps_cli import compute_maps
     maps = compute_maps(labels, classes=[0, 1, 2], kind="rrw")   # (C, *labels.shape)
 
-Where things are: ``maps.py`` computes a map; ``formats/`` reads and writes each file
+Where things are: ``contract.py`` says what a map is (kinds, codes, layouts), ``maps.py``
+computes one with numpy; ``formats/`` reads and writes each file
 format (one module per format); ``mapfile.py`` loads a map for training
 (:func:`load_map`); ``manifest.py`` is ``rwmaps.json``; ``compute.py`` is the dataset
 service behind ``rwmaps compute``; ``cli.py`` the command line.  Importing the package
@@ -21,16 +22,16 @@ __version__ = "0.2.0"
 
 # The public names are imported on first use (PEP 562): ``rwmaps compute`` starts its
 # workers before it imports numpy and the readers, so that both happen at once.
-_EXPORTS = {"MapMeta": "mapfile", "load_map": "mapfile", **{name: "maps" for name in (
-    "ENGINES", "KINDS", "LAYOUTS", "class_codes", "compute_maps", "compute_maps_batch", "expand_map",
-    "unique_labels")}}
+_EXPORTS = {"MapMeta": "mapfile", "load_map": "mapfile", "ENGINES": "contract", "KINDS": "contract",
+            "LAYOUTS": "contract", **{name: "maps" for name in (
+                "class_codes", "compute_maps", "compute_maps_batch", "expand_map", "unique_labels")}}
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from .mapfile import MapMeta, load_map
-    from .maps import (ENGINES, KINDS, LAYOUTS, class_codes, compute_maps, compute_maps_batch, expand_map,
-                       unique_labels)
+    from .contract import ENGINES, KINDS, LAYOUTS
+    from .maps import class_codes, compute_maps, compute_maps_batch, expand_map, unique_labels
 
 
 def __getattr__(name: str):

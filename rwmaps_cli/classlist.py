@@ -15,7 +15,7 @@ from .case import scan_case
 from .dataset import Dataset, read_dataset_json, union_of_values
 from .errors import UsageError
 from .manifest import DONE, FAILED, Manifest, Settings
-from .maps import check_classes
+from .contract import check_classes
 
 
 def settle_classes(dataset: Dataset, classes, ignore_label, max_classes, runner, progress, stop, defer: bool):

@@ -13,7 +13,7 @@ from . import __version__
 from .errors import UsageError
 from .formats import DEFAULT_FORMAT, LAYOUTS, OUTPUT_FORMATS
 from .manifest import DEFAULT_DTYPE, DEFAULT_SPACING, DTYPES, MANIFEST_NAME, SPACINGS
-from .maps import DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_MAX_CLASSES, ENGINES, KINDS
+from .contract import DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_MAX_CLASSES, ENGINES, KINDS
 from .run import usable_cores
 
 

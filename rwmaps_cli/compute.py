@@ -33,7 +33,7 @@ from .formats import DEFAULT_FORMAT, OUTPUT_DTYPES, OUTPUT_STORES_CLASSES, clean
 from .lock import folder_lock
 from .manifest import DEFAULT_DTYPE, DEFAULT_SPACING, DONE, FAILED, CaseResult, Manifest, Settings
 from .mapfile import map_info
-from .maps import DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_MAX_CLASSES, check_layout
+from .contract import DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_MAX_CLASSES, check_layout
 from .nnunet.preprocessed import is_preprocessed_folder
 from .resume import is_done, manifest_source, open_manifest
 from .run import NoBar, Stop, run_local, threads_per_case, usable_cores

@@ -29,7 +29,7 @@ from pathlib import Path
 from .errors import UsageError
 from .lock import PARTS_FOLDER, part_file_name
 from .formats import DEFAULT_FORMAT, LAYOUTS, OUTPUT_FORMATS, SCHEMA, atomic_path
-from .maps import DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, ENGINES, KINDS
+from .contract import DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, ENGINES, KINDS
 
 MANIFEST_NAME = "rwmaps.json"
 PART_MANIFEST_GLOB = "rwmaps.part-*-of-*.json"  # one per part of a job array, in PARTS_FOLDER: no two writers share a file

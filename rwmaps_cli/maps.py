@@ -29,27 +29,36 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from .contract import (  # the contract every engine shares; re-exported names are the public API's
+    DEFAULT_ENGINE,
+    DEFAULT_KIND,
+    DEFAULT_LAYOUT,
+    DEFAULT_MAX_CLASSES,
+    ENGINES,
+    KINDS,
+    LAYOUTS,
+    LOOKUP_TABLE_LIMIT,
+    MAP_DTYPES,
+    Codes,
+    MapRequest,
+    check_dtype,
+    check_engine,
+    check_expansion,
+    code_table,
+    known_labels,
+    rrw_divisors,
+    sorted_codes,
+    uniform_field_value,
+)
 from .errors import UnknownLabelsError
 
-KINDS = ("rrw", "boundary", "kervadec", "ac")
-ENGINES = ("edt", "scipy")
-LAYOUTS = ("full", "compact")
-# The defaults of every API and option that takes these (the kernels, the services, the
-# command line): defined here once.
-DEFAULT_KIND, DEFAULT_ENGINE, DEFAULT_LAYOUT = "rrw", "edt", "full"
-# More distinct values than this in one file (or a whole dataset, for an automatic class
-# list) is an image mistaken for labels: --max-classes.
-DEFAULT_MAX_CLASSES = 256
-#: The dtypes a map is made and stored in: the kernels compute in float32, and float16
-#: halves a map in memory and on disk.  The formats store these (NIfTI float32 only).
-MAP_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
-
-# Label values up to this bound are mapped to channel codes with a lookup table (one
-# gather); larger values fall back to np.searchsorted.
-_LUT_MAX_LABEL = 1 << 16
+__all__ = ["DEFAULT_ENGINE", "DEFAULT_KIND", "DEFAULT_LAYOUT", "DEFAULT_MAX_CLASSES", "ENGINES", "KINDS", "LAYOUTS",
+           "MAP_DTYPES", "DistanceTransform", "class_codes", "compute_maps", "compute_maps_batch", "expand_map",
+           "expanded_channels", "unique_labels"]
 
 # The chunked passes work on this many voxels at a time: the temporaries stay in cache
 # and their memory does not grow with the volume.
@@ -124,15 +133,12 @@ def compute_maps(
         compact layout for another kind than ``rrw``.
     """
     labels = np.asarray(labels)
-    _check_options(kind, engine, layout)
-    shape = labels.shape if layout == "compact" else (len(classes), *labels.shape)
-    if out is None:
-        dtype = _check_dtype(dtype)
-    elif out.shape != shape:
-        raise ValueError(f"out has shape {out.shape}; expected {shape}")
-    else:
-        dtype = _check_dtype(out.dtype)
-    return _compute(labels, classes, kind, spacing, slice_axis, engine, ignore_label, threads, layout, dtype, out)
+    request = MapRequest.checked(classes, labels.shape, kind, layout, spacing, slice_axis, ignore_label)
+    check_engine(engine)
+    if out is not None and out.shape != request.map_shape(labels.shape):
+        raise ValueError(f"out has shape {out.shape}; expected {request.map_shape(labels.shape)}")
+    dtype = check_dtype(dtype if out is None else out.dtype)
+    return _compute(labels, _Job(request, DistanceTransform(engine, threads)), dtype, out)
 
 
 def compute_maps_batch(labels: np.ndarray, classes: Sequence[int], **kwargs) -> np.ndarray:
@@ -151,12 +157,13 @@ def compute_maps_batch(labels: np.ndarray, classes: Sequence[int], **kwargs) -> 
     """
     labels = np.asarray(labels)
     options = _with_defaults(kwargs)
-    dtype = _check_dtype(options.pop("dtype"))
-    _check_options(options["kind"], options["engine"], options["layout"])
-    channels = () if options["layout"] == "compact" else (len(classes),)
-    out = np.empty((labels.shape[0], *channels, *labels.shape[1:]), dtype=dtype)
+    request = MapRequest.checked(classes, labels.shape[1:], options["kind"], options["layout"], options["spacing"],
+                                 options["slice_axis"], options["ignore_label"])
+    check_engine(options["engine"])
+    job = _Job(request, DistanceTransform(options["engine"], options["threads"]))
+    out = np.empty((labels.shape[0], *request.map_shape(labels.shape[1:])), dtype=check_dtype(options["dtype"]))
     for item, item_out in zip(labels, out):
-        _compute(item, classes, out=item_out, dtype=dtype, **options)
+        _compute(item, job, out.dtype, item_out)
     return out
 
 
@@ -177,9 +184,10 @@ def expanded_channels(
     codes = class_codes(labels, classes, ignore_label)
     values = np.broadcast_to(np.asarray(outside, dtype=np.float32), (len(classes),))
     compact = np.asarray(compact, dtype=np.float32)
+    ignore = Codes(len(classes)).ignore
     for c in range(len(classes)):
-        channel = np.where(codes == c + 1, compact, values[c])
-        channel[codes == len(classes) + 1] = 0  # the ignore label: 0 in every channel
+        channel = np.where(codes == Codes.of_class(c), compact, values[c])
+        channel[codes == ignore] = 0  # the ignore label: 0 in every channel
         yield channel
 
 
@@ -244,9 +252,9 @@ def expand_map(
     """
     labels = np.asarray(labels)
     n_classes = len(classes)
-    _check_expand_options(compact, kind, renormalize)
+    check_expansion(kind, compact is not None, renormalize)
     outside = _check_outside(outside, n_classes)
-    dtype = _check_dtype(dtype)
+    dtype = check_dtype(dtype)
     codes = class_codes(labels, classes, ignore_label)
     if compact is not None:
         compact = np.asarray(compact)
@@ -262,7 +270,7 @@ def expand_map(
     if renormalize == "patch":
         compact = _renormalized(compact, codes, n_classes)
     out = np.empty((n_classes, *codes.shape), dtype=dtype)
-    _expand(out, compact, codes, n_classes, outside)
+    _expand(out, codes, _Fill(outside, compact))
     return _transpose_spatial(out, "full") if flip else out
 
 
@@ -277,47 +285,115 @@ def _with_defaults(kwargs: dict) -> dict:
     return {**defaults, **kwargs}
 
 
-def _compute(labels, classes, kind, spacing, slice_axis, engine, ignore_label, threads, layout, dtype, out):
+@dataclass(frozen=True)
+class DistanceTransform:
+    """What the numpy engine's distances come from: the one thing an engine supplies.
+
+    Attributes
+    ----------
+    engine : {"edt", "scipy"}
+        ``edt``: the ``edt`` package's multi-label transform (all classes in one pass);
+        ``scipy``: ``scipy.ndimage.distance_transform_edt`` once per class (the reference).
+    threads : int
+        Threads for the ``edt`` engine.
+    """
+
+    engine: str = DEFAULT_ENGINE
+    threads: int = 1
+
+    def inside(self, codes: np.ndarray, n_classes: int, spacing) -> np.ndarray:
+        """Float32 array: each voxel's distance to the nearest voxel with another code."""
+        if self.engine == "edt":
+            return _edt(codes, spacing, self.threads)
+        inside = np.zeros(codes.shape, dtype=np.float32)
+        for c in range(n_classes):  # the ignore label needs none: its values are 0
+            mask = codes == Codes.of_class(c)
+            if mask.any() and not mask.all():  # EDT is 0 for an empty class, undefined for a full one
+                np.copyto(inside, self.of_mask(mask, spacing), where=mask, casting="unsafe")
+        return inside
+
+    def of_mask(self, mask: np.ndarray, spacing) -> np.ndarray:
+        """The EDT of a boolean mask: each True voxel's distance to the nearest False one
+        (0 on False voxels)."""
+        if self.engine == "edt":
+            return _edt(mask, spacing, self.threads)
+        # Imported here: scipy.ndimage costs ~0.2 s to import, paid by every process and worker
+        # of a run that does not use the scipy engine.
+        import scipy.ndimage as ndi
+
+        return ndi.distance_transform_edt(mask, sampling=spacing)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One call of the numpy engine: the checked request and the distance transform.
+
+    Past :func:`_compute`, the request's spacing and slice axis are in the order of the
+    C-ordered codes the kernel runs on.
+    """
+
+    request: MapRequest
+    distances: DistanceTransform
+
+    @property
+    def codes(self) -> Codes:
+        return self.request.codes
+
+    @property
+    def threads(self) -> int:
+        return self.distances.threads
+
+
+def _compute(labels: np.ndarray, job: _Job, dtype: np.dtype, out: np.ndarray | None) -> np.ndarray:
     """The maps of one label array, written into ``out`` if given; returns them."""
-    _check_options(kind, engine, layout)
-    if not 1 <= labels.ndim <= 3:
-        raise ValueError(f"labels must be 1D, 2D or 3D, got shape {labels.shape}")
-    spacing = _check_spacing(spacing, labels.ndim)
-    axis = None if slice_axis is None else _check_axis(slice_axis, labels.ndim)
-    codes = class_codes(labels, classes, ignore_label)
+    codes = class_codes(labels, job.request.classes, job.request.ignore_label)
     given = out
     flip = _is_fortran(codes)
     if flip:
         # Fortran-ordered labels (nibabel) are C-ordered seen transposed: the kernel runs
         # on that view, so every pass walks memory in order and no float map moves.
         codes = codes.T
-        spacing = None if spacing is None else spacing[::-1]
-        axis = None if axis is None else codes.ndim - 1 - axis
-        out = None if out is None else _transpose_spatial(out, layout)
-    maps = _compute_c(np.ascontiguousarray(codes), len(classes), kind, spacing, axis, engine, threads, layout,
-                      dtype, out)
+        job = _Job(job.request.reversed_axes(codes.ndim), job.distances)
+        out = None if out is None else _transpose_spatial(out, job.request.layout)
+    maps = _compute_c(job, np.ascontiguousarray(codes), dtype, out)
     if given is not None:
         return given
-    return _transpose_spatial(maps, layout) if flip else maps
+    return _transpose_spatial(maps, job.request.layout) if flip else maps
 
 
-def _compute_c(codes, n_classes, kind, spacing, axis, engine, threads, layout, dtype, out):
+def _compute_c(job: _Job, codes: np.ndarray, dtype: np.dtype, out: np.ndarray | None) -> np.ndarray:
     """:func:`_compute` on C-contiguous channel codes."""
-    if layout == "compact":
-        return _own_class_values(codes, n_classes, spacing, axis, engine, threads, dtype, out)
+    request = job.request
+    if request.layout == "compact":
+        return _own_class_values(job, codes, dtype, out)
     if out is None:
-        out = np.empty((n_classes, *codes.shape), dtype=dtype)
-    ones = np.ones(n_classes)
-    if kind == "ac":
-        _expand(out, None, codes, n_classes, ones, threads=threads)
-    elif kind == "rrw" and axis is None:
-        _full_rrw_field(out, codes, n_classes, spacing, engine, threads)
-    elif kind == "rrw":
-        values = _own_class_values(codes, n_classes, spacing, axis, engine, threads, np.float32, None)
-        _expand(out, values, codes, n_classes, ones, threads=threads)
+        out = np.empty(request.map_shape(codes.shape), dtype=dtype)
+    ones = np.ones(len(request.classes))
+    if request.kind == "ac":
+        _expand(out, codes, _Fill(ones), job.threads)
+    elif request.kind == "rrw" and request.slice_axis is None:
+        _full_rrw_field(job, codes, out)
+    elif request.kind == "rrw":
+        _expand(out, codes, _Fill(ones, _own_class_values(job, codes, np.float32, None)), job.threads)
     else:
-        _boundary_maps(out, codes, n_classes, kind, spacing, axis, engine, threads)
+        _boundary_maps(job, codes, out)
     return out
+
+
+def _fields(job: _Job, codes: np.ndarray) -> Iterator[tuple[tuple, np.ndarray, tuple[float, ...] | None]]:
+    """The fields the maps are computed on: ``(index, field codes, field spacing)``.
+
+    The whole volume (index ``()``), or with a slice axis each slice along it, as a
+    C-contiguous copy (``edt`` needs a contiguous array) with the in-plane spacing.
+    """
+    axis = job.request.slice_axis
+    if axis is None:
+        yield (), codes, job.request.spacing
+        return
+    in_plane = job.request.in_plane_spacing()
+    for i in range(codes.shape[axis]):
+        index = (slice(None),) * axis + (i,)
+        yield index, np.ascontiguousarray(codes[index]), in_plane
 
 
 def _is_fortran(array: np.ndarray) -> bool:
@@ -336,23 +412,19 @@ def _transpose_spatial(maps: np.ndarray, layout: str) -> np.ndarray:
 # rrw: each voxel's own-class value, then the channels
 
 
-def _own_class_values(codes, n_classes, spacing, axis, engine, threads, dtype, out) -> np.ndarray:
+def _own_class_values(job: _Job, codes: np.ndarray, dtype: np.dtype, out: np.ndarray | None) -> np.ndarray:
     """The compact rrw map of C-contiguous ``codes``: ``-EDT / max`` of each voxel's class.
 
-    Written into ``out`` if given, else returned as a new ``dtype`` array.  With ``axis``
-    every slice along it is its own field (its own distances and maxima).
+    Written into ``out`` if given, else returned as a new ``dtype`` array.  With a slice
+    axis every slice along it is its own field (its own distances and maxima).
     """
     direct = out if out is not None and out.flags.c_contiguous else None
-    if axis is None:
-        values = _own_values_field(codes, n_classes, spacing, engine, threads, direct)
+    if job.request.slice_axis is None:
+        values = _own_values_field(job, codes, job.request.spacing, direct)
     else:
         values = direct if direct is not None else np.empty(codes.shape, dtype=np.float32)
-        in_plane = None if spacing is None else tuple(s for a, s in enumerate(spacing) if a != axis)
-        for i in range(codes.shape[axis]):
-            index = (slice(None),) * axis + (i,)
-            plane = np.ascontiguousarray(codes[index])  # edt needs a contiguous array (1D at least)
-            values[index] = _own_values_field(plane, n_classes, in_plane, engine, threads, None).reshape(
-                values[index].shape)
+        for index, plane, in_plane in _fields(job, codes):
+            values[index] = _own_values_field(job, plane, in_plane, None).reshape(values[index].shape)
     if out is not None:
         if values is not out:
             np.copyto(out, values, casting="same_kind")
@@ -360,28 +432,26 @@ def _own_class_values(codes, n_classes, spacing, axis, engine, threads, dtype, o
     return values if values.dtype == dtype else values.astype(dtype)
 
 
-def _own_values_field(codes, n_classes, spacing, engine, threads, out) -> np.ndarray:
+def _own_values_field(job: _Job, codes: np.ndarray, spacing, out: np.ndarray | None) -> np.ndarray:
     """Compact rrw values of one field (a volume or a slice); ``out`` C-contiguous or None.
 
-    Two chunked passes after the EDT: the per-class maxima, then the division.  The
-    division (rather than a multiplication by a reciprocal) makes every value the float32
-    rounding of ``-EDT / max`` and the largest exactly -1.
+    Two chunked passes after the EDT: the per-class maxima, then the division
+    (:func:`rwmaps_cli.contract.rrw_divisors`).
     """
+    n_classes = job.codes.n_classes
     if codes.size == 0 or codes.min() == codes.max():
-        # One code fills the field: its class is all -1 by definition, the ignore label 0.
-        # (The EDT has no finite answer there: no voxel of another label exists.)
         values = out if out is not None else np.empty(codes.shape, dtype=np.float32)
-        values.fill(-1.0 if codes.size and codes.flat[0] <= n_classes else 0.0)
+        values.fill(uniform_field_value("rrw", int(codes.flat[0]), n_classes) if codes.size else 0.0)
         return values
-    distance = _inside_distance(codes, n_classes, spacing, engine, threads)
+    distance = job.distances.inside(codes, n_classes, spacing)
     runs = list(_chunk_runs(codes))  # found once, used by both passes
     # Both passes split the chunks over the case's threads: numpy's loops release the GIL,
     # so one large case uses the cores after the EDT too (each thread owns its chunks).
-    shares = _shares(runs, threads)
-    partial = _in_threads(lambda share: _class_maxima_and_boxes(codes, n_classes + 2, values=distance, runs=share)[0], shares)
-    maxima = np.maximum.reduce(partial)
+    shares = _shares(runs, job.threads)
+    partial = _in_threads(lambda share: _class_maxima_and_boxes(codes, job.codes.count, values=distance,
+                                                                runs=share)[0], shares)
+    divisors = rrw_divisors(np.maximum.reduce(partial))
     values = distance if out is None else out
-    divisors = _rrw_divisors(maxima)
     _in_threads(lambda share: _divide_by_class(distance.reshape(-1), divisors, values.reshape(-1), share), shares)
     return values
 
@@ -403,26 +473,19 @@ def _in_threads(function, items: list) -> list:
         return list(pool.map(function, items))
 
 
-def _full_rrw_field(out, codes, n_classes, spacing, engine, threads) -> None:
+def _full_rrw_field(job: _Job, codes: np.ndarray, out: np.ndarray) -> None:
     """The full rrw map of a whole volume: each channel divides the distances in its box.
 
     The same float32 division as the compact layout (so ``expand_map`` of that equals
     this bit for bit), without writing the compact volume first.
     """
+    ones = np.ones(job.codes.n_classes)
     if codes.size == 0 or codes.min() == codes.max():
-        values = _own_values_field(codes, n_classes, spacing, engine, threads, None)
-        _expand(out, values, codes, n_classes, np.ones(n_classes))
+        _expand(out, codes, _Fill(ones, _own_values_field(job, codes, job.request.spacing, None)))
         return
-    distance = _inside_distance(codes, n_classes, spacing, engine, threads)
-    maxima, boxes = _class_maxima_and_boxes(codes, n_classes + 2, values=distance, boxes=True)
-    _expand(out, distance, codes, n_classes, np.ones(n_classes), boxes, _rrw_divisors(maxima), threads)
-
-
-def _rrw_divisors(maxima: np.ndarray) -> np.ndarray:
-    """Divisor of each code's distances: ``-max``; the ignore code (last) ``inf``, giving 0."""
-    divisors = -maxima
-    divisors[-1] = np.inf
-    return divisors
+    distance = job.distances.inside(codes, job.codes.n_classes, job.request.spacing)
+    maxima, boxes = _class_maxima_and_boxes(codes, job.codes.count, values=distance, boxes=True)
+    _expand(out, codes, _Fill(ones, distance, rrw_divisors(maxima), boxes), job.threads)
 
 
 def _divide_by_class(values: np.ndarray, divisors: np.ndarray, out: np.ndarray, runs: list) -> None:
@@ -456,45 +519,65 @@ def _renormalized(compact: np.ndarray, codes: np.ndarray, n_classes: int) -> np.
     if values.size == 0:
         return values
     runs = list(_chunk_runs(codes))
-    maxima, _ = _class_maxima_and_boxes(codes, n_classes + 2, values=values, absolute=True, runs=runs)
+    maxima, _ = _class_maxima_and_boxes(codes, Codes(n_classes).count, values=values, absolute=True, runs=runs)
     divisors = np.where(maxima > 0, maxima, 1)  # an all-zero class (or the ignore label) stays
     _divide_by_class(values.reshape(-1), divisors, values.reshape(-1), runs)
     return values
 
 
-def _expand(out, values, codes, n_classes, outside, boxes=None, divisors=None, threads=1) -> None:
-    """Fill ``out`` (C, *codes.shape) from C-contiguous ``codes``: class c gets ``values``
-    (0 if None; ``values / divisors[c + 1]`` if divisors are given), other voxels
-    ``outside[c]``, the ignore label 0.
+@dataclass(frozen=True)
+class _Fill:
+    """What :func:`_expand` writes into each class's voxels, and around them.
+
+    Attributes
+    ----------
+    outside : (C,) float array
+        Channel ``c``'s value outside class ``c``.
+    values : float array of the codes' shape, or None
+        A class's voxels get ``values`` (0 if None), divided by ``divisors[code]`` if given.
+    divisors : (codes.count,) float array, or None
+    boxes : list of per-code bounding boxes, or None to find them
+    """
+
+    outside: np.ndarray
+    values: np.ndarray | None = None
+    divisors: np.ndarray | None = None
+    boxes: list | None = None
+
+
+def _expand(out: np.ndarray, codes: np.ndarray, fill: _Fill, threads: int = 1) -> None:
+    """Fill ``out`` (C, *codes.shape) from C-contiguous ``codes`` as ``fill`` says; the
+    ignore label is 0 in every channel.
 
     Each channel is filled once (the output's own cost); then each class is written only
     inside its bounding box, and the ignore label set to 0 inside its own.
     """
-    if boxes is None:
-        _, boxes = _class_maxima_and_boxes(codes, n_classes + 2, boxes=True)
-    ignore_box = boxes[n_classes + 1]
-    ignored = None if ignore_box is None else codes[ignore_box] == n_classes + 1
+    codes_of = Codes(out.shape[0])
+    boxes = fill.boxes if fill.boxes is not None else _class_maxima_and_boxes(codes, codes_of.count, boxes=True)[1]
+    ignore_box = boxes[codes_of.ignore]
+    ignored = None if ignore_box is None else codes[ignore_box] == codes_of.ignore
 
-    def fill(channels: list[int]) -> None:  # channels are disjoint: the threads share nothing they write
+    def fill_channels(channels: list[int]) -> None:  # disjoint channels: the threads share nothing they write
         for c in channels:
-            _fill_channel(out[c], c, values, codes, outside, boxes, divisors, ignore_box, ignored)
+            _fill_channel(out[c], c, codes, fill, boxes[Codes.of_class(c)])
+            if ignored is not None:
+                np.copyto(out[c][ignore_box], 0, where=ignored)
 
-    _in_threads(fill, _shares(list(range(n_classes)), threads))
+    _in_threads(fill_channels, _shares(list(range(codes_of.n_classes)), threads))
 
 
-def _fill_channel(channel, c, values, codes, outside, boxes, divisors, ignore_box, ignored) -> None:
-    """Channel ``c`` of :func:`_expand`."""
-    channel.fill(outside[c])
-    for part_codes, part_values, part_out in _parts(boxes[c + 1], codes, values, channel):
-        mask = part_codes == c + 1
-        if values is None:
+def _fill_channel(channel: np.ndarray, c: int, codes: np.ndarray, fill: _Fill, box) -> None:
+    """Channel ``c`` of :func:`_expand`, but for the ignore label."""
+    channel.fill(fill.outside[c])
+    code = Codes.of_class(c)
+    for part_codes, part_values, part_out in _parts(box, codes, fill.values, channel):
+        mask = part_codes == code
+        if fill.values is None:
             np.copyto(part_out, 0, where=mask)
-        elif divisors is None:
+        elif fill.divisors is None:
             np.copyto(part_out, part_values, where=mask, casting="same_kind")
         else:
-            np.divide(part_values, divisors[c + 1], out=part_out, where=mask, casting="same_kind")
-    if ignored is not None:
-        np.copyto(channel[ignore_box], 0, where=ignored)
+            np.divide(part_values, fill.divisors[code], out=part_out, where=mask, casting="same_kind")
 
 
 def _parts(box, codes, values, channel):
@@ -584,75 +667,48 @@ def _class_maxima_and_boxes(codes: np.ndarray, size: int, values: np.ndarray | N
 # boundary and kervadec: every class needs its own outside distance
 
 
-def _boundary_maps(out, codes, n_classes, kind, spacing, axis, engine, threads) -> None:
-    """Fill ``out`` (C, *codes.shape) with boundary or kervadec maps, per field."""
-    if axis is None:
-        _boundary_field(out, codes, n_classes, kind, spacing, engine, threads)
-        return
-    in_plane = None if spacing is None else tuple(s for a, s in enumerate(spacing) if a != axis)
-    for i in range(codes.shape[axis]):
-        index = (slice(None),) * axis + (i,)
-        plane = np.ascontiguousarray(codes[index])  # edt needs a contiguous array
-        _boundary_field(out[(slice(None), *index)], plane, n_classes, kind, in_plane, engine, threads)
+def _boundary_maps(job: _Job, codes: np.ndarray, out: np.ndarray) -> None:
+    """Fill ``out`` (C, *codes.shape) with boundary or kervadec maps, field by field."""
+    for index, field, spacing in _fields(job, codes):
+        _boundary_field(job, field, spacing, out[(slice(None), *index)])
 
 
-def _boundary_field(out, codes, n_classes, kind, spacing, engine, threads) -> None:
+def _boundary_field(job: _Job, codes: np.ndarray, spacing, out: np.ndarray) -> None:
     """One field (a volume or a slice) of boundary or kervadec maps."""
+    kind, codes_of = job.request.kind, job.codes
     if codes.size == 0 or codes.min() == codes.max():
-        out.fill(0)  # every class is empty or fills the field; or all is ignored
+        # every class is empty or fills the field; or all is ignored
+        out.fill(uniform_field_value(kind, int(codes.flat[0]), codes_of.n_classes) if codes.size else 0.0)
         return
-    inside = _inside_distance(codes, n_classes, spacing, engine, threads)
+    inside = job.distances.inside(codes, codes_of.n_classes, spacing)
     inner_boundary = _label_change(codes) if kind == "kervadec" and spacing is not None else None
-    ignored = codes == n_classes + 1
+    ignored = codes == codes_of.ignore
     ignored = ignored if ignored.any() else None
-    for c in range(n_classes):
+    for c in range(codes_of.n_classes):
         channel = out[c]
-        mask = codes == c + 1
+        mask = codes == Codes.of_class(c)
         if not mask.any():
             channel.fill(0)
             continue
-        _boundary_channel(channel, inside, mask, kind, spacing, engine, threads)
+        _boundary_channel(job, channel, inside, mask, spacing)
         if inner_boundary is not None:
             np.copyto(channel, 0, where=mask & inner_boundary)
         if ignored is not None:
             np.copyto(channel, 0, where=ignored)
 
 
-def _boundary_channel(channel, inside, mask, kind, spacing, engine, threads) -> None:
+def _boundary_channel(job: _Job, channel: np.ndarray, inside: np.ndarray, mask: np.ndarray, spacing) -> None:
     """EDT(not M) outside ``mask``; -EDT(M), or -(EDT(M) - unit) for kervadec, inside."""
-    np.copyto(channel, _distance(~mask, spacing, engine, threads), casting="unsafe")
-    if kind == "boundary":
+    np.copyto(channel, job.distances.of_mask(~mask, spacing), casting="unsafe")
+    if job.request.kind == "boundary":
         np.negative(inside, out=channel, where=mask, casting="unsafe")
     else:
-        unit = np.float32(1.0 if spacing is None else min(spacing))
+        unit = np.float32(MapRequest.kervadec_unit(spacing))
         np.subtract(unit, inside, out=channel, where=mask, casting="unsafe")
 
 
 # ---------------------------------------------------------------------------------------
 # Distances
-
-
-def _inside_distance(codes, n_classes, spacing, engine, threads) -> np.ndarray:
-    """Float32 array: each voxel's distance to the nearest voxel with another code."""
-    if engine == "edt":
-        return _edt(codes, spacing, threads)
-    inside = np.zeros(codes.shape, dtype=np.float32)
-    for c in range(n_classes):  # the ignore label needs none: its values are 0
-        mask = codes == c + 1
-        if mask.any() and not mask.all():  # EDT is 0 for an empty class, undefined for a full one
-            np.copyto(inside, _distance(mask, spacing, "scipy", threads), where=mask, casting="unsafe")
-    return inside
-
-
-def _distance(mask, spacing, engine, threads) -> np.ndarray:
-    """EDT of a boolean mask: for each True voxel, distance to the nearest False one."""
-    if engine == "edt":
-        return _edt(mask, spacing, threads)
-    # Imported here: scipy.ndimage costs ~0.2 s to import, paid by every process and worker
-    # of a run that does not use the scipy engine.
-    import scipy.ndimage as ndi
-
-    return ndi.distance_transform_edt(mask, sampling=spacing)
 
 
 def _edt(labels: np.ndarray, spacing, threads: int) -> np.ndarray:
@@ -689,8 +745,9 @@ def _label_change(codes: np.ndarray) -> np.ndarray:
 def class_codes(labels: np.ndarray, classes: Sequence[int], ignore_label: int | None = None) -> np.ndarray:
     """Replace each label value by its 1-based channel code.
 
-    Class ``classes[c]`` becomes ``c + 1``, ``ignore_label`` becomes ``C + 1``.  Codes
-    start at 1 because the ``edt`` package treats 0 as background with no distance.
+    The codes are :class:`rwmaps_cli.contract.Codes`: class ``classes[c]`` becomes
+    ``c + 1``, ``ignore_label`` becomes ``C + 1`` (the ``edt`` package treats 0 as
+    background with no distance).
 
     Parameters
     ----------
@@ -708,31 +765,28 @@ def class_codes(labels: np.ndarray, classes: Sequence[int], ignore_label: int | 
         Naming the offending values when ``labels`` has non-integer, negative or unknown
         values.
     """
-    class_values = check_classes(classes, ignore_label)
+    known = known_labels(classes, ignore_label)  # the classes' rule (contract.check_classes) and code order
+    class_values = known[:len(classes)]
     labels = _as_integer_labels(labels)
-    known = class_values if ignore_label is None else class_values + [int(ignore_label)]
-    code_dtype = np.min_scalar_type(len(known))
+    code_dtype = Codes.code_dtype(len(known))
     if not labels.size:
         return np.zeros(labels.shape, dtype=code_dtype)
     low, top = int(labels.min()), int(labels.max())
     if low < 0:
         raise ValueError(f"negative label values: {_preview(np.unique(labels[labels < 0]))}")
-    if known and known == list(range(known[0], known[0] + len(known))) and known[0] <= low and top <= known[-1]:
+    if known == list(range(known[0], known[0] + len(known))) and known[0] <= low and top <= known[-1]:
         # Consecutive values in order (0..C-1, ignore label C: the usual case): one
         # vectorised subtraction instead of a table lookup, and nothing left to check.
         if known[0] == 0:
             return np.add(labels, 1, dtype=code_dtype, casting="unsafe")
         return np.subtract(labels, known[0] - 1, dtype=code_dtype, casting="unsafe")
-    if max(top, max(known, default=0)) < _LUT_MAX_LABEL:
-        lut = np.zeros(max(top, max(known, default=0)) + 1, dtype=code_dtype)
-        lut[known] = np.arange(1, len(known) + 1)
-        codes = lut[labels]
+    table = code_table(known, top)
+    if table is not None:
+        codes = table[labels]
     else:
-        order = np.argsort(known)
-        sorted_known = np.asarray(known, dtype=np.int64)[order]
-        pos = np.clip(np.searchsorted(sorted_known, labels), 0, len(known) - 1)
-        found = sorted_known[pos] == labels
-        codes = np.where(found, order[pos] + 1, 0).astype(code_dtype)
+        values, value_codes = sorted_codes(known)
+        pos = np.clip(np.searchsorted(values, labels), 0, len(known) - 1)
+        codes = np.where(values[pos] == labels, value_codes[pos], 0).astype(code_dtype)
     if not codes.all():
         unknown = np.unique(labels[codes == 0])
         raise UnknownLabelsError(f"label values not in the class list {class_values}: {_preview(unknown)}")
@@ -753,7 +807,7 @@ def unique_labels(labels: np.ndarray) -> np.ndarray:
     # A histogram beats sorting (O(n) against O(n log n)) whenever the values are small, as
     # label values are; ravel(order="K") reads nibabel's Fortran order without a copy.
     # In chunks: bincount converts its input to intp, a whole-volume int64 copy otherwise.
-    if labels.size and (labels.dtype.itemsize <= 2 or int(labels.max()) < _LUT_MAX_LABEL):
+    if labels.size and (labels.dtype.itemsize <= 2 or int(labels.max()) < LOOKUP_TABLE_LIMIT):
         flat = labels.ravel(order="K")
         counts = np.zeros(int(flat.max()) + 1, dtype=np.int64)
         for start in range(0, flat.size, _CHUNK):
@@ -783,85 +837,6 @@ def _preview(values: np.ndarray, limit: int = 8) -> str:
     shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values[:limit].tolist())
     more = f", ... ({len(values)} distinct)" if len(values) > limit else ""
     return shown + more
-
-
-def check_classes(classes: Sequence[int], ignore_label: int | None = None) -> list[int]:
-    """The one rule for a class list, everywhere (kernels, torch, the command line): at least
-    one value, integers, distinct, non-negative, and not the ignore label.  The values as
-    ints; ValueError saying which rule fails."""
-    values = [int(v) for v in classes]
-    if not values:
-        raise ValueError("classes is empty: a map has one channel per class, so it needs at least one")
-    if any(v != float(c) for v, c in zip(values, classes)):
-        raise ValueError(f"classes must be integers, got {list(classes)}")
-    if len(set(values)) != len(values):
-        raise ValueError(f"classes must be distinct, got {values}")
-    if any(v < 0 for v in values):
-        raise ValueError(f"classes must be non-negative, got {values}")
-    if ignore_label is not None and int(ignore_label) in values:
-        raise ValueError(f"ignore label {ignore_label} is also in the class list")
-    return values
-
-
-def _check_spacing(spacing, ndim: int) -> tuple[float, ...] | None:
-    if spacing is None:
-        return None
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != ndim:
-        raise ValueError(f"spacing {spacing} has {len(spacing)} values for {ndim}D labels")
-    if not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"spacing must be positive and finite, got {spacing}")
-    return spacing
-
-
-def _check_axis(axis: int, ndim: int) -> int:
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"slice_axis {axis} is out of range for {ndim}D labels")
-    return axis % ndim
-
-
-def _check_dtype(dtype) -> np.dtype:
-    dtype = np.dtype(dtype)
-    if dtype not in MAP_DTYPES:
-        raise ValueError(f"dtype must be {' or '.join(map(str, MAP_DTYPES))}, got {dtype}")
-    return dtype
-
-
-def _check_options(kind: str, engine: str, layout: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
-    check_layout(kind, layout)
-
-
-def check_layout(kind: str, layout: str) -> None:
-    """ValueError, naming the way out, when ``kind`` has no map in ``layout``.
-
-    Only ``rrw`` has a compact form: ``boundary`` and ``kervadec`` need every class's
-    outside distance, and ``ac`` needs no file at all.
-    """
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
-    if layout == "compact" and kind == "ac":
-        raise ValueError("an ac map needs no compact file: it is 1 - one-hot of the labels, which a loader "
-                         "computes with rwmaps_cli.expand_map(None, labels, classes, kind='ac')")
-    if layout == "compact" and kind != "rrw":
-        raise ValueError(f"kind {kind!r} has no compact layout: each class's outside distance is "
-                         "different information; use layout='full'")
-
-
-def _check_expand_options(compact, kind: str, renormalize) -> None:
-    if kind not in ("rrw", "ac"):
-        raise ValueError(f"kind {kind!r} has no compact form; expand_map takes 'rrw' or 'ac'")
-    if kind == "ac" and compact is not None:
-        raise ValueError("an ac map needs no compact channel: call expand_map(None, labels, classes, kind='ac')")
-    if kind == "rrw" and compact is None:
-        raise ValueError("compact is None: only kind='ac' is made from the labels alone")
-    if renormalize not in (None, "patch"):
-        raise ValueError(f"unknown renormalize {renormalize!r}; expected None or 'patch'")
-    if renormalize is not None and kind == "ac":
-        raise ValueError("renormalize applies to rrw maps, not ac")
 
 
 def _check_outside(outside, n_classes: int) -> np.ndarray:

@@ -36,7 +36,8 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from .maps import DEFAULT_KIND, compute_maps
+from .contract import DEFAULT_KIND
+from .maps import compute_maps
 from .torch import Outside, expand_map
 
 __all__ = ["ExpandRegionWiseMapd", "RegionWiseMapd"]

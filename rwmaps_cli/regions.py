@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .maps import DEFAULT_ENGINE, DEFAULT_KIND, compute_maps
+from .contract import DEFAULT_ENGINE, DEFAULT_KIND
+from .maps import compute_maps
 
 
 class LabelSpecError(InputError, ValueError):

@@ -20,15 +20,9 @@ from collections.abc import Sequence
 
 import torch
 
-from .maps import DEFAULT_KIND, check_classes
+from .contract import DEFAULT_KIND, RENORMALIZE, Codes, check_expansion, code_table, known_labels, sorted_codes
 
 __all__ = ["RENORMALIZE", "class_index", "expand_map", "region_wise_loss", "renormalize_patch"]
-
-RENORMALIZE = (None, "patch")
-
-# Label values below this bound are turned into channel indices with one lookup table
-# gather; larger values (rare: label values are usually small) go through searchsorted.
-_LUT_MAX_LABEL = 1 << 16
 
 Outside = float | Sequence[float] | torch.Tensor
 
@@ -56,24 +50,24 @@ def class_index(
     ValueError
         If a label value is not an integer, or is neither in ``classes`` nor the ignore label.
     """
-    class_values = check_classes(classes, ignore_label)  # the one rule (maps.check_classes)
+    # The channel codes of the contract (rwmaps_cli.contract.Codes): 0 unknown, c + 1 for
+    # classes[c], C + 1 for the ignore label; the same tables as the numpy kernel's.
+    known = known_labels(classes, ignore_label)  # the one rule (contract.check_classes)
+    class_values = known[:len(classes)]
     labels = _integer_labels(labels)
-    known = class_values if ignore_label is None else [*class_values, int(ignore_label)]
     low, high = (int(labels.min()), int(labels.max())) if labels.numel() else (0, 0)
-    if low >= 0 and max(high, *known) < _LUT_MAX_LABEL:
-        # code 0 = unknown, c + 1 = classes[c], C + 1 = ignore label
-        lut = torch.zeros(max(high, *known) + 1, dtype=torch.int64, device=labels.device)
-        lut[torch.tensor(known, device=labels.device)] = torch.arange(1, len(known) + 1, device=labels.device)
-        codes = lut[labels]
-    else:
-        sorted_known, order = torch.sort(torch.tensor(known, dtype=torch.int64, device=labels.device))
-        pos = torch.searchsorted(sorted_known, labels).clamp_(max=len(known) - 1)
-        codes = torch.where(sorted_known[pos] == labels, order[pos] + 1, 0)
+    table = code_table(known, high) if low >= 0 else None
+    if table is not None:
+        codes = torch.as_tensor(table.astype("int64"), device=labels.device)[labels]
+    else:  # large (or negative) values: a sorted search; a negative value is unknown
+        values, value_codes = (torch.as_tensor(a, device=labels.device) for a in sorted_codes(known))
+        pos = torch.searchsorted(values, labels).clamp_(max=len(known) - 1)
+        codes = torch.where(values[pos] == labels, value_codes[pos], 0)
     if not bool(codes.all()):
         unknown = torch.unique(labels[codes == 0])[:8].tolist()
         raise ValueError(f"label values not in the class list {class_values}: {unknown}")
-    valid = codes <= len(class_values)
-    return torch.where(valid, codes - 1, 0), valid
+    valid = codes != Codes(len(classes)).ignore
+    return torch.where(valid, Codes.class_index(codes), 0), valid
 
 
 def renormalize_patch(compact: torch.Tensor, index: torch.Tensor, valid: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -143,7 +137,7 @@ def expand_map(
     ValueError
         Unknown label values, mismatched shapes, a bad ``outside`` or ``kind``.
     """
-    compact, labels = _compact_for(compact, labels, kind)
+    compact, labels = _compact_for(compact, labels, kind, renormalize)
     index, valid = class_index(labels.to(compact.device), classes, ignore_label)  # the map's device decides
     value = _own_value(compact, index, valid, len(classes), renormalize)
     weights = _outside_weights(outside, len(classes), compact)
@@ -214,7 +208,7 @@ def region_wise_loss(
     labels = _squeeze_channel(labels, logits.ndim).to(logits.device)
     if compact is not None:
         compact = _squeeze_channel(compact, logits.ndim).to(device=logits.device, dtype=probs.dtype)
-    compact, labels = _compact_for(compact, labels, kind, dtype=probs.dtype, device=logits.device)
+    compact, labels = _compact_for(compact, labels, kind, renormalize, dtype=probs.dtype, device=logits.device)
     if labels.shape != logits.shape[:1] + logits.shape[2:]:
         raise ValueError(f"labels have shape {tuple(labels.shape)}; logits {tuple(logits.shape)}")
     index, valid = class_index(labels, classes, ignore_label)
@@ -232,23 +226,16 @@ def region_wise_loss(
 
 def _own_value(compact, index, valid, n_classes, renormalize) -> torch.Tensor:
     """``v`` on valid voxels (renormalised if asked), 0 on the ignore label."""
-    if renormalize not in RENORMALIZE:
-        raise ValueError(f"renormalize must be None or 'patch', got {renormalize!r}")
     if renormalize == "patch":
         return renormalize_patch(compact, index, valid, n_classes)
     return torch.where(valid, compact, 0)
 
 
-def _compact_for(compact, labels, kind, dtype=torch.float32, device=None):
+def _compact_for(compact, labels, kind, renormalize, dtype=torch.float32, device=None):
     """Check shapes; for ``ac`` return a zero compact map (inside value 0)."""
-    if kind not in ("rrw", "ac"):
-        raise ValueError(f"kind must be 'rrw' or 'ac' (boundary kinds have no compact form), got {kind!r}")
+    check_expansion(kind, compact is not None, renormalize)
     if kind == "ac":
-        if compact is not None:
-            raise ValueError("kind='ac' takes no compact map (pass None): it is 1 - one-hot")
         return torch.zeros(labels.shape, dtype=dtype, device=device or labels.device), labels
-    if compact is None:
-        raise ValueError("compact is None: pass the compact map, or kind='ac'")
     if not torch.is_floating_point(compact):
         compact = compact.to(dtype)
     if labels.ndim == compact.ndim + 1 and labels.shape[1] == 1:  # a MONAI (B, 1, *spatial) label

@@ -54,7 +54,8 @@ import torch
 import torchio as tio
 
 from .errors import InputError
-from .maps import DEFAULT_KIND, check_classes, compute_maps
+from .contract import DEFAULT_KIND, RENORMALIZE, check_classes
+from .maps import compute_maps
 from .torch import Outside, class_index, expand_map, renormalize_patch
 
 __all__ = ["MAP_PAD_VALUE", "ExpandRegionWiseMap", "RandomAffineWithMaps", "RegionWiseMap", "RegionWiseMapImage",
@@ -183,7 +184,7 @@ class RegionWiseMap(tio.Transform):
         if spacing not in (None, "physical"):
             raise ValueError(f"spacing must be None or 'physical', got {spacing!r}")
         self.label, self.output = label, output
-        self.classes = check_classes(classes, ignore_label)  # the one rule (maps.check_classes)
+        self.classes = check_classes(classes, ignore_label)  # the one rule (contract.check_classes)
         self.kind, self.spacing, self.ignore_label = kind, spacing, ignore_label
         self.args_names = ["label", "output", "classes", "kind", "spacing", "ignore_label"]
 
@@ -241,10 +242,10 @@ class ExpandRegionWiseMap(tio.Transform):
                  outside: Outside = 1.0, renormalize: str | None = None, ignore_label: int | None = None,
                  **kwargs) -> None:
         super().__init__(**kwargs)
-        if renormalize not in (None, "patch"):
+        if renormalize not in RENORMALIZE:
             raise ValueError(f"renormalize must be None or 'patch', got {renormalize!r}")
         self.map, self.label = map, label
-        self.classes = check_classes(classes, ignore_label)  # the one rule (maps.check_classes)
+        self.classes = check_classes(classes, ignore_label)  # the one rule (contract.check_classes)
         self.outside, self.renormalize, self.ignore_label = outside, renormalize, ignore_label
         self.args_names = ["map", "label", "classes", "outside", "renormalize", "ignore_label"]
 

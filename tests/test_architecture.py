@@ -107,11 +107,11 @@ def test_cli_holds_no_policy():
     assert "in record" not in source and "in result.error" not in source  # no matching of error texts
 
 
-#: What rwmaps_cli/formats/ may import from outside itself: the errors, the kernels (which own
-#: the layouts and map dtypes a file stores) and the plans JSON reader its nnU-Net seg format
-#: takes the voxel sizes from.  All are leaves: they import nothing of rwmaps_cli beyond
-#: rwmaps_cli.errors, so formats/ stays below every other module.
-BELOW_FORMATS = {"rwmaps_cli.errors", "rwmaps_cli.maps", "rwmaps_cli.nnunet.plans"}
+#: What rwmaps_cli/formats/ may import from outside itself: the errors, the contract (which
+#: owns the layouts and map dtypes a file stores) and the plans JSON reader its nnU-Net seg
+#: format takes the voxel sizes from.  All are leaves: they import nothing of rwmaps_cli
+#: beyond rwmaps_cli.errors, so formats/ stays below every other module.
+BELOW_FORMATS = {"rwmaps_cli.errors", "rwmaps_cli.contract", "rwmaps_cli.nnunet.plans"}
 
 
 def _module_imports(name: str) -> set[str]:

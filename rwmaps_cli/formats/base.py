@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from rwmaps_cli.errors import InputError
-from rwmaps_cli.maps import DEFAULT_LAYOUT, LAYOUTS, MAP_DTYPES  # the kernels own the layouts and dtypes; a file stores them
+from rwmaps_cli.contract import DEFAULT_LAYOUT, LAYOUTS, MAP_DTYPES  # the contract owns the layouts and dtypes; a file stores them
 
 TMP_MARKER = ".rwmaps-tmp-"
 # gzip/deflate level for .nii.gz and .npz. Measured on a (4, 200, 256, 256) float32 map
@@ -132,7 +132,7 @@ class FileFormat:
         The name a caller picks this reader by (``read_labels(path, reader=...)``), for
         files whose suffix another format owns (nnU-Net's ``.npy`` segs); else None.
     map_dtypes : tuple of numpy dtype
-        The map dtypes it can store: :data:`rwmaps_cli.maps.MAP_DTYPES`, or fewer.
+        The map dtypes it can store: :data:`rwmaps_cli.contract.MAP_DTYPES`, or fewer.
     can_mmap : bool
         Whether :meth:`load_map` can return a read-only memory map.
     """

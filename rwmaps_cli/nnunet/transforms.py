@@ -19,7 +19,8 @@ import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 from torch.nn.functional import interpolate
 
-from ..maps import DEFAULT_ENGINE, DEFAULT_KIND, compute_maps
+from ..contract import DEFAULT_ENGINE, DEFAULT_KIND
+from ..maps import compute_maps
 from ..regions import compute_mask_maps
 
 
