@@ -202,7 +202,7 @@ def bench_dask(shape, n_cases: int) -> None:
     from distributed import Client, LocalCluster
 
     from rwmaps_cli.cluster import run_dask
-    from rwmaps_cli.dataset import find_dataset
+    from rwmaps_cli.inputs.dataset import find_dataset
     from rwmaps_cli.case import process_case
     from rwmaps_cli.manifest import Settings
     from rwmaps_cli.run import run_local

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from .dataset import Case
+from .inputs.dataset import Case
 from .errors import InputError, UnknownLabelsError
 from .formats import LabelVolume, capturing_library_output, read_labels, read_shape, write_map
 from .manifest import DONE, FAILED, CaseResult, Settings, fingerprint

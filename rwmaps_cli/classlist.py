@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .case import scan_case
-from .dataset import Dataset, read_dataset_json, union_of_values
+from .inputs.dataset import Dataset, read_dataset_json, union_of_values
 from .errors import UsageError
 from .manifest import DONE, FAILED, Manifest, Settings
 from .contract import check_classes

@@ -2,7 +2,7 @@
 
 :func:`run_dask` has the contract of :func:`rwmaps_cli.run.run_local`: one record per case,
 in completion order, and a failed record (never an exception) for a case that fails.  Only
-the small :class:`~rwmaps_cli.dataset.Case` (two paths and a name) and the record travel
+the small :class:`~rwmaps_cli.inputs.dataset.Case` (two paths and a name) and the record travel
 through the scheduler: each worker reads its own labels and writes its own map by path, so
 the workers must see the same filesystem as this machine (paths are made absolute).
 
@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 
-from .dataset import Case
+from .inputs.dataset import Case
 from .errors import UsageError
 from .manifest import FAILED, CaseResult
 from .run import WORKER_DIED, BatchSizer, Stop, run_batch, unreported, usable_cores

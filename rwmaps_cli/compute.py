@@ -27,14 +27,14 @@ import numpy as np
 from .case import case_memory_need, case_voxels, map_channels, process_case
 from .classlist import listing, refuse_unseen_classes, settle_classes, settle_deferred_classes, \
     unseen_classes
-from .dataset import Case, Dataset, default_output, find_dataset
+from .inputs.dataset import Case, Dataset, default_output, find_dataset
 from .errors import InputError, UsageError
 from .formats import DEFAULT_FORMAT, OUTPUT_DTYPES, OUTPUT_STORES_CLASSES, clean_temporaries, output_is_compressed
 from .lock import folder_lock
 from .manifest import DEFAULT_DTYPE, DEFAULT_SPACING, DONE, FAILED, CaseResult, Manifest, Settings
 from .mapfile import map_info
 from .contract import DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_MAX_CLASSES, check_layout
-from .nnunet.preprocessed import is_preprocessed_folder
+from .inputs.nnunet_preprocessed import is_preprocessed_folder
 from .resume import is_done, manifest_source, open_manifest
 from .run import NoBar, Stop, run_local, threads_per_case, usable_cores
 from .workers import start_worker_server, start_workers
@@ -73,7 +73,7 @@ class Request:
     the union of the values in all inputs (:mod:`rwmaps_cli.classlist`).  ``scheduler``: a Dask
     scheduler address, a scheduler file, or ``"local"``; None runs local processes.
     ``include`` / ``exclude``: glob patterns choosing the label files
-    (:func:`~rwmaps_cli.dataset.find_dataset`).  ``strict``: refuse, before any work, a given
+    (:func:`~rwmaps_cli.inputs.dataset.find_dataset`).  ``strict``: refuse, before any work, a given
     class list with values in no case (one extra read of every case).  ``space_check``: refuse
     to start when the maps would not fit on the output file system.  ``part``:
     ``(part_id, num_parts)``, only the cases at positions ``part_id``, ``part_id +

@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
-from .dataset import Case, Dataset
+from .inputs.dataset import Case, Dataset
 from .errors import UsageError
 from .manifest import (
     MANIFEST_NAME,
@@ -25,7 +25,7 @@ from .manifest import (
     part_manifest_name,
 )
 from .mapfile import map_is_complete
-from .nnunet.preprocessed import plans_fingerprint
+from .inputs.nnunet_preprocessed import plans_fingerprint
 
 
 # The option a user typed for each manifest parameter, to name it when a rerun differs.

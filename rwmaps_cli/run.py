@@ -20,7 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import replace
 from statistics import median
 
-from .dataset import Case
+from .inputs.dataset import Case
 from .manifest import FAILED, CaseResult
 from .workers import executor as _executor
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .case import case_maps, case_memory_need, case_voxels, channel_labels, map_channels
-from .dataset import Case, Dataset, find_dataset
+from .inputs.dataset import Case, Dataset, find_dataset
 from .errors import InputError, UsageError
 from .formats import (
     DEFAULT_FORMAT,

@@ -37,15 +37,19 @@ def test_the_package_and_the_command_start_light():
     assert _loaded_after("import rwmaps_cli.__main__, rwmaps_cli.workers", ("numpy", "click", "joblib")) == []
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(REPO).with_suffix("").parts
+def _module_name(path: Path, root: Path = PACKAGE) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _top_level_imports(path: Path) -> set[str]:
-    """rwmaps_cli modules ``path`` imports, at module level or inside a function: an import
+def _modules(root: Path = PACKAGE) -> dict[str, Path]:
+    return {_module_name(p, root): p for p in root.rglob("*.py")}
+
+
+def _top_level_imports(path: Path, root: Path = PACKAGE) -> set[str]:
+    """Package modules ``path`` imports, at module level or inside a function: an import
     deferred into a function hides a cycle, it does not remove it."""
-    name = _module_name(path)
+    name = _module_name(path, root)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
@@ -55,50 +59,139 @@ def _top_level_imports(path: Path) -> set[str]:
                 target = f"{base}.{node.module}" if node.module else base
             else:
                 target = node.module or ""
-            if target.startswith("rwmaps_cli"):
+            if target.startswith(root.name):
                 found.add(target)
                 found.update(f"{target}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names if alias.name.startswith("rwmaps_cli"))
+            found.update(alias.name for alias in node.names if alias.name.startswith(root.name))
     return found
 
 
-def test_no_import_cycle():
-    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
-    graph = {name: {m for m in _top_level_imports(path) if m in modules and m != name}
-             for name, path in modules.items()}
-    # A package's __init__ is imported before its modules: an edge into a package is an edge
-    # into its __init__, which is how Python resolves it; cycles through it count.
+def _find_cycle(graph: dict[str, set[str]], allowed=lambda node, nxt: False) -> list[str] | None:
+    """A cycle of ``graph`` as a list of nodes (first = last), or None."""
     state: dict[str, int] = {}
 
-    def visit(node: str, trail: list[str]) -> None:
+    def visit(node: str, trail: list[str]) -> list[str] | None:
         state[node] = 1
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1 and not (nxt in trail and node.startswith(nxt + ".")):
-                raise AssertionError(f"import cycle: {' -> '.join(trail[trail.index(nxt):] + [nxt])}")
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1 and not allowed(node, nxt):
+                return trail[trail.index(nxt):] + [nxt]
             if nxt not in state:
-                visit(nxt, trail + [nxt])
+                found = visit(nxt, trail + [nxt])
+                if found:
+                    return found
         state[node] = 2
+        return None
 
     for name in sorted(graph):
         if name not in state:
-            visit(name, [name])
+            found = visit(name, [name])
+            if found:
+                return found
+    return None
+
+
+def test_no_import_cycle():
+    modules = _modules()
+    graph = {name: {m for m in _top_level_imports(path) if m in modules and m != name}
+             for name, path in modules.items()}
+    # A package's __init__ is imported before its modules: an edge into a package is an edge
+    # into its __init__, which is how Python resolves it; cycles through it count (but a
+    # module importing its own package's __init__ is Python's normal order).
+    cycle = _find_cycle(graph, allowed=lambda node, nxt: node.startswith(nxt + "."))
+    assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
+
+
+def package_graph(root: Path = PACKAGE) -> dict[str, dict[str, str]]:
+    """The import graph of the package's top-level entries (its modules and subpackages).
+
+    ``graph[a][b]`` is one module-level import that makes entry ``a`` import entry ``b``
+    (for the message).  The package's own ``__init__`` is its face, not an entry.
+    """
+    modules = _modules(root)
+
+    def entry(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 1 else None
+
+    graph: dict[str, dict[str, str]] = {}
+    for name, path in modules.items():
+        source = entry(name)
+        if source is None:
+            continue
+        graph.setdefault(source, {})
+        for target in sorted(_top_level_imports(path, root), reverse=True):  # the most specific name first
+            if target in modules and entry(target) not in (None, source):
+                graph[source].setdefault(entry(target), f"{name} imports {target}")
+    return graph
+
+
+def package_cycle(root: Path = PACKAGE) -> str | None:
+    """The first cycle between the package's top-level entries, explained, or None."""
+    graph = package_graph(root)
+    cycle = _find_cycle({node: set(edges) for node, edges in graph.items()})
+    if cycle is None:
+        return None
+    return " -> ".join(cycle) + " (" + "; ".join(graph[a][b] for a, b in zip(cycle, cycle[1:])) + ")"
+
+
+def test_no_two_top_level_entries_import_each_other():
+    """Packages import in one direction: formats/ and nnunet/ used to import each other
+    (the seg reader needed nnunet.plans; nnunet.preprocessed the seg reader), which the
+    module-level test above cannot see."""
+    cycle = package_cycle()
+    assert cycle is None, f"top-level entries import each other: {cycle}"
+
+
+def test_the_package_cycle_check_can_fail(tmp_path):
+    root = tmp_path / "pkg"
+    for folder in ("readers", "training"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "__init__.py").write_text("")
+    (root / "__init__.py").write_text("")
+    (root / "readers" / "seg.py").write_text("from ..training import plans\n")
+    (root / "training" / "plans.py").write_text("X = 1\n")
+    (root / "training" / "folder.py").write_text("from pkg.readers.seg import *\n")
+    (root / "errors.py").write_text("")
+    assert package_cycle(root) == ("readers -> training -> readers (pkg.readers.seg imports pkg.training.plans; "
+                                   "pkg.training.folder imports pkg.readers.seg)")
+    (root / "training" / "folder.py").write_text("from pkg import errors\n")
+    assert package_cycle(root) is None
+
+
+SUFFIX = re.compile(r"[^\s]*\.(?:nii|npy|npz|mha|mhd|nrrd|nhdr|png|tiff?|b2nd)(?:\.gz)?$")
+#: Keyword arguments whose strings only show the user an example (click's help texts).
+HELP_TEXT = {"help", "metavar"}
+
+
+def suffix_knowledge(source: str) -> list[int]:
+    """Lines of ``source`` whose code knows a file suffix: a string literal that is or ends
+    with one (outside a click help text or metavar), or an ``endswith`` call."""
+    tree = ast.parse(source)
+    shown = {id(node) for call in ast.walk(tree) if isinstance(call, ast.Call)
+             for keyword in call.keywords if keyword.arg in HELP_TEXT for node in ast.walk(keyword.value)}
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in shown \
+                and SUFFIX.search(node.value.strip("'\"")):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Attribute) and node.attr == "endswith":
+            lines.append(node.lineno)
+    return sorted(set(lines))
 
 
 def test_no_module_outside_formats_knows_a_file_suffix():
-    """Only rwmaps_cli/formats/ branches on a suffix; cli.py's help texts aside."""
-    suffix = re.compile(r"""["'][^"'\s]*\.(?:nii|npy|npz|mha|mhd|nrrd|nhdr|png|tiff?|b2nd)(?:\.gz)?["']""")
-    offenders = []
-    for path in PACKAGE.rglob("*.py"):
-        if "formats" in path.relative_to(PACKAGE).parts or path.name == "cli.py":
-            continue
-        if path.relative_to(PACKAGE).as_posix() == "nnunet/synthetic.py":
-            continue  # writes a made-up nnU-Net raw dataset for tests and benchmarks; reads no file
-        for number, line in enumerate(path.read_text().splitlines(), 1):
-            code = line.split("#")[0]
-            if suffix.search(code) or re.search(r"endswith\(", code):
-                offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    """Only rwmaps_cli/formats/ knows a file suffix; a help text may show one."""
+    offenders = [f"{path.relative_to(REPO)}:{line}" for path in sorted(PACKAGE.rglob("*.py"))
+                 if "formats" not in path.relative_to(PACKAGE).parts
+                 for line in suffix_knowledge(path.read_text())]
     assert not offenders, "\n".join(offenders)
+
+
+def test_the_suffix_check_can_fail():
+    assert suffix_knowledge('x = f"{case}.nii.gz"\nif name.endswith(ending): pass\n') == [1, 2]
+    assert suffix_knowledge('y = "labels.png"\n') == [1]
+    assert suffix_knowledge('@click.option("--png", metavar="OUT.png", help="e.g. a.nii.gz")\ndef f(): ...\n') == []
 
 
 def test_cli_holds_no_policy():
@@ -107,11 +200,10 @@ def test_cli_holds_no_policy():
     assert "in record" not in source and "in result.error" not in source  # no matching of error texts
 
 
-#: What rwmaps_cli/formats/ may import from outside itself: the errors, the contract (which
-#: owns the layouts and map dtypes a file stores) and the plans JSON reader its nnU-Net seg
-#: format takes the voxel sizes from.  All are leaves: they import nothing of rwmaps_cli
-#: beyond rwmaps_cli.errors, so formats/ stays below every other module.
-BELOW_FORMATS = {"rwmaps_cli.errors", "rwmaps_cli.contract", "rwmaps_cli.nnunet.plans"}
+#: What rwmaps_cli/formats/ may import from outside itself: the errors and the contract (which
+#: owns the layouts and map dtypes a file stores).  Both are leaves: they import nothing of
+#: rwmaps_cli beyond rwmaps_cli.errors, so formats/ stays below every other module.
+BELOW_FORMATS = {"rwmaps_cli.errors", "rwmaps_cli.contract"}
 
 
 def _module_imports(name: str) -> set[str]:
@@ -128,8 +220,6 @@ def test_formats_import_nothing_above_them():
         offenders += [f"{name} imports {m}" for m in sorted(above)]
     for leaf in sorted(BELOW_FORMATS):
         offenders += [f"{leaf} (below formats/) imports {m}" for m in sorted(_module_imports(leaf) - {"rwmaps_cli.errors"})]
-    # rwmaps_cli.nnunet.plans is reached through its package: that __init__ must import nothing.
-    offenders += [f"rwmaps_cli.nnunet imports {m}" for m in sorted(_module_imports("rwmaps_cli.nnunet"))]
     assert not offenders, "\n".join(offenders)
 
 

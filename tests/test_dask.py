@@ -130,7 +130,7 @@ def test_a_worker_killed_mid_case_does_not_lose_the_run(cluster, tmp_path, dies)
     """Case c2 kills its worker once (then it is retried elsewhere), or on every worker (then it
     fails after one retry, with a clear one-line error); the other cases complete either way."""
     from rwmaps_cli.cluster import run_dask
-    from rwmaps_cli.dataset import find_dataset
+    from rwmaps_cli.inputs.dataset import find_dataset
 
     for i in range(6):
         write_nifti(tmp_path / "labels" / f"c{i}.nii.gz", blobs((20, 24, 12), 4, seed=i))

@@ -13,7 +13,7 @@ import pytest
 from helpers import blobs, dead_pid, run_rwmaps, write_nifti
 
 from rwmaps_cli import __version__
-from rwmaps_cli.dataset import Case
+from rwmaps_cli.inputs.dataset import Case
 from rwmaps_cli.formats import TMP_MARKER
 from rwmaps_cli.manifest import CaseResult, read_folder_manifest
 from rwmaps_cli.run import WORKER_DIED, run_local

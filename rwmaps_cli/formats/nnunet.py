@@ -12,8 +12,8 @@ marks voxels outside the nonzero crop, which training turns into background 0.  
 imported only to read ``.b2nd`` (it comes with the ``nnunet`` extra).
 
 This module owns the file names; what a preprocessed folder is (its plans, classes, where
-its maps go) is ``rwmaps_cli/nnunet/preprocessed.py``.  The voxel sizes come from the plans
-beside the folder (``rwmaps_cli/nnunet/plans.py``, which imports nothing above ``errors``).
+its maps go) is ``rwmaps_cli/inputs/nnunet_preprocessed.py``.  The voxel sizes come from the plans
+beside the folder (``rwmaps_cli/formats/nnunet_plans.py``, which imports nothing above ``errors``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from rwmaps_cli.errors import InputError, PreprocessedError
-from rwmaps_cli.nnunet.plans import folder_spacing
+from .nnunet_plans import folder_spacing
 
 from .base import FileFormat, LabelVolume, check_ndim, diagonal_affine, one_line
 from .numpy import npy_header

@@ -70,7 +70,7 @@ def train_command(dataset, configuration, fold, trainer, device, plans, continue
                   no_validation):
     """Train DATASET CONFIGURATION FOLD with an RW trainer, as nnUNetv2_train would."""
     _require()
-    from .preprocessed import PreprocessedError
+    from ..inputs.nnunet_preprocessed import PreprocessedError
     from .store import MapsFolderError
     from .train import train
 

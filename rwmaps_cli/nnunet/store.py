@@ -1,7 +1,7 @@
 """The maps folder nnU-Net trains from, as the trainers read it.
 
 ``rwmaps compute --input $nnUNet_preprocessed/DatasetXXX/nnUNetPlans_3d_fullres`` writes it
-(``rwmaps_cli.compute``; the folder is understood by ``rwmaps_cli.nnunet.preprocessed``, the
+(``rwmaps_cli.compute``; the folder is understood by ``rwmaps_cli.inputs.nnunet_preprocessed``, the
 segs read by ``rwmaps_cli.formats.nnunet``)::
 
     nnUNet_preprocessed/DatasetXXX_Name/

@@ -15,7 +15,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..formats import DEFAULT_FORMAT
 from ..synthetic import blob_labels
+
+#: The raw dataset's file ending: the default output format, a NIfTI that nnU-Net reads.
+FILE_ENDING = f".{DEFAULT_FORMAT}"
 
 
 def nested_labels(shape, rng: np.random.Generator) -> np.ndarray:
@@ -42,14 +46,14 @@ def make_dataset(nnunet_raw: str | Path, dataset_id: int, name: str, n_cases: in
         labels = nested_labels(shape, rng) if regions else blob_labels(shape, n_classes, rng)
         image = labels.astype(np.float32) * 100.0 + rng.normal(0.0, 20.0, shape).astype(np.float32) + 50.0
         case = f"case_{i:03d}"
-        nib.save(nib.Nifti1Image(image, affine), folder / "imagesTr" / f"{case}_0000.nii.gz")
-        nib.save(nib.Nifti1Image(labels, affine), folder / "labelsTr" / f"{case}.nii.gz")
+        nib.save(nib.Nifti1Image(image, affine), folder / "imagesTr" / f"{case}_0000{FILE_ENDING}")
+        nib.save(nib.Nifti1Image(labels, affine), folder / "labelsTr" / f"{case}{FILE_ENDING}")
     if regions:
         labels_json: dict = {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enhancing": 3}
     else:
         labels_json = {"background": 0, **{f"class{c}": c for c in range(1, n_classes)}}
     dataset = {"channel_names": {"0": "MRI"}, "labels": labels_json, "numTraining": n_cases,
-               "file_ending": ".nii.gz", "name": name}
+               "file_ending": FILE_ENDING, "name": name}
     if regions:
         dataset["regions_class_order"] = [1, 2, 3]
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=1))

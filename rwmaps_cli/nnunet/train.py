@@ -98,7 +98,7 @@ def build_trainer(dataset: str | int, configuration: str, fold: int | str, train
 
 def _check_maps_early(base: Path, plans: dict, configuration: str, maps) -> None:
     """Read the maps manifest before nnU-Net builds anything, so a missing one is a one-line error."""
-    from .preprocessed import maps_folder_beside, resolve_configuration
+    from ..inputs.nnunet_preprocessed import maps_folder_beside, resolve_configuration
     from .store import read_maps_folder
     from .trainers import MAPS_ENV
 

@@ -30,7 +30,7 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
 from .loader import nnUNetDataLoaderRW
 from .losses import RWCompoundLoss, RWDeepSupervisionLoss
-from .preprocessed import maps_folder_beside
+from ..inputs.nnunet_preprocessed import maps_folder_beside
 from .store import MapsFolder, MapsFolderError, read_maps_folder
 from .transforms import DownsampleMapForDSTransform, MapTargetTransform
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
-from .regions import LabelSpec, LabelSpecError, read_label_spec
-from .formats import LABEL_SUFFIXES, label_suffix, output_path
-from .nnunet.preprocessed import PreprocessedError, check_output, is_preprocessed_folder, list_cases, open_preprocessed
-from .nnunet.preprocessed import maps_folder_beside
+from ..errors import UsageError
+from ..regions import LabelSpec, LabelSpecError, read_label_spec
+from ..formats import LABEL_SUFFIXES, label_suffix, output_path
+from .nnunet_preprocessed import PreprocessedError, check_output, is_preprocessed_folder, list_cases, open_preprocessed
+from .nnunet_preprocessed import maps_folder_beside
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ sits beside ``<plans>.json``; the configuration whose ``data_identifier`` is the
 name says how its arrays were made (patch size, target spacing).  This module imports
 nothing of rwmaps but its errors, so the seg reader in ``rwmaps_cli/formats/nnunet.py``
 can take the spacing from here without depending on the folder model above it
-(``rwmaps_cli/nnunet/preprocessed.py``).
+(``rwmaps_cli/inputs/nnunet_preprocessed.py``).
 """
 
 from __future__ import annotations

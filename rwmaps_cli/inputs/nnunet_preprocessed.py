@@ -4,7 +4,7 @@ A configuration folder is ``nnUNet_preprocessed/DatasetXXX_Name/<plans>_<cfg>`` 
 example ``nnUNetPlans_3d_fullres``), beside ``<plans>.json`` and ``dataset.json``.  This
 module says whether a folder is one, what its plans and ``dataset.json`` say, which cases
 it holds, and where its maps go.  The seg files themselves are read by the label format
-``rwmaps_cli/formats/nnunet.py``; the plans JSON by ``rwmaps_cli/nnunet/plans.py``.
+``rwmaps_cli/formats/nnunet.py``; the plans JSON by ``rwmaps_cli/formats/nnunet_plans.py``.
 
 Maps never go inside the configuration folder: nnU-Net takes every ``*.npz`` and every
 ``*.b2nd`` not ending in ``_seg`` there as a case, and re-running preprocessing deletes
@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import PreprocessedError
 from ..formats.nnunet import find_segs, read_seg, seg_storage
 from ..regions import LabelSpec, read_label_spec
-from .plans import find_plans, resolve_configuration, spacing_for
+from ..formats.nnunet_plans import find_plans, resolve_configuration, spacing_for
 
 #: Suffix of the default maps folder, a sibling of the configuration folder.
 MAPS_SUFFIX = "_rwmaps"
