@@ -165,7 +165,8 @@ def bench_manifest(sizes: list[int], root: Path) -> None:
     """The options for recording a case, each timed on its n-th case (median of 50)."""
     import json
 
-    from rwmaps_cli.manifest import CaseResult, Manifest, Settings
+    from rwmaps_cli.manifest import Manifest, Settings
+    from rwmaps_cli.results import CaseResult
 
     print("\n## recording one case in the manifest, after n cases (ms per case, median of 50)")
     print("| n | rewrite, indent=1 (0.1) | rewrite, no indent | rewrite every 100 cases | journal line (0.2) |")

@@ -19,7 +19,8 @@ import numpy as np
 from .inputs.dataset import Case
 from .errors import InputError, UnknownLabelsError
 from .formats import LabelVolume, capturing_library_output, read_labels, read_shape, write_map
-from .manifest import DONE, FAILED, CaseResult, Settings, fingerprint
+from .manifest import Settings, fingerprint
+from .results import DONE, FAILED, SCANNED, CaseResult
 from .maps import compute_maps, unique_labels
 from .regions import compute_region_maps
 
@@ -32,22 +33,20 @@ def case_voxels(case: Case) -> int:
         return 0
 
 
+class HeaderVoxels(dict):
+    """Voxels of each case by name, read from its header the first time they are asked for:
+    while the workers compute, so that 100,000 small cases do not wait for 100,000 header
+    reads before the first starts."""
+
+    def of(self, case: Case) -> int:
+        if case.name not in self:
+            self[case.name] = case_voxels(case)
+        return self[case.name]
+
+
 def case_memory_need(voxels: int, settings: Settings) -> int:
     """Estimated peak bytes of a case of ``voxels`` voxels: its map plus input and four float32 volumes."""
-    return voxels * (map_channels(settings) * np.dtype(settings.dtype).itemsize + 4 * 4 + 8)
-
-
-def map_channels(settings: Settings) -> int:
-    """Channels of a stored map: 1 compact, one per region, else one per class."""
-    if settings.layout == "compact":
-        return 1
-    return len(settings.regions) if settings.regions is not None else len(settings.classes)
-
-
-def channel_labels(settings: Settings) -> list[int]:
-    """What a map file records for its channels: the class values (or the compact map's
-    class list); for regions, their indices (the regions themselves are in the manifest)."""
-    return list(range(len(settings.regions))) if settings.regions is not None else list(settings.classes)
+    return voxels * (settings.map_channels * np.dtype(settings.dtype).itemsize + 4 * 4 + 8)
 
 
 def case_maps(volume: LabelVolume, settings: Settings, threads: int = 1, dtype: str | None = None) -> np.ndarray:
@@ -88,7 +87,7 @@ def process_case(case: Case, settings: Settings, threads: int = 1, max_classes: 
             raise InputError(_too_many_values(len(values), max_classes))
         own = settings if settings.classes else replace(settings, classes=_own_classes(values, settings.ignore_label))
         data = case_maps(volume, own, threads)
-        write_map(case.output, data, volume, channel_labels(own), settings.kind, layout=settings.layout,
+        write_map(case.output, data, volume, own.channel_labels, settings.kind, layout=settings.layout,
                   threads=threads)
         return {"status": DONE, "shape": list(data.shape), "values": values, "input_stat": input_stat,
                 "map_stat": fingerprint(case.output, inode=True)}
@@ -104,7 +103,7 @@ def _own_classes(values: list[int], ignore_label: int | None) -> tuple[int, ...]
 
 
 def _too_many_values(found: int, max_classes: int) -> str:
-    return (f"{found} distinct values (more than --max-classes {max_classes}); "
+    return (f"{found} distinct values (more than `max_classes={max_classes}`); "
             "is this an image rather than a label map?")
 
 
@@ -115,7 +114,7 @@ def scan_case(case: Case, max_classes: int) -> CaseResult:
         values = unique_labels(read_labels(case.input, reader=case.reader).array)
         if len(values) > max_classes:
             raise InputError(_too_many_values(len(values), max_classes))
-        return {"status": "scanned", "values": [int(v) for v in values]}
+        return {"status": SCANNED, "values": [int(v) for v in values]}
 
     return contained(case.name, scan)
 

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from .case import scan_case
 from .inputs.dataset import Dataset, read_dataset_json, union_of_values
 from .errors import UsageError
-from .manifest import DONE, FAILED, Manifest, Settings
+from .manifest import Manifest, Settings
+from .results import DONE, FAILED, SCANNED
 from .contract import check_classes
 
 
@@ -55,8 +56,8 @@ def scan_values(dataset: Dataset, ignore_label, max_classes, runner, progress, s
         return [0], ignore_label, {}
     classes = [v for v in union_of_values(values) if v != ignore_label]
     if len(classes) > max_classes:
-        raise UsageError(f"the inputs hold {len(classes)} distinct label values, more than --max-classes "
-                         f"{max_classes}: are some of them images? Pass --classes, or raise --max-classes")
+        raise UsageError(f"the inputs hold {len(classes)} distinct label values, more than "
+                         f"`max_classes={max_classes}`: are some of them images? Pass `classes`, or raise `max_classes`")
     return classes, ignore_label, failed  # empty when no label file could be read: each failed alone
 
 
@@ -72,14 +73,14 @@ def settle_deferred_classes(manifest: Manifest, max_classes: int) -> tuple[int, 
 
 def refuse_unseen_classes(dataset: Dataset, settings: Settings, max_classes, runner, progress, stop) -> None:
     found = {}
-    bar = progress(len(dataset.cases), "scanning labels (--strict)")
+    bar = progress(len(dataset.cases), "scanning labels (`strict=True`)")
     for result in runner(dataset.cases, scan_case, max_classes=max(max_classes, 1 << 16), stop=stop):
         bar.update()
-        found[result.name] = result.values if result.status == "scanned" else []
+        found[result.name] = result.values if result.status == SCANNED else []
     bar.close()
     unseen = unseen_classes(settings.classes, list(found.values()))
     if unseen and not stop:
-        raise UsageError(f"--strict: class values {listing(unseen)} occur in no case under {dataset.labels_dir} "
+        raise UsageError(f"`strict=True`: class values {listing(unseen)} occur in no case under {dataset.labels_dir} "
                          "(their channels would be constant)")
 
 

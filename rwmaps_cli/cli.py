@@ -1,7 +1,13 @@
-"""The ``rwmaps`` command: a thin shell around the kernels, the readers and the runner."""
+"""The ``rwmaps`` command: click options in, one service call, lines out.
+
+The services (``compute.py``, ``verify.py``, ``inspect/``) hold the policy and name their
+options as Python spells them, in backquotes (``space_check=False``); :func:`in_flags`
+turns each into the flag a user of this command typed (``--no-space-check``).
+"""
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -12,19 +18,39 @@ from tqdm import tqdm
 from . import __version__
 from .errors import UsageError
 from .formats import DEFAULT_FORMAT, LAYOUTS, OUTPUT_FORMATS
-from .manifest import DEFAULT_DTYPE, DEFAULT_SPACING, DTYPES, MANIFEST_NAME, SPACINGS
-from .contract import DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_MAX_CLASSES, ENGINES, KINDS
-from .run import usable_cores
+from .contract import DEFAULT_DTYPE, DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_MAX_CLASSES, DTYPE_NAMES, ENGINES, KINDS
+from .manifest import DEFAULT_SPACING, SPACINGS
+
+
+#: The flag of each service option whose name is not its flag's (``output_dir`` is ``--output``).
+FLAG_OF_OPTION = {"input_dir": "--input", "output_dir": "--output", "fmt": "--format", "classes_text": "--classes"}
+_OPTION = re.compile(r"`(?P<name>[a-z][a-z_]*)(?:=(?P<value>[^`]*))?`")
+
+
+def in_flags(message: str) -> str:
+    """``message`` with each service option (```name=value```) written as its flag.
+
+    ```space_check=False``` becomes ``--no-space-check``, ```strict=True``` ``--strict``,
+    ```layout=compact``` ``--layout compact`` and ```classes``` ``--classes``.
+    """
+    def flag(match: re.Match) -> str:
+        option = FLAG_OF_OPTION.get(match["name"], "--" + match["name"].replace("_", "-"))
+        value = match["value"]
+        if value == "False":
+            return "--no-" + option[2:]
+        return option if value in (None, "True") else f"{option} {value}"
+
+    return _OPTION.sub(flag, message)
 
 
 class _Usage(click.ClickException):
     """A usage error found before any work: one line, exit code 2, in the style of every
-    other line rwmaps prints (``rwmaps: ...``)."""
+    other line rwmaps prints (``rwmaps: ...``), with the command's flags."""
 
     exit_code = 2
 
     def show(self, file=None) -> None:
-        click.echo(f"rwmaps: {self.format_message()}", err=True)
+        click.echo(f"rwmaps: {in_flags(self.format_message())}", err=True)
 
 
 EXIT_ON_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as shells report it
@@ -73,7 +99,7 @@ def _quiet_libraries() -> None:
                    "[default: 3D maps]")
 @click.option("--engine", type=click.Choice(ENGINES), default=DEFAULT_ENGINE, show_default=True,
               help="edt: one multi-label distance transform for all classes; scipy: one per class (reference).")
-@click.option("--dtype", type=click.Choice(DTYPES), default=DEFAULT_DTYPE, show_default=True,
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default=DEFAULT_DTYPE, show_default=True,
               help="Data type of the maps; float16 only with --format npz or npy (NIfTI has no float16).")
 @click.option("--ignore-label", type=int, default=None,
               help="Label value that gets 0 in every channel and no channel of its own.  "
@@ -141,7 +167,7 @@ def compute(input_dir, output_dir, kind, fmt, layout, classes_text, num_classes,
     except UsageError as error:
         raise _Usage(str(error)) from None
     for hint in outcome.hints:
-        click.echo(f"rwmaps: hint: {hint}", err=True)
+        click.echo(f"rwmaps: hint: {in_flags(hint)}", err=True)
     if outcome.stopped:
         why = "no space left on the output file system" if outcome.stopped == "disk full" else outcome.stopped
         click.echo(f"rwmaps: stopped ({why}): {outcome.done} done, {outcome.not_finished} not finished; "
@@ -191,13 +217,13 @@ def _class_list(classes_text: str | None, num_classes: int | None) -> list[int] 
 
 
 def _report_failure(path: Path, result, debug: bool) -> None:
-    click.echo(f"rwmaps: {path}: {result.error}", err=True)
+    click.echo(f"rwmaps: {path}: {in_flags(result.error)}", err=True)
     if debug and result.traceback:
         click.echo(result.traceback, err=True)
 
 
 def _progress(total: int, description: str, quiet: bool) -> tqdm:
-    return tqdm(total=total, desc=description, unit="case", file=sys.stderr,
+    return tqdm(total=total, desc=in_flags(description), unit="case", file=sys.stderr,
                 disable=quiet or not sys.stderr.isatty(), leave=False)
 
 
@@ -238,7 +264,7 @@ def inspect_command(file, as_json, png, axis, slice_index, max_classes) -> None:
     try:
         info = describe(file, max_classes=max_classes)
     except InputError as error:
-        click.echo(f"rwmaps: {file}: {error}", err=True)
+        click.echo(f"rwmaps: {file}: {in_flags(str(error))}", err=True)
         sys.exit(1)
     if png is not None:
         try:
@@ -251,7 +277,7 @@ def inspect_command(file, as_json, png, axis, slice_index, max_classes) -> None:
     try:
         drawn = draw_png(file, png, axis=axis, index=slice_index, max_classes=max_classes)
     except InputError as error:
-        click.echo(f"rwmaps: {file}: {error}", err=True)
+        click.echo(f"rwmaps: {file}: {in_flags(str(error))}", err=True)
         sys.exit(1)
     except OSError as error:  # the PNG cannot be written
         click.echo(f"rwmaps: {png}: cannot write ({error.strerror or error})", err=True)
@@ -292,12 +318,12 @@ def verify_command(input_dir, output_dir, sample, jobs, quiet) -> None:
 
     start = time.perf_counter()
     try:
-        report = verify(input_dir, output_dir, sample=sample, jobs=jobs or usable_cores(),
+        report = verify(input_dir, output_dir, sample=sample, jobs=jobs,
                         progress=lambda total, description: _progress(total, description, quiet))
     except UsageError as error:
         raise _Usage(str(error)) from None
     for problem in report.problems:
-        click.echo(problem)
+        click.echo(in_flags(problem))
     if not quiet:
         outcome = (f"{len(report.problems)} problem{'s' if len(report.problems) != 1 else ''}"
                    if report.problems else "all is well")
@@ -321,4 +347,4 @@ def main() -> None:
     cli(prog_name="rwmaps")
 
 
-__all__ = ["cli", "main", "MANIFEST_NAME"]
+__all__ = ["cli", "main"]

@@ -38,12 +38,12 @@ from dataclasses import replace
 
 from .inputs.dataset import Case
 from .errors import UsageError
-from .manifest import FAILED, CaseResult
+from .results import FAILED, CaseResult
 from .run import WORKER_DIED, BatchSizer, Stop, run_batch, unreported, usable_cores
 
 CONNECT_TIMEOUT = 10  # seconds to reach a scheduler before giving up with a usage error
 POLL_SECONDS = 0.25  # how often to look for new workers (adaptive clusters) and for a stop while cases wait
-MISSING_DASK = "--scheduler needs Dask: pip install -e '.[dask]' in the rwmaps clone"
+MISSING_DASK = "`scheduler` needs Dask: pip install -e '.[dask]' in the rwmaps clone"
 
 
 def run_dask(cases: list[Case], work: Callable[..., CaseResult], scheduler, jobs: int | None = None,
@@ -120,7 +120,7 @@ def _connect(distributed, scheduler: str):
         reason = f"cannot connect ({type(error).__name__}: {_one_line(error)})"
     # Raised outside the except blocks, so the half-made Client is released now and no
     # traceback is chained to the one-line error.
-    raise UsageError(f"--scheduler {scheduler}: {reason}")
+    raise UsageError(f"`scheduler={scheduler}`: {reason}")
 
 
 def _scheduler_address(distributed, scheduler: str) -> str:
@@ -139,7 +139,7 @@ def _scheduler_address(distributed, scheduler: str) -> str:
         except (ValueError, TypeError) as error:
             problem = f"{_one_line(error)}; expected tcp://HOST:PORT, a scheduler file, or 'local'"
     if problem is not None:
-        raise UsageError(f"--scheduler {scheduler}: {problem}")
+        raise UsageError(f"`scheduler={scheduler}`: {problem}")
     return address
 
 

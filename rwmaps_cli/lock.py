@@ -100,8 +100,8 @@ def _write_holder(file, part: tuple[int, int] | None) -> None:
 def _refusal(folder: Path, what: str, lock_file: Path | None = None) -> str:
     holders = [_holder(lock_file)] if lock_file else _live_holders(folder)
     named = "; ".join(h for h in holders if h) or "its writer could not be named"
-    return (f"{folder}: {what} ({named}). Wait for it to finish, or use another --output; parts of one "
-            "job array share a folder with --num-parts/--part-id")
+    return (f"{folder}: {what} ({named}). Wait for it to finish, or use another `output_dir`; parts of one "
+            "job array share a folder with `num_parts` and `part_id`")
 
 
 def _holder(path: Path) -> str | None:

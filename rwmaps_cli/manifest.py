@@ -1,8 +1,8 @@
 """``rwmaps.json``: what a run was asked for, and what became of each case.
 
 This module owns the schema: :class:`Settings` (the parameters that decide the maps)
-to and from the manifest's header, :class:`CaseResult` (what a worker reports for one
-case), the per-case entries, and the one parser, :func:`read_manifest`.
+to and from the manifest's header, the per-case entries made from a worker's
+:class:`~rwmaps_cli.results.CaseResult`, and the one parser, :func:`read_manifest`.
 
 A run records each finished case by appending one line to a journal beside the manifest
 (``rwmaps.journal``: JSON lines, one ``write`` each, so a case costs the same whether it is
@@ -27,14 +27,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import UsageError
+from .results import DONE, FAILED, CaseResult
 from .lock import PARTS_FOLDER, part_file_name
 from .formats import DEFAULT_FORMAT, LAYOUTS, OUTPUT_FORMATS, SCHEMA, atomic_path
-from .contract import DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, ENGINES, KINDS
+from .contract import DEFAULT_DTYPE, DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DTYPE_NAMES, ENGINES, KINDS
 
 MANIFEST_NAME = "rwmaps.json"
 PART_MANIFEST_GLOB = "rwmaps.part-*-of-*.json"  # one per part of a job array, in PARTS_FOLDER: no two writers share a file
 JOURNAL_SUFFIX = ".journal"  # rwmaps.json -> rwmaps.journal, beside it
-DONE, FAILED = "done", "failed"  # a case's status in the manifest
 # What manifest_text writes between the header and the first case, and the header key that
 # says the case lines are sorted by name (those of rwmaps 0.1 are not).
 CASES_OPENING = ',\n "cases": {'
@@ -47,8 +47,6 @@ def part_manifest_name(part: int, parts: int) -> str:
     return part_file_name(part, parts, ".json")
 
 
-DTYPES = ("float32", "float16")  # --dtype
-DEFAULT_DTYPE = DTYPES[0]
 SPACINGS = ("voxel", "physical")  # --spacing: distances in voxels (as the paper) or in mm from the header
 DEFAULT_SPACING = SPACINGS[0]
 
@@ -67,6 +65,19 @@ class Settings:
     ignore_label: int | None = None
     layout: str = DEFAULT_LAYOUT  # "full": (C, *spatial); "compact": (*spatial), rrw only
     regions: tuple[tuple[int, ...], ...] | None = None  # one channel per region (nnU-Net's region-based datasets)
+
+    @property
+    def map_channels(self) -> int:
+        """Channels of a stored map: 1 compact, one per region, else one per class."""
+        if self.layout == "compact":
+            return 1
+        return len(self.regions) if self.regions is not None else len(self.classes)
+
+    @property
+    def channel_labels(self) -> list[int]:
+        """What a map file records for its channels: the class values (or the compact map's
+        class list); for regions, their indices (the regions themselves are in the manifest)."""
+        return list(range(len(self.regions))) if self.regions is not None else list(self.classes)
 
     def to_parameters(self) -> dict:
         """The manifest's ``parameters``: what a rerun must share to reuse earlier maps
@@ -105,33 +116,11 @@ class Settings:
             raise ValueError(f"lacks parameter {error}") from None
         except (TypeError, ValueError) as error:
             raise ValueError(f"has invalid parameters ({error})") from None
-        if (settings.kind not in KINDS or settings.spacing not in SPACINGS or settings.dtype not in DTYPES
+        if (settings.kind not in KINDS or settings.spacing not in SPACINGS or settings.dtype not in DTYPE_NAMES
                 or settings.fmt not in OUTPUT_FORMATS or settings.layout not in LAYOUTS
                 or (not settings.classes and settings.layout != "compact")):
             raise ValueError(f"has invalid parameters {parameters}")
         return settings
-
-
-@dataclass
-class CaseResult:
-    """What a worker reports for one case; never an exception.
-
-    ``status`` is ``"done"`` (map written), ``"failed"`` (``error`` says why in one line),
-    ``"scanned"`` (label values listed in ``values``) or ``"checked"`` (``problems``).
-    """
-
-    name: str
-    status: str
-    error: str | None = None
-    seconds: float | None = None
-    shape: list[int] | None = None
-    values: list[int] | None = None
-    problems: list[str] = field(default_factory=list)
-    traceback: str | None = None
-    unknown_labels: bool = False  # failed because labels hold values outside the class list
-    disk_full: bool = False  # failed because the output file system is full
-    input_stat: dict | None = None  # the input's fingerprint, taken by the worker before it read it
-    map_stat: dict | None = None  # the written map's fingerprint, taken by the worker after the rename
 
 
 class NewerSchemaError(ValueError):

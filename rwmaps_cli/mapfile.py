@@ -234,7 +234,7 @@ def _check_outside_applies(layout: str, expand: bool, outside) -> None:
     if np.any(np.asarray(outside, dtype=np.float64) != 1.0):
         what = "a full map, whose outside values are in the file" if layout == "full" else "expand=False"
         raise ValueError(f"outside= applies when a compact map is expanded, not to {what}; compute a compact map "
-                         "(--layout compact) or call rwmaps_cli.expand_map on the labels")
+                         "(layout='compact') or call rwmaps_cli.expand_map on the labels")
 
 
 def _meta(path: Path, info: MapInfo, record: MapRecord | None) -> MapMeta:

@@ -3,17 +3,20 @@
 The policy of ``rwmaps compute`` over what earlier runs left: the same parameters reuse the
 maps (other parameters are refused, or recomputed with ``--overwrite``); a case is done when
 its entry says so for the same input and its map is the file that was written
-(:func:`is_done`: two ``stat`` calls); a plain run takes the parts' manifests over.
+(:func:`is_done`: two ``stat`` calls); a plain run takes the parts' manifests over; after a
+stop, a map a worker renamed into place but could not report is done, not lost
+(:func:`written_before_the_stop`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 from . import __version__
 from .inputs.dataset import Case, Dataset
-from .errors import UsageError
+from .errors import InputError, UsageError
 from .manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -24,14 +27,9 @@ from .manifest import (
     manifest_files,
     part_manifest_name,
 )
-from .mapfile import map_is_complete
+from .mapfile import map_info, map_is_complete
+from .results import DONE, CaseResult
 from .inputs.nnunet_preprocessed import plans_fingerprint
-
-
-# The option a user typed for each manifest parameter, to name it when a rerun differs.
-OPTION_OF_PARAMETER = {"classes": "--classes", "kind": "--kind", "spacing": "--spacing",
-                       "slice_axis": "--slice-axis", "dtype": "--dtype", "fmt": "--format",
-                       "ignore_label": "--ignore-label", "layout": "--layout"}
 
 
 def open_manifest(output_dir: Path, settings: Settings, overwrite: bool, selection: dict,
@@ -47,20 +45,20 @@ def open_manifest(output_dir: Path, settings: Settings, overwrite: bool, selecti
     if fresh and part is not None and previous is not None and (
             previous.settings is None or changed_parameters(previous.settings, settings)):
         raise UsageError(f"{output_dir} holds maps made with other parameters, which other parts may share: "
-                         "parts cannot --overwrite them; run once without --num-parts (with --overwrite), or "
-                         "use a new --output")
+                         "parts cannot overwrite them; run once without `num_parts` (with `overwrite=True`), or "
+                         "use a new `output_dir`")
     if fresh:
         return _taking_over(Manifest(output_dir, settings, __version__, selection=selection, name=name,
                                      source=source), part)
     if previous.settings is None:
         raise UsageError(f"{output_dir} holds maps whose parameters cannot be read ({previous.settings_error}); "
-                         "use another --output, or --overwrite to recompute them all")
+                         "use another `output_dir`, or `overwrite=True` to recompute them all")
     changed = changed_parameters(previous.settings, settings, ignore=("classes",) if defer else ())
     if changed:
         before, now = previous.settings.to_parameters(), settings.to_parameters()
-        named = ", ".join(f"{OPTION_OF_PARAMETER.get(key, key)} {before[key]!r} -> {now[key]!r}" for key in changed)
+        named = ", ".join(f"`{key}` {before[key]!r} -> {now[key]!r}" for key in changed)
         raise UsageError(f"{output_dir} holds maps made with other parameters ({named}); "
-                         "use another --output, or --overwrite to recompute them all")
+                         "use another `output_dir`, or `overwrite=True` to recompute them all")
     names = {case.name for case in mine}
     cases = previous.cases if part is None else {n: e for n, e in previous.cases.items() if n in names}
     if defer:
@@ -110,3 +108,20 @@ def is_done(manifest: Manifest, case: Case) -> bool:
     # fingerprint: check the map's header instead.
     entry = manifest.done_entry(case.name, case.input)
     return entry is not None and map_is_complete(case.output, entry.get("shape"), entry.get("bytes"))
+
+
+def written_before_the_stop(cases: list[Case], reported: set[str], started_ns: int, stop) -> Iterator[CaseResult]:
+    """After a stop, the maps that a worker renamed into place but could not report before it
+    was killed: a map file is complete once renamed, so it is recorded done, not lost."""
+    if not stop:
+        return
+    for case in cases:
+        if case.name in reported:
+            continue
+        try:
+            if case.output.stat().st_mtime_ns >= started_ns:
+                yield CaseResult(case.name, DONE, shape=list(map_info(case.output).shape))
+        except (OSError, InputError):
+            continue  # not written: the case is not finished
+
+

@@ -14,14 +14,17 @@ a task, and large ones one by one.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import replace
 from statistics import median
 
 from .inputs.dataset import Case
-from .manifest import FAILED, CaseResult
+from .results import FAILED, LOST, CaseResult
 from .workers import executor as _executor
 
 WORKER_DIED = "the worker process died while computing this case (killed, or out of memory)"
@@ -101,6 +104,29 @@ class Stop:
         return self.reason is not None
 
 
+@contextmanager
+def stop_on_signals(stop: Stop) -> Iterator[None]:
+    """SIGINT and SIGTERM set ``stop`` (once; a second one acts as usual), in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def handler(signum, frame) -> None:
+        stop.set(signal.Signals(signum).name)
+        if previous[signum] is not None:
+            signal.signal(signum, previous[signum])  # a second Ctrl-C stops at once
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            if old is not None:  # None: a handler not set from Python, which cannot be restored
+                signal.signal(signum, old)
+
+
 def run_local(
     cases: list[Case],
     work: Callable[..., CaseResult],
@@ -162,7 +188,7 @@ def run_local(
             executor.shutdown(wait=True, kill_workers=True)
 
 
-_LOST = CaseResult("", "lost")  # a case whose worker was stopped: it never finished
+_LOST = CaseResult("", LOST)  # a case whose worker was stopped: it never finished
 
 
 def _result(future: Future, stop: Stop):

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .case import case_maps, case_memory_need, case_voxels, channel_labels, map_channels
+from .case import case_maps, case_memory_need, case_voxels
 from .inputs.dataset import Case, Dataset, find_dataset
 from .errors import InputError, UsageError
 from .formats import (
@@ -43,9 +43,7 @@ from .formats import (
     read_shape,
 )
 from .manifest import (
-    DONE,
     MANIFEST_NAME,
-    CaseResult,
     ManifestFile,
     Settings,
     entry_is_current,
@@ -53,6 +51,7 @@ from .manifest import (
     read_folder_manifest,
 )
 from .manifest_lookup import MapRecord
+from .results import CHECKED, DONE, CaseResult
 from .mapfile import map_info, read_map
 from .maps import expanded_channels
 from .run import NoBar, run_local, threads_per_case, usable_cores
@@ -68,7 +67,21 @@ PARALLEL_MIN_VOXELS = 20_000_000
 
 @dataclass
 class Report:
-    """What :func:`verify` found."""
+    """What :func:`verify` found.
+
+    Attributes
+    ----------
+    problems : list of str
+        One line each, ``PATH: what is wrong``; empty when the maps are complete and right.
+    cases : int
+        Label files under the input folder (after the manifest's selection).
+    maps : int
+        Of those, the cases whose map file could be checked.
+    recomputed : int
+        Maps recomputed and compared value by value.
+    manifest : Path or None
+        The manifest's path (``output_dir / "rwmaps.json"``), whether or not it exists.
+    """
 
     problems: list[str] = field(default_factory=list)  # one line each: "PATH: what is wrong"
     cases: int = 0  # label files under the input folder
@@ -78,9 +91,23 @@ class Report:
 
 
 def sample_indices(n_cases: int, sample: int | None) -> list[int]:
-    """Indices of the cases to recompute: all when ``sample`` is None or >= ``n_cases``,
-    else ``sample`` indices evenly spaced over ``0 … n_cases - 1``, first and last included
-    (deterministic: the same cases every run)."""
+    """Indices of the cases to recompute.
+
+    Parameters
+    ----------
+    n_cases : int
+        How many cases there are.
+    sample : int, optional
+        How many to recompute.  None: all.
+
+    Returns
+    -------
+    indices : list of int, ascending
+        All of ``0 … n_cases - 1`` when ``sample`` is None or >= ``n_cases``; none when
+        ``sample`` <= 0; ``[0]`` when it is 1; else ``sample`` indices evenly spaced over
+        ``0 … n_cases - 1``, first and last included.  Deterministic: the same cases every
+        run.
+    """
     if sample is None or sample >= n_cases:
         return list(range(n_cases))
     if sample <= 0:
@@ -94,20 +121,42 @@ def verify(
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
     sample: int | None = None,
-    jobs: int = 1,
+    jobs: int | None = None,
     progress: Callable[[int, str], object] | None = None,
 ) -> Report:
     """Check the maps in ``output_dir`` of the label files in ``input_dir``.
 
-    Args:
-        sample: how many cases to recompute (:func:`sample_indices`); None: all.
-        jobs: cases recomputed in parallel (worker processes when > 1).
-        progress: ``(total, description) -> bar`` with ``update()`` and ``close()``: the
-            progress bar of the recomputation, made once its total is known.
+    Parameters
+    ----------
+    input_dir : str or path-like
+        The folder of label files (or the one label file) given to ``rwmaps compute
+        --input``.  The manifest's ``--include`` / ``--exclude`` selection applies to it.
+    output_dir : str or path-like
+        The maps folder (``rwmaps compute --output``), holding the maps and ``rwmaps.json``.
+    sample : int, optional
+        How many cases to recompute and compare value by value (:func:`sample_indices`);
+        None: all.  0 recomputes none (the cheap checks still run on every case).
+    jobs : int, optional
+        Cases recomputed in parallel: worker processes when > 1 and the sample holds at
+        least :data:`PARALLEL_MIN_VOXELS` label voxels, else in this process.  None: as
+        many as the usable cores (as ``compute_dataset``).
+    progress : callable ``(total: int, description: str) -> bar``, optional
+        Makes the progress bar of the recomputation (an object with ``update()`` and
+        ``close()``), called once its total is known.  None: no bar.
 
-    Raises:
-        UsageError: the input folder does not exist or holds no label file, or the output
-            folder does not exist (found before any check).
+    Returns
+    -------
+    report : Report
+        The problems found (one line each, ``PATH: what is wrong``; none when the maps are
+        complete and right) and the counts of cases, checked maps and recomputed maps.
+        Problems in the data are never raised.
+
+    Raises
+    ------
+    UsageError
+        The output folder does not exist; or the input does not exist, holds no label
+        file, or is otherwise unusable (:func:`~rwmaps_cli.inputs.dataset.find_dataset`).
+        Raised before any map is checked.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if not output_dir.is_dir():
@@ -141,9 +190,9 @@ def verify(
     outputs = {case.name: case.output for case in recompute}
     found: dict[str, list[str]] = {}
     bar = progress(len(recompute), "recomputing maps") if progress is not None else NoBar()
-    for record in _recompute(recompute, settings, jobs):  # in completion order
+    for record in _recompute(recompute, settings, jobs or usable_cores()):  # in completion order
         report.recomputed += 1
-        if record.status == "checked":
+        if record.status == CHECKED:
             found[record.name] = record.problems
         else:  # the worker process died (run_local's result)
             found[record.name] = [f"{outputs[record.name]}: cannot recompute: {record.error}"]
@@ -154,7 +203,7 @@ def verify(
         report.problems += found.get(case.name, [])
     for case in touched.values():
         report.problems.append(f"{case.input}: modified after its map was computed (same size, other mtime) "
-                               "and not recomputed here; check it with --sample covering it, or rerun compute")
+                               "and not recomputed here; check it with a `sample` covering it, or rerun compute")
     return report
 
 
@@ -162,8 +211,22 @@ def verify(
 
 
 def _read_manifest(path: Path, problems: list[str]) -> ManifestFile | None:
-    """The folder's manifest (its ``settings`` None when unusable, with a problem line), or
-    None (with a problem line) when there is none or it cannot be read."""
+    """Read the manifest of the maps folder, appending a line to ``problems`` for each fault.
+
+    Parameters
+    ----------
+    path : Path
+        The manifest (``output_dir / "rwmaps.json"``); its folder is read.
+    problems : list of str
+        Appended to, one line per problem: no manifest, an unreadable one, unusable
+        parameters, or a ``classes`` that disagrees with ``parameters.classes``.
+
+    Returns
+    -------
+    manifest : ManifestFile or None
+        None when there is no manifest or it cannot be read; a manifest whose
+        ``settings`` is None when its parameters are unusable.
+    """
     try:
         parsed = read_folder_manifest(path.parent)
     except FileNotFoundError:
@@ -185,18 +248,26 @@ def _read_manifest(path: Path, problems: list[str]) -> ManifestFile | None:
 
 
 def _selection(parsed: ManifestFile | None) -> dict:
-    """The ``--include`` / ``--exclude`` patterns compute was given."""
+    """The ``--include`` / ``--exclude`` patterns compute was given.
+
+    Returns
+    -------
+    selection : dict
+        ``{"include": [str, ...], "exclude": [str, ...]}``, each list empty when the
+        manifest (or its ``selection``) does not give it.
+    """
     selection = (parsed.header.get("selection") if parsed else None) or {}
     return {key: [str(p) for p in selection.get(key) or []] for key in ("include", "exclude")}
 
 
 def _check_manifest_entries(dataset: Dataset, records: dict, report: Report) -> None:
-    """Manifest entries that match no label file under the input folder."""
+    """Append to ``report.problems`` the manifest entries that match no label file under
+    the input folder (one line when none of the entries does: the wrong ``--input``)."""
     names = {case.name for case in dataset.cases}
     extra = [name for name in records if name not in names]
     if records and len(extra) == len(records):
         report.problems.append(f"{report.manifest}: none of the {len(dataset.cases)} label files under "
-                               f"{dataset.labels_dir} is in the manifest: was --input the folder given to "
+                               f"{dataset.labels_dir} is in the manifest: was `input_dir` the folder given to "
                                "rwmaps compute?")
     for name in extra:
         report.problems.append(f"{report.manifest}: lists {name!r}, which is not a label file under "
@@ -207,11 +278,25 @@ def _check_manifest_entries(dataset: Dataset, records: dict, report: Report) -> 
 
 
 def _check_case(case: Case, listed: MapRecord, settings: Settings) -> tuple[list[str], bool, bool]:
-    """Problems of one case found from file sizes and headers (``listed``: what the
-    manifest says of its map).
+    """Problems of one case found from file sizes and headers, without reading values.
 
-    Returns (problems, whether the map can be read and recomputed, whether the input's
-    mtime alone differs from the manifest's fingerprint).
+    Parameters
+    ----------
+    case : Case
+        The label file and its map's path.
+    listed : MapRecord
+        What the manifest says of its map (``listed.entry`` None when it has no entry).
+    settings : Settings
+        The manifest's parameters.
+
+    Returns
+    -------
+    problems : list of str
+        One line each, ``PATH: what is wrong``.
+    readable : bool
+        Whether the map can be read and recomputed (its header, size and shape agree).
+    mtime_only : bool
+        Whether the input's mtime alone differs from the manifest's fingerprint (same size).
     """
     out, record = case.output, listed.entry
     if record is None:
@@ -240,8 +325,8 @@ def _check_case(case: Case, listed: MapRecord, settings: Settings) -> tuple[list
     if recorded_shape is not None and info.shape != recorded_shape:
         problems.append(f"{out}: shape {_shape(info.shape)}, the manifest recorded {_shape(recorded_shape)}")
         return problems, False, False
-    if info.layout == "full" and info.shape[0] != map_channels(settings):
-        problems.append(f"{out}: {info.shape[0]} channels, the manifest's parameters make {map_channels(settings)}")
+    if info.layout == "full" and info.shape[0] != settings.map_channels:
+        problems.append(f"{out}: {info.shape[0]} channels, the manifest's parameters make {settings.map_channels}")
     try:
         labels_shape = read_shape(case.input, reader=case.reader)
         if info.spatial_shape != labels_shape:
@@ -263,11 +348,18 @@ def _check_case(case: Case, listed: MapRecord, settings: Settings) -> tuple[list
 
 
 def _stored_meta_problems(path: Path, info, settings: Settings) -> list[str]:
-    """What the map file says about itself (layout, kind, classes, dtype) against the manifest."""
+    """What the map file says about itself (layout, kind, classes, dtype) against the manifest.
+
+    Returns
+    -------
+    problems : list of str
+        One line per stored value that differs from what ``settings`` expect; a value the
+        file does not store (None in ``info``) is not compared.
+    """
     problems = []
     said = {"layout": (info.layout, settings.layout), "kind": (info.kind, settings.kind),
             "dtype": (info.dtype, settings.dtype),
-            "classes": (info.classes, channel_labels(settings) if info.classes is not None else None)}
+            "classes": (info.classes, settings.channel_labels if info.classes is not None else None)}
     for what, (stored, expected) in said.items():
         if stored is not None and stored != expected:
             problems.append(f"{path}: {what} {stored!r}, the manifest says {expected!r}")
@@ -275,7 +367,13 @@ def _stored_meta_problems(path: Path, info, settings: Settings) -> list[str]:
 
 
 def _stray_files(dataset: Dataset, output_dir: Path, fmt: str) -> list[str]:
-    """Map files no label file produces, and temporaries left by a killed run."""
+    """Map files no label file produces, and temporaries left by a killed run.
+
+    Returns
+    -------
+    problems : list of str
+        One line per such file under ``output_dir`` (all its subfolders), in sorted order.
+    """
     expected = {os.path.abspath(case.output) for case in dataset.cases}
     problems = []
     for folder, _, files in sorted(os.walk(output_dir)):
@@ -284,12 +382,14 @@ def _stray_files(dataset: Dataset, output_dir: Path, fmt: str) -> list[str]:
             if TMP_MARKER in name:
                 problems.append(f"{path}: temporary file left by an interrupted run (rwmaps compute removes it)")
             elif is_output_file(path, fmt) and os.path.abspath(path) not in expected:
-                problems.append(f"{path}: map file that no label file under --input produces")
+                problems.append(f"{path}: map file that no label file under `input_dir` produces")
     return problems
 
 
 def _check_without_manifest(dataset: Dataset, output_dir: Path, report: Report) -> None:
-    """Every label file has a readable map, in some format, of the labels' spatial shape."""
+    """Check, without a manifest, that every label file has a readable map, in any output
+    format, of the labels' spatial shape; append problems to ``report.problems`` and count
+    each map of the right shape in ``report.maps``."""
     for case in dataset.cases:
         candidates = [output_path(case.input, dataset.labels_dir, output_dir, fmt) for fmt in OUTPUT_FORMATS]
         present = [path for path in candidates if path.is_file()]
@@ -319,7 +419,18 @@ def _check_without_manifest(dataset: Dataset, output_dir: Path, report: Report) 
 
 
 def _recompute(cases: list[Case], settings: Settings, jobs: int):
-    """Yield recompute_case records; in this process for one job, else in worker processes."""
+    """Recompute and compare the maps of ``cases``.
+
+    In this process (with all usable cores for the distance transform) for one job or
+    fewer than :data:`PARALLEL_MIN_VOXELS` label voxels in all, else in ``jobs`` worker
+    processes (:func:`~rwmaps_cli.run.run_local`).
+
+    Yields
+    ------
+    result : CaseResult
+        :func:`recompute_case`'s, one per case in completion order; from a worker that
+        died, a result with its ``error`` instead.
+    """
     if not cases:
         return
     jobs = max(1, min(jobs, len(cases)))
@@ -336,7 +447,24 @@ def _recompute(cases: list[Case], settings: Settings, jobs: int):
 def recompute_case(case: Case, settings: Settings, threads: int = 1) -> CaseResult:
     """Recompute the map of one case and compare it with the file; never raises.
 
-    A compact map is compared as stored (one channel), without expanding it.
+    A compact map is compared as stored (one channel), without expanding it; a ``.npy`` map
+    is read memory-mapped.
+
+    Parameters
+    ----------
+    case : Case
+        The label file and its map.
+    settings : Settings
+        The manifest's parameters: what made the map.
+    threads : int
+        Threads for the distance transform.
+
+    Returns
+    -------
+    result : CaseResult
+        Status ``CHECKED``; ``problems`` holds one line when the values differ beyond the
+        dtype's tolerance (:data:`TOLERANCES`) or the map cannot be recomputed (unreadable
+        labels or map, out of memory).
     """
     start = time.perf_counter()
     problems = []
@@ -347,15 +475,26 @@ def recompute_case(case: Case, settings: Settings, threads: int = 1) -> CaseResu
     except (InputError, ValueError) as error:
         problems.append(f"{case.output}: cannot recompute: {error}")
     except MemoryError:
-        problems.append(f"{case.output}: cannot recompute: out of memory (use fewer --jobs)")
+        problems.append(f"{case.output}: cannot recompute: out of memory (use fewer `jobs`)")
     else:
         problems += _compare(case.output, stored, expected, meta["dtype"], settings)
-    return CaseResult(case.name, "checked", problems=problems, seconds=round(time.perf_counter() - start, 3))
+    return CaseResult(case.name, CHECKED, problems=problems, seconds=round(time.perf_counter() - start, 3))
 
 
 def _expected(volume, settings: Settings, threads: int) -> tuple[tuple[int, ...], Iterable[np.ndarray]]:
-    """(shape, channels) of the recomputed map.  A full rrw map is recomputed compact and
-    expanded one channel at a time: its C channels are never in memory at once."""
+    """The recomputed map of ``volume``, computed in float32.
+
+    A full ``rrw`` map is recomputed compact and expanded one channel at a time: its C
+    channels are never in memory at once.
+
+    Returns
+    -------
+    shape : tuple of int
+        The map's shape: ``(C, *spatial)``, ``(R, *spatial)`` for regions, or ``(*spatial)``
+        compact.
+    channels : iterable of (*spatial) float32 arrays
+        The channels in order (one for a compact map).
+    """
     if settings.kind == "rrw" and settings.layout == "full" and settings.regions is None:
         compact = case_maps(volume, replace(settings, layout="compact"), threads, dtype="float32")
         channels = expanded_channels(compact, volume.array, settings.classes, ignore_label=settings.ignore_label)
@@ -365,10 +504,30 @@ def _expected(volume, settings: Settings, threads: int) -> tuple[tuple[int, ...]
 
 
 def _compare(path: Path, stored: np.ndarray, expected: tuple, dtype: str, settings: Settings) -> list[str]:
-    """One line when the values differ beyond the tolerance of ``dtype``.
+    """Compare a stored map with its recomputation.
 
     Channel by channel, so the temporaries never exceed one channel (a map of 83 classes
     compared at once needed several maps' worth of memory).
+
+    Parameters
+    ----------
+    path : Path
+        The map file (for the problem line).
+    stored : array, ``shape`` of ``expected``
+        The map as stored, any float dtype (a memory map is read one channel at a time).
+    expected : (shape, channels)
+        :func:`_expected`'s.
+    dtype : str
+        The dtype the map is stored in, which sets the tolerance (:data:`TOLERANCES`;
+        float16's for an unknown one).
+    settings : Settings
+        Its layout, classes and regions name the channel in the problem line.
+
+    Returns
+    -------
+    problems : list of str
+        Empty when every value is within ``np.isclose(rtol, atol)`` (NaN never is); else
+        one line: the shapes differ, or how many values differ and the largest difference.
     """
     shape, channels = expected
     if stored.shape != shape:
@@ -401,8 +560,10 @@ def _compare(path: Path, stored: np.ndarray, expected: tuple, dtype: str, settin
 
 
 def _shape(shape) -> str:
+    """``shape`` as ``"X × Y × Z"``."""
     return " × ".join(str(int(n)) for n in shape)
 
 
 def _count(value) -> str:
+    """An int with thousands separators; anything else (a missing count) as ``str``."""
     return f"{value:,}" if isinstance(value, int) else str(value)

@@ -182,10 +182,10 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("make, code, message", BAD_INPUTS, ids=[m.__name__ for m, _, _ in BAD_INPUTS])
 def test_bad_input(tmp_path, make, code, message, monkeypatch):
     if make is too_big_for_the_disk:  # whatever this machine has free, less than that map's 15 GB
-        from rwmaps_cli import compute
+        from rwmaps_cli import disk_space
 
-        usage = compute.shutil.disk_usage(tmp_path)
-        monkeypatch.setattr(compute.shutil, "disk_usage", lambda path: usage._replace(free=10**9))
+        usage = disk_space.shutil.disk_usage(tmp_path)
+        monkeypatch.setattr(disk_space.shutil, "disk_usage", lambda path: usage._replace(free=10**9))
     root = tmp_path / "labels"
     good_case(root)
     extra, named = make(root, tmp_path)

@@ -225,3 +225,31 @@ def test_the_summary_counts_many_classes_instead_of_listing_them(tmp_path):
     result = run_rwmaps("compute", "--input", tmp_path / "labels", "--output", tmp_path / "maps", "--format", "npy",
                         "--layout", "compact", check=0)
     assert "83 channels (label values 0 to 82; all in the manifest)" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# Messages in the caller's language: the services name Python options, the command its flags
+
+
+def test_in_flags_turns_each_service_option_into_its_flag():
+    from rwmaps_cli.cli import in_flags
+
+    assert in_flags("pass `space_check=False`") == "pass --no-space-check"
+    assert in_flags("`strict=True` refuses this") == "--strict refuses this"
+    assert in_flags("use `layout=compact` or `fmt=npz`; pass `classes`") == "use --layout compact or --format npz; pass --classes"
+    assert in_flags("another `output_dir`, `max_classes=256`") == "another --output, --max-classes 256"
+    assert in_flags("a `tick` mark in a path: case`1.nii.gz") == "a --tick mark in a path: case`1.nii.gz"
+
+
+def test_a_python_caller_is_told_the_python_option_and_a_shell_user_the_flag(tmp_path):
+    from rwmaps_cli.compute import compute_dataset
+    from rwmaps_cli.errors import UsageError
+
+    labels = tmp_path / "labels"
+    write_nifti(labels / "a.nii.gz", blobs((8, 8, 8), 3))
+    with pytest.raises(UsageError) as python_error:
+        compute_dataset(labels, tmp_path / "maps", kind="boundary", layout="compact")
+    assert "`layout=compact` `kind=boundary`" in str(python_error.value) and "--" not in str(python_error.value)
+    shell = run_rwmaps("compute", "--input", labels, "--output", tmp_path / "maps", "--kind", "boundary",
+                       "--layout", "compact")
+    assert shell.returncode == 2 and "--layout compact --kind boundary" in shell.stderr and "`" not in shell.stderr

@@ -26,7 +26,8 @@ from helpers import blobs, run_rwmaps, write_nifti
 
 from rwmaps_cli import compute_maps
 from rwmaps_cli.case import process_case
-from rwmaps_cli.manifest import CaseResult, Settings
+from rwmaps_cli.manifest import Settings
+from rwmaps_cli.results import CaseResult
 
 RUN_TIMEOUT = 120  # seconds, for any one run; the whole module takes about 45 s on 2 cores
 

@@ -78,7 +78,7 @@ def find_dataset(input_dir: Path, output_dir: Path, fmt: str, include: Sequence[
         else:
             cases.append(Case(path, output_path(path, labels_dir, output_dir, fmt), name))
     if not cases:
-        patterns = "".join(f" --include {p}" for p in include) + "".join(f" --exclude {p}" for p in exclude)
+        patterns = "".join(f" `include={p}`" for p in include) + "".join(f" `exclude={p}`" for p in exclude)
         raise UsageError(f"{labels_dir}: no label files found (looked for {', '.join(LABEL_SUFFIXES)}"
                          + (f";{patterns}" if patterns else "") + ")")
     _refuse_collisions(cases)
@@ -118,7 +118,7 @@ def _single_file(path: Path, output_dir: Path, fmt: str) -> Dataset:
     dataset_json = folder.parent / "dataset.json" if folder.name == "labelsTr" else None
     case = Case(path, output_path(path, folder, output_dir, fmt), path.name)
     if case.output.resolve() == path.resolve():
-        raise UsageError(f"{path}: the map would overwrite its own labels; choose another --output")
+        raise UsageError(f"{path}: the map would overwrite its own labels; choose another `output_dir`")
     return Dataset(folder, [case], [], dataset_json if dataset_json and dataset_json.is_file() else None)
 
 

@@ -16,7 +16,7 @@ from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from threadpoolctl import threadpool_limits
 
-from ..manifest import DONE
+from ..results import DONE
 from .store import MapsFolder, MapsFolderError
 from .transforms import crop_map
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
-from ..manifest import DONE, MANIFEST_NAME, read_folder_manifest
+from ..manifest import MANIFEST_NAME, read_folder_manifest
+from ..results import DONE
 
 
 class MapsFolderError(InputError, ValueError):
