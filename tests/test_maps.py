@@ -1,4 +1,10 @@
-"""The kernels against the slow reference in tests/reference.py, and hand-made cases."""
+"""The kernels against the slow reference in tests/reference.py, hand-made cases, and the
+kernel's peak memory on a many-class volume."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -286,3 +292,31 @@ def test_the_map_dtypes_are_one_constant_the_kernels_and_the_formats_share():
 def test_an_empty_class_list_is_refused():
     with pytest.raises(ValueError, match="classes is empty"):
         compute_maps(np.zeros((4, 4), np.uint8), [])
+
+
+# ---------------------------------------------------------------------------------------
+# Peak memory of the kernel
+
+_PEAK_PROBE = r"""
+import json, numpy as np
+from rwmaps_cli import compute_maps
+from rwmaps_cli.synthetic import brain_like_labels
+labels = brain_like_labels((180, 180, 200), 83)
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak to the current resident size
+def status(key):
+    return next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith(key))
+before = status("VmRSS:")
+maps = compute_maps(labels, list(range(83)))
+ok = bool((maps.min(axis=(1, 2, 3)) >= -1).all() and (maps.max(axis=(1, 2, 3)) == 1).all())
+print(json.dumps({"peak": status("VmHWM:") - before, "shape": maps.shape, "ok": ok}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to measure the peak")
+def test_83_class_whole_brain_volume_stays_within_output_plus_three_volumes():
+    out = subprocess.run([sys.executable, "-c", _PEAK_PROBE], capture_output=True, text=True, check=True,
+                         timeout=300)
+    result = json.loads(out.stdout)
+    assert result["shape"] == [83, 180, 180, 200] and result["ok"]
+    volume = 180 * 180 * 200 * 4
+    assert result["peak"] <= 83 * volume + 3 * volume, result["peak"] / volume - 83
