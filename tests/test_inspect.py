@@ -2,12 +2,13 @@
 
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from helpers import blobs, run_rwmaps
-from map_fixtures import CLASSES, copy_maps, label_array, map_file
+from map_fixtures import CLASSES, copy_maps, label_array, map_file, write_labels
 
 from rwmaps_cli import compute_maps
 from rwmaps_cli.formats import LabelVolume, write_map
@@ -79,6 +80,25 @@ def test_map_table(computed):
     labels = label_array(computed.labels, "case_000")
     rows = [line.split() for line in table.splitlines() if line.startswith("        ")]
     assert rows == [[str(c), str(c), f"{int((labels == c).sum()):,}", "-1", "1", "yes"] for c in CLASSES]
+
+
+def test_map_input_is_shown_as_typed_not_absolute(tmp_path, monkeypatch):
+    """The manifest records the input absolute; inspect shows it as the user typed it to
+    compute from the current folder (docs/cli.md's example), and as recorded (absolute)
+    from a folder it does not lie under."""
+    monkeypatch.chdir(tmp_path)
+    write_labels(tmp_path / "sample_data")
+    run_rwmaps("compute", "--input", "sample_data", "--output", "maps", "--jobs", "1", "--quiet", check=0)
+    typed = str(Path("sample_data", "sub", "case_001.nii.gz"))
+    recorded = str(tmp_path / typed)
+    table = run_rwmaps("inspect", Path("maps", "sub", "case_001.nii.gz"), check=0).stdout
+    assert f"\n  input        {typed}\n" in table
+    assert recorded not in table and f"(from {Path('maps', 'rwmaps.json')})" in table
+    assert inspect_json(Path("maps", "sub", "case_001.nii.gz"))["input"] == typed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the input is not under it: no ../ path
+    assert inspect_json(tmp_path / "maps" / "sub" / "case_001.nii.gz")["input"] == recorded
 
 
 def test_2d_map_and_other_kinds(computed):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,8 @@ from rwmaps_cli.checks import channel_statistics
 from rwmaps_cli.errors import InputError
 from rwmaps_cli.formats import format_name, read_geometry, read_labels
 from rwmaps_cli.mapfile import is_map_file, read_map
-from rwmaps_cli.maps import DEFAULT_MAX_CLASSES, KINDS, expanded_channels
+from rwmaps_cli.contract import DEFAULT_MAX_CLASSES, KINDS
+from rwmaps_cli.maps import expanded_channels
 
 # A "label file" with more distinct values than --max-classes (compute's threshold too) is
 # listed only that far, and flagged: it is likely an image.
@@ -26,13 +28,36 @@ from rwmaps_cli.maps import DEFAULT_MAX_CLASSES, KINDS, expanded_channels
 def describe(path: str | Path, max_classes: int = DEFAULT_MAX_CLASSES) -> dict:
     """Describe a label file or a map file as a JSON-ready dict.
 
-    Common keys: ``path``, ``type`` ("map" or "labels"), ``format``, ``shape``, ``dtype``,
-    ``spacing``, ``orientation`` (axis codes such as "RAS", None for numpy files) and
-    ``classes`` (one dict per class / channel).  A map adds ``kind``, ``stored_shape``,
-    ``manifest``, ``input``, ``parameters``, ``consistent`` and ``problems``.
+    Parameters
+    ----------
+    path : str or Path
+        A label file or a map written by ``rwmaps compute`` (any output format); which
+        one is told by :func:`rwmaps_cli.mapfile.is_map_file`.  Shown as given.
+    max_classes : int
+        A label file with more distinct values is flagged as an image, and only its first
+        ``max_classes`` values are listed in ``classes``.
 
-    Raises:
-        InputError: the file cannot be read (one line, without the path).
+    Returns
+    -------
+    info : dict
+        Common keys: ``path`` (``path`` as given), ``type`` (``"map"`` or ``"labels"``),
+        ``format``, ``shape`` (list of int; a map's is ``[C, *spatial]``), ``dtype``,
+        ``spacing`` (list of float or None), ``orientation`` (axis codes such as
+        ``"RAS"``; None without an affine or for 2D data), ``classes`` (one dict per
+        class / channel) and ``problems`` (list of str).  A label file adds
+        ``distinct_values`` and ``value_range``; a map adds ``kind``, ``stored_shape``,
+        ``layout``, ``manifest``, ``input``, ``parameters`` and ``consistent`` (None
+        when the kind is unknown).
+
+        A map's ``input`` is the label file its manifest records, as :func:`shown_path`
+        writes it: relative to the current directory when it lies under it (as the user
+        typed it to ``rwmaps compute`` from there), else as recorded.
+
+    Raises
+    ------
+    InputError
+        The file cannot be read (one line, without the path), or it is a compact map
+        whose labels no ``rwmaps.json`` names.
     """
     path = Path(path)
     if is_map_file(path):
@@ -41,6 +66,7 @@ def describe(path: str | Path, max_classes: int = DEFAULT_MAX_CLASSES) -> dict:
 
 
 def _describe_labels(path: Path, max_classes: int) -> dict:
+    """:func:`describe` of a label file: value counts, class names and problems."""
     volume = read_labels(path)
     array = volume.array
     values, counts = _value_counts(array)
@@ -77,13 +103,27 @@ def _describe_labels(path: Path, max_classes: int) -> dict:
 
 
 def _value_range(values: np.ndarray) -> list | None:
-    """[min, max] of the finite values (JSON has no NaN), or None."""
+    """The range of the finite values (JSON has no NaN).
+
+    Returns
+    -------
+    value_range : [min, max] of Python scalars, or None when no value is finite
+    """
     finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
     return [_scalar(finite.min()), _scalar(finite.max())] if finite.size else None
 
 
 def _value_counts(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct values and their counts; a histogram for small integer types."""
+    """The distinct values of ``array`` and their counts.
+
+    A histogram (``np.bincount``) for booleans and non-negative integers of up to 16 bits,
+    else ``np.unique``.
+
+    Returns
+    -------
+    values : (K,) ndarray, ascending
+    counts : (K,) int64 ndarray
+    """
     if array.dtype == bool:
         array = array.view(np.uint8)
     if array.dtype.kind in "iu" and array.dtype.itemsize <= 2 and (array.dtype.kind == "u" or array.min() >= 0):
@@ -95,7 +135,27 @@ def _value_counts(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 class _ExpandedChannels:
     """The channels of a compact map, expanded one at a time as they are read: inspecting a
-    compact map of many classes never holds its C channels at once."""
+    compact map of many classes never holds its C channels at once.
+
+    Parameters
+    ----------
+    compact : (*spatial) float ndarray
+        The compact map as stored.
+    labels : (*spatial) integer ndarray
+        The labels it was computed from.
+    classes : sequence of int, length C
+    ignore_label : int or None
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(C, *spatial)``, the expanded map's.
+
+    Notes
+    -----
+    ``self[c]`` is channel ``c`` as a ``(*spatial)`` float32 array.  Reading channels in
+    order costs one expansion in all; going back restarts it.
+    """
 
     def __init__(self, compact: np.ndarray, labels: np.ndarray, classes, ignore_label):
         self.shape = (len(classes), *compact.shape)
@@ -112,6 +172,8 @@ class _ExpandedChannels:
 
 
 def _describe_map(path: Path) -> dict:
+    """:func:`describe` of a map: its metadata and each channel's statistics
+    (:func:`rwmaps_cli.checks.channel_statistics`), one channel in memory at a time."""
     maps, meta = read_map(path, mmap=None, expand=False)  # a memory map where the format allows
     if meta.layout == "compact":
         if meta.input is None or meta.classes is None:
@@ -146,7 +208,7 @@ def _describe_map(path: Path) -> dict:
         "spacing": _rounded(meta.spacing),
         "orientation": _orientation(affine) if len(spatial) == 3 else None,
         "manifest": meta.manifest,
-        "input": meta.input,
+        "input": shown_path(meta.input),
         "parameters": meta.parameters,
         "classes": channels,
         "consistent": None if kind is None else not problems,
@@ -155,7 +217,20 @@ def _describe_map(path: Path) -> dict:
 
 
 def class_names(label_path: Path) -> dict[int, str]:
-    """Label value -> name from the nnU-Net dataset.json of a label file under ``labelsTr``."""
+    """Class names from the nnU-Net ``dataset.json`` of a label file under ``labelsTr``.
+
+    Parameters
+    ----------
+    label_path : Path
+        A label file; its resolved parents are searched for a ``labelsTr`` folder with a
+        ``dataset.json`` beside it (nnU-Net v2 ``{"name": value}`` or v1
+        ``{"value": "name"}``; region entries, whose value is a list, are skipped).
+
+    Returns
+    -------
+    names : dict of int to str
+        Label value -> name; empty when there is no such file or it cannot be read.
+    """
     try:
         for folder in Path(label_path).resolve().parents:
             if folder.name == "labelsTr" and (folder.parent / "dataset.json").is_file():
@@ -173,8 +248,18 @@ def class_names(label_path: Path) -> dict[int, str]:
 
 
 def _orientation(affine: np.ndarray | None) -> str | None:
-    """Axis codes such as "RAS" of a 3D affine; None without one, or for a 2D file (whose
-    third axis is not an image axis)."""
+    """The axis codes of a 3D affine.
+
+    Parameters
+    ----------
+    affine : (4, 4) ndarray or None
+
+    Returns
+    -------
+    codes : str or None
+        Such as ``"RAS"`` (``nibabel.aff2axcodes``); None without an affine.  Callers pass
+        None for a 2D file, whose third axis is not an image axis.
+    """
     if affine is None:
         return None
     import nibabel as nib
@@ -183,8 +268,18 @@ def _orientation(affine: np.ndarray | None) -> str | None:
 
 
 def label_affine(path) -> np.ndarray | None:
-    """The RAS+ affine of a label file from its header; None when the format has none
-    (numpy files) or the file cannot be read."""
+    """The RAS+ affine of a label file, from its header.
+
+    Parameters
+    ----------
+    path : str or path-like or None
+
+    Returns
+    -------
+    affine : (4, 4) float64 ndarray or None
+        None when ``path`` is None, the format has none (numpy files) or the file cannot
+        be read.
+    """
     if path is None:
         return None
     try:
@@ -193,13 +288,47 @@ def label_affine(path) -> np.ndarray | None:
         return None
 
 
+def shown_path(recorded: str | None) -> str | None:
+    """A path recorded in a manifest, as the user would type it here.
+
+    ``rwmaps compute`` records each input as an absolute path; ``rwmaps inspect`` shows it
+    relative to the current working directory when it lies under it (what the user typed
+    when they ran compute from here, e.g. ``sample_data/abdomen_ct_like.nii.gz``), else
+    as recorded (absolute: a ``../..`` path is no easier to read).  Only the text changes:
+    the file is still read at the recorded path.
+
+    Parameters
+    ----------
+    recorded : str or None
+        The path as the manifest records it.
+
+    Returns
+    -------
+    path : str or None
+        ``recorded`` relative to ``os.getcwd()`` when it is absolute and under it; else
+        ``recorded`` unchanged (None stays None; a relative path is already as typed).
+    """
+    if not recorded or not os.path.isabs(recorded):
+        return recorded
+    try:
+        here = os.getcwd()
+        if os.path.commonpath([here, recorded]) == here:
+            return os.path.relpath(recorded, here)
+    except (OSError, ValueError):  # no current directory; another drive
+        pass
+    return recorded
+
+
 def _rounded(values) -> list[float] | None:
+    """Each value to 6 significant digits (a float32 spacing without its noise), or None."""
     return None if values is None else [float(f"{v:.6g}") for v in values]
 
 
 def _scalar(value):
+    """A numpy scalar as a Python one (JSON-ready); anything else unchanged."""
     return value.item() if hasattr(value, "item") else value
 
 
 def _finite_or_none(value: float) -> float | None:
+    """None for NaN (JSON has no NaN); anything else unchanged."""
     return None if math.isnan(value) else value

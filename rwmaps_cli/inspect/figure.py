@@ -14,7 +14,8 @@ import numpy as np
 from rwmaps_cli.errors import InputError
 from rwmaps_cli.formats import atomic_path, read_labels
 from rwmaps_cli.mapfile import is_map_file, read_map
-from rwmaps_cli.maps import DEFAULT_MAX_CLASSES, compute_maps, unique_labels
+from rwmaps_cli.contract import DEFAULT_MAX_CLASSES
+from rwmaps_cli.maps import compute_maps, unique_labels
 
 from .describe import class_names, label_affine
 
@@ -31,7 +32,20 @@ MAX_CLASS_PANELS = 8
 
 
 def figure_pixels(n_panels: int) -> tuple[int, int]:
-    """(width, height) in pixels of the PNG :func:`draw_png` writes with ``n_panels`` panels."""
+    """The size of the PNG :func:`draw_png` writes.
+
+    Parameters
+    ----------
+    n_panels : int, >= 1
+        Panels in the figure: the label panel, the overview panel if any, and one per
+        class map drawn.
+
+    Returns
+    -------
+    width, height : int
+        In pixels: up to :data:`MAX_COLUMNS` panels of :data:`PANEL_INCHES` a row, plus a
+        title band of :data:`TITLE_INCHES`, at :data:`DPI`.
+    """
     columns = min(n_panels, MAX_COLUMNS)
     rows = math.ceil(n_panels / columns)
     return round(columns * PANEL_INCHES[0] * DPI), round((rows * PANEL_INCHES[1] + TITLE_INCHES) * DPI)
@@ -47,19 +61,42 @@ def draw_png(path: str | Path, out: str | Path, axis: int | None = None, index: 
     Maps use a diverging colour map centred at 0 (blue inside, red outside), scaled to
     each channel's range over the whole volume, with the class outline drawn on top.
 
-    Args:
-        axis: the array axis the slice is across; default: a singleton axis (a 2D map),
-            else the axis nearest to the S-I direction when the file has an affine,
-            else the last axis.
-        index: the slice; default: through the middle of the foreground: of the slices
-            that show the most classes other than 0, the one nearest to the median, along
-            ``axis``, of the voxels whose label is not 0.
+    With more than :data:`MAX_CLASS_PANELS` classes, an overview panel (each voxel's
+    own-class value, class outlines) and the largest classes in the slice are drawn instead.
 
-    Returns:
-        ``{"path", "width", "height", "axis", "slice"}``; the PNG is ``figure_pixels`` big.
+    Parameters
+    ----------
+    path : str or Path
+        A label file or a map file (any output format).
+    out : str or Path
+        The PNG to write (atomically: a temporary file renamed into place).
+    axis : int, optional
+        The array axis of the spatial volume the slice is across (-3 to 2); for 3D data
+        only.  Default: a singleton axis (a one-slice volume), else the axis nearest to
+        the S-I direction when the file has an affine, else the last axis.
+    index : int, optional
+        The slice along ``axis``; needs ``axis``.  Default: through the middle of the
+        foreground: of the slices that show the most classes other than 0, the one
+        nearest to the median, along ``axis``, of the voxels whose label is not 0.
+    max_classes : int
+        A label file with more distinct values is refused as an image.
 
-    Raises:
-        InputError: the file cannot be read.  ValueError: ``axis`` or ``index`` out of range.
+    Returns
+    -------
+    drawn : dict
+        ``{"path": str(out), "width": int, "height": int, "axis": int or None, "slice":
+        int or None}``; the PNG is ``figure_pixels(n_panels)`` big.  ``axis`` and ``slice``
+        are None for 2D data.
+
+    Raises
+    ------
+    InputError
+        The file cannot be read, or holds no usable labels (values that are not integers
+        or negative, more than ``max_classes`` of them).
+    ValueError
+        ``axis`` or ``index`` out of range, or given for 2D data (:func:`check_slice`).
+    OSError
+        The PNG cannot be written.
     """
     path, out = Path(path), Path(out)
     view = _view(path, max_classes)
@@ -111,7 +148,23 @@ class View:
 
 
 def _view(path: Path, max_classes: int) -> View:
-    """Everything the figure needs: maps (C, *spatial), labels, classes, names, geometry."""
+    """Everything the figure needs of ``path``.
+
+    A map is read expanded; its labels are its input file's when the manifest names one
+    that can be read and has the map's spatial shape, else those the map implies.  A
+    label file gets the ``rrw`` maps of its classes (the ``dataset.json`` classes when
+    they cover its values), in voxel units.
+
+    Returns
+    -------
+    view : View
+
+    Raises
+    ------
+    InputError
+        The file cannot be read, or the labels are not usable (not integers, negative,
+        more than ``max_classes`` distinct values).
+    """
     if is_map_file(path):
         maps, meta = read_map(path)
         classes = meta.classes
@@ -151,7 +204,20 @@ def _view(path: Path, max_classes: int) -> View:
 
 
 def _implied_labels(maps: np.ndarray, classes) -> np.ndarray:
-    """The class each voxel is inside by the map (lowest channel), -1 where every channel is 0."""
+    """The labels a map implies: the class each voxel is inside.
+
+    Parameters
+    ----------
+    maps : (C, *spatial) float ndarray
+    classes : sequence of int, length C, or None
+        The label of each channel; None: the channel indices.
+
+    Returns
+    -------
+    labels : (*spatial) int64 ndarray
+        The class of each voxel's lowest channel (the first, on ties); -1 where every
+        channel is 0 (the ignore label).
+    """
     codes = np.argmin(maps, axis=0).astype(np.int64)
     values = np.asarray(classes if classes is not None else range(maps.shape[0]), dtype=np.int64)
     labels = values[codes]
@@ -160,12 +226,39 @@ def _implied_labels(maps: np.ndarray, classes) -> np.ndarray:
 
 
 def spatial_shape(info: dict) -> tuple[int, ...]:
-    """The spatial shape of what :func:`describe` described (a map without its channels)."""
+    """The spatial shape of what :func:`describe` described.
+
+    Parameters
+    ----------
+    info : dict
+        :func:`~rwmaps_cli.inspect.describe`'s.
+
+    Returns
+    -------
+    shape : tuple of int
+        ``info["shape"]``, without the channel axis for a map.
+    """
     return tuple(info["shape"][1:] if info["type"] == "map" else info["shape"])
 
 
 def check_slice(spatial: tuple[int, ...], axis: int | None, index: int | None) -> None:
-    """ValueError (a usage error) when ``axis`` / ``index`` cannot select a slice of ``spatial``."""
+    """Check that ``axis`` and ``index`` can select a slice of ``spatial``.
+
+    Parameters
+    ----------
+    spatial : tuple of int
+        The spatial shape (2 or 3 axes).
+    axis : int, optional
+        ``--axis``: -3 to 2, 3D data only.
+    index : int, optional
+        ``--slice``: 0 to ``spatial[axis] - 1``; needs ``axis``.
+
+    Raises
+    ------
+    ValueError
+        A usage error, its message naming the option: either given for 2D data, ``axis``
+        out of range, ``index`` without ``axis``, or ``index`` out of range.
+    """
     if len(spatial) == 2:
         if axis is not None or index is not None:
             raise ValueError("this file is 2D: --axis and --slice do not apply")
@@ -181,6 +274,18 @@ def check_slice(spatial: tuple[int, ...], axis: int | None, index: int | None) -
 
 
 def _choose_slice(view: View, axis: int | None, index: int | None) -> tuple[int | None, int | None]:
+    """The slice to draw: ``axis`` and ``index`` checked, their defaults filled in.
+
+    Returns
+    -------
+    axis, index : int or None
+        Both None for 2D data; ``axis`` in 0 to 2.
+
+    Raises
+    ------
+    ValueError
+        As :func:`check_slice`.
+    """
     spatial = view.maps.shape[1:]
     check_slice(spatial, axis, index)
     if len(spatial) == 2:
@@ -192,6 +297,8 @@ def _choose_slice(view: View, axis: int | None, index: int | None) -> tuple[int 
 
 
 def _default_axis(spatial: tuple[int, ...], affine) -> int:
+    """The axis to slice across: the first singleton axis, else the axis most along S-I
+    by ``affine``, else the last (2)."""
     if 1 in spatial:
         return spatial.index(1)
     if affine is not None:
@@ -203,7 +310,19 @@ def _default_axis(spatial: tuple[int, ...], affine) -> int:
 
 
 def _foreground_middle(labels: np.ndarray, axis: int) -> int:
-    """The slice showing the most foreground classes, nearest to the foreground's median."""
+    """The slice showing the most foreground classes, nearest to the foreground's median.
+
+    Parameters
+    ----------
+    labels : (X, Y, Z) integer ndarray
+    axis : int, 0 to 2
+
+    Returns
+    -------
+    index : int
+        Of the slices along ``axis`` with the most distinct labels > 0, the one nearest to
+        the median of the voxels > 0; the middle slice when there are none.
+    """
     others = tuple(a for a in range(3) if a != axis)
     present = [np.any(labels == value, axis=others) for value in np.unique(labels) if value > 0]
     if not present:
@@ -216,7 +335,16 @@ def _foreground_middle(labels: np.ndarray, axis: int) -> int:
 
 
 def _panels(view: View, axis: int | None, index: int | None) -> tuple[list[int], bool]:
-    """(the channels that get a panel, whether an overview panel is drawn)."""
+    """Which panels to draw.
+
+    Returns
+    -------
+    channels : list of int
+        All channels, up to :data:`MAX_CLASS_PANELS` of them; beyond, the channels of the
+        classes present in the slice, largest first, up to that many.
+    overview : bool
+        Whether the overview panel is drawn (more than :data:`MAX_CLASS_PANELS` channels).
+    """
     n_channels = view.maps.shape[0]
     if n_channels <= MAX_CLASS_PANELS:
         return list(range(n_channels)), False
@@ -228,12 +356,32 @@ def _panels(view: View, axis: int | None, index: int | None) -> tuple[list[int],
 
 
 def _own_values_in_map(maps: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Each voxel's value in its own class's channel (the compact channel); 0 where unknown."""
+    """Each pixel's value in its own class's channel (the compact channel).
+
+    Parameters
+    ----------
+    maps : (C, *plane) float ndarray
+    codes : (*plane) int ndarray
+        Each pixel's channel; -1 where unknown.
+
+    Returns
+    -------
+    own : (*plane) ndarray of ``maps``' dtype
+        0 where the code is -1.
+    """
     own = np.take_along_axis(maps, np.clip(codes, 0, None)[np.newaxis], axis=0)[0]
     return np.where(codes >= 0, own, 0.0)
 
 
 def _figure(view: View, path: Path, axis: int | None, index: int | None, channels: list[int], overview: bool):
+    """Draw the figure: the label panel, the overview panel if asked, one panel per channel
+    of ``channels``; titled with ``path``'s name and the slice.
+
+    Returns
+    -------
+    figure : matplotlib.figure.Figure
+        ``figure_pixels(n_panels)`` big at :data:`DPI`, not yet saved.
+    """
     from matplotlib.colors import BoundaryNorm, ListedColormap, TwoSlopeNorm
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
@@ -317,7 +465,17 @@ def _figure(view: View, path: Path, axis: int | None, index: int | None, channel
 
 
 def _label_edges(codes: np.ndarray) -> np.ndarray:
-    """Pixels whose right or lower neighbour has another label: the class outlines."""
+    """The class outlines of a label plane.
+
+    Parameters
+    ----------
+    codes : (H, W) int ndarray
+
+    Returns
+    -------
+    edges : (H, W) bool ndarray
+        True where the next pixel along either axis has another code.
+    """
     edges = np.zeros(codes.shape, dtype=bool)
     edges[:-1, :] |= codes[:-1, :] != codes[1:, :]
     edges[:, :-1] |= codes[:, :-1] != codes[:, 1:]
@@ -325,11 +483,24 @@ def _label_edges(codes: np.ndarray) -> np.ndarray:
 
 
 def _screen_axes(affine, kept: list[int]) -> tuple[bool, str]:
-    """(transpose, imshow origin) that put a slice on screen as a viewer would.
+    """How to put a slice on screen as a viewer would.
 
     Without an affine: the array as an image (first axis down).  With one: the kept axis
     most along S-I (or, for an axial slice, along A-P) goes up the screen, pointing S (A);
     the other goes across.
+
+    Parameters
+    ----------
+    affine : (4, 4) ndarray or None
+    kept : list of int
+        The two array axes left in the slice.
+
+    Returns
+    -------
+    transpose : bool
+        Whether the plane is transposed before ``imshow``.
+    origin : {"upper", "lower"}
+        ``imshow``'s ``origin``.
     """
     if affine is None:
         return False, "upper"
@@ -341,6 +512,8 @@ def _screen_axes(affine, kept: list[int]) -> tuple[bool, str]:
 
 
 def _class_title(value, names: dict, known: bool, channel: int | None = None) -> str:
+    """A class's title: ``"VALUE: NAME"``, ``"class VALUE"`` without a name, or ``"channel
+    VALUE"`` when the labels of the channels are not ``known``.  ``channel`` is unused."""
     if not known:
         return f"channel {value}"
     name = names.get(value)
