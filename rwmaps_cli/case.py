@@ -17,6 +17,7 @@ from dataclasses import replace
 import numpy as np
 
 from .inputs.dataset import Case
+from .contract import resolve_spacing
 from .errors import InputError, UnknownLabelsError
 from .formats import LabelVolume, capturing_library_output, read_labels, read_shape, write_map
 from .manifest import Settings, fingerprint
@@ -54,14 +55,14 @@ def case_maps(volume: LabelVolume, settings: Settings, threads: int = 1, dtype: 
     compact, or ``(R, *spatial)`` for regions, in ``dtype`` (default: the settings' dtype)."""
     if settings.regions is not None:
         return compute_region_maps(volume.array, settings.regions, kind=settings.kind,
-                                   spacing=volume.spacing if settings.spacing == "physical" else None,
+                                   spacing=resolve_spacing(settings.spacing, volume.spacing),
                                    slice_axis=settings.slice_axis, ignore_label=settings.ignore_label,
                                    engine=settings.engine, dtype=np.dtype(dtype or settings.dtype), threads=threads)
     return compute_maps(
         volume.array,
         settings.classes,
         kind=settings.kind,
-        spacing=volume.spacing if settings.spacing == "physical" else None,
+        spacing=resolve_spacing(settings.spacing, volume.spacing),
         slice_axis=settings.slice_axis,
         engine=settings.engine,
         dtype=np.dtype(dtype or settings.dtype),

@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 from . import __version__
 from .errors import UsageError
-from .formats import DEFAULT_FORMAT, LAYOUTS, OUTPUT_FORMATS
-from .contract import DEFAULT_DTYPE, DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_MAX_CLASSES, DTYPE_NAMES, ENGINES, KINDS
-from .manifest import DEFAULT_SPACING, SPACINGS
+from .formats import DEFAULT_FORMAT, OUTPUT_FORMATS
+from .contract import (DEFAULT_DTYPE, DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_MAX_CLASSES, DEFAULT_SPACING,
+                       DTYPE_NAMES, ENGINES, KINDS, LAYOUTS, SPACINGS)
 
 
 #: The flag of each service option whose name is not its flag's (``output_dir`` is ``--output``).

@@ -31,15 +31,13 @@ import os
 import queue
 import traceback
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import replace
 
 from .inputs.dataset import Case
 from .errors import UsageError
 from .results import FAILED, CaseResult
-from .run import WORKER_DIED, BatchSizer, Stop, run_batch, unreported, usable_cores
+from .run import WORKER_DIED, BatchSizer, Stop, run_batch, runnable, unreported, usable_cores
 
 CONNECT_TIMEOUT = 10  # seconds to reach a scheduler before giving up with a usage error
 POLL_SECONDS = 0.25  # how often to look for new workers (adaptive clusters) and for a stop while cases wait
@@ -153,11 +151,11 @@ def _run(client, cases: list[Case], work: Callable[..., CaseResult], kwargs: dic
     top up as batches finish or workers join.  When ``stop`` is set: no new batch, the
     finished ones reported, the running ones cancelled."""
     stop = stop if stop is not None else Stop()
-    todo = deque(replace(case, input=case.input.absolute(), output=case.output.absolute()) for case in cases)
+    todo = runnable(cases)
     finished: queue.SimpleQueue = queue.SimpleQueue()
     in_flight: dict = {}  # future -> its batch of cases
     sizer = BatchSizer(max(1, len(client.nthreads())))
-    alone: set[str] = set()  # cases of a batch that killed its workers: each is retried on its own
+    alone: set[str] = set()  # cases of a batch that killed its workers: each is retried on its own (run.runnable)
     try:
         while todo or in_flight:
             if stop:

@@ -27,7 +27,8 @@ import numpy as np
 
 from .case import HeaderVoxels, case_memory_need, process_case
 from .classlist import refuse_unseen_classes, settle_classes, settle_deferred_classes
-from .contract import DEFAULT_DTYPE, DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_MAX_CLASSES, check_layout
+from .contract import (DEFAULT_DTYPE, DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_MAX_CLASSES, DEFAULT_SPACING,
+                       check_layout)
 from .disk_space import maps_too_big
 from .errors import UsageError
 from .formats import DEFAULT_FORMAT, OUTPUT_DTYPES, OUTPUT_STORES_CLASSES, clean_temporaries
@@ -35,7 +36,7 @@ from .hints import run_hints
 from .inputs.dataset import Case, Dataset, default_output, find_dataset
 from .inputs.nnunet_preprocessed import is_preprocessed_folder
 from .lock import folder_lock
-from .manifest import DEFAULT_SPACING, Manifest, Settings
+from .manifest import Manifest, Settings
 from .results import DONE, FAILED, CaseResult
 from .resume import is_done, manifest_source, open_manifest, written_before_the_stop
 from .run import NoBar, Stop, run_local, stop_on_signals, threads_per_case, usable_cores

@@ -47,6 +47,15 @@ MAP_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 DTYPE_NAMES = tuple(dtype.name for dtype in MAP_DTYPES)
 DEFAULT_DTYPE = DTYPE_NAMES[0]
 
+#: How distances are measured, named: ``"voxel"`` (each voxel is 1 along every axis, as the
+#: paper) or ``"physical"`` (the voxel sizes of the file or tensor the labels come from).
+#: ``spacing`` means one thing everywhere, the voxel sizes distances are measured with: the
+#: kernels take the sizes themselves (a tuple, or None for voxels), and what reads the labels
+#: (the services, the MONAI and TorchIO transforms) also takes these names, because it has the
+#: sizes (:func:`resolve_spacing`).
+SPACINGS = ("voxel", "physical")
+DEFAULT_SPACING = SPACINGS[0]
+
 # Label values up to this bound are mapped to codes with a lookup table (one gather);
 # larger values go through a sorted search.
 LOOKUP_TABLE_LIMIT = 1 << 16
@@ -164,6 +173,36 @@ def sorted_codes(known: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """
     order = np.argsort(np.asarray(known, dtype=np.int64), kind="stable")
     return np.asarray(known, dtype=np.int64)[order], order.astype(np.int64) + 1
+
+
+def resolve_spacing(spacing, sizes: Sequence[float] | None) -> tuple[float, ...] | None:
+    """The voxel sizes a kernel takes, from a spacing given by name or by value.
+
+    Parameters
+    ----------
+    spacing : {"voxel", "physical"}, sequence of float, or None
+        None is ``"voxel"``.
+    sizes : sequence of float, or None
+        The voxel sizes of the labels' file or tensor, used for ``"physical"``.
+
+    Returns
+    -------
+    tuple of float, or None for distances in voxels
+
+    Raises
+    ------
+    ValueError
+        An unknown name, or ``"physical"`` without sizes.
+    """
+    if spacing is None or (isinstance(spacing, str) and spacing == "voxel"):
+        return None
+    if isinstance(spacing, str):
+        if spacing != "physical":
+            raise ValueError(f"spacing must be {' or '.join(map(repr, SPACINGS))} or voxel sizes, got {spacing!r}")
+        if sizes is None:
+            raise ValueError("spacing='physical' needs the labels' voxel sizes")
+        return tuple(float(s) for s in sizes)
+    return tuple(float(s) for s in spacing)
 
 
 def rrw_divisors(maxima):

@@ -23,14 +23,15 @@ import fnmatch
 import json
 import os
 import secrets
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .errors import UsageError
-from .results import DONE, FAILED, CaseResult
+from .results import DONE, CaseResult
 from .lock import PARTS_FOLDER, part_file_name
-from .formats import DEFAULT_FORMAT, LAYOUTS, OUTPUT_FORMATS, SCHEMA, atomic_path
-from .contract import DEFAULT_DTYPE, DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DTYPE_NAMES, ENGINES, KINDS
+from .formats import DEFAULT_FORMAT, OUTPUT_FORMATS, SCHEMA, atomic_path, newer_schema
+from .contract import (DEFAULT_DTYPE, DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_SPACING, DTYPE_NAMES, ENGINES,
+                       KINDS, LAYOUTS, SPACINGS)
 
 MANIFEST_NAME = "rwmaps.json"
 PART_MANIFEST_GLOB = "rwmaps.part-*-of-*.json"  # one per part of a job array, in PARTS_FOLDER: no two writers share a file
@@ -47,8 +48,6 @@ def part_manifest_name(part: int, parts: int) -> str:
     return part_file_name(part, parts, ".json")
 
 
-SPACINGS = ("voxel", "physical")  # --spacing: distances in voxels (as the paper) or in mm from the header
-DEFAULT_SPACING = SPACINGS[0]
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ class Settings:
 
     classes: tuple[int, ...]
     kind: str = DEFAULT_KIND
-    spacing: str = DEFAULT_SPACING  # "voxel" or "physical" (voxel sizes from the file header)
+    spacing: str = DEFAULT_SPACING  # contract.SPACINGS: "voxel", or "physical" (the sizes in the file's header)
     slice_axis: int | None = None
     dtype: str = DEFAULT_DTYPE
     fmt: str = DEFAULT_FORMAT
@@ -177,9 +176,9 @@ def header_settings(header: dict) -> tuple[Settings | None, str | None]:
     NewerSchemaError
         A header of a schema newer than this rwmaps reads.
     """
-    if not isinstance(header.get("schema", 1), int) or header.get("schema", 1) > SCHEMA:
-        raise NewerSchemaError(f"written by a newer rwmaps (schema {header.get('schema')!r}; this one reads up "
-                               f"to schema {SCHEMA}): upgrade rwmaps_cli")
+    problem = newer_schema(header.get("schema", 1))
+    if problem:
+        raise NewerSchemaError(problem)
     try:
         return Settings.from_parameters(header.get("parameters"), header.get("engine")), None
     except ValueError as error:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .formats import MapInfo, can_mmap, is_map, output_format, load_map_array, read_geometry, read_labels, read_map_info
+from .formats import MapHeader, can_mmap, header_says_map, output_format, load_map_array, read_geometry, read_labels, read_map_header
 from .manifest_lookup import MapRecord, manifest_for_map
 
 
@@ -77,7 +77,7 @@ class MapMeta:
         return getattr(self, key)
 
 
-def map_info(path: str | os.PathLike, record: MapRecord | None = None) -> MapInfo:
+def map_info(path: str | os.PathLike, record: MapRecord | None = None) -> MapHeader:
     """What a map file holds: shape, spatial rank, layout, kind, dtype, classes.
 
     The file's own header first; what it cannot tell (a ``.npy``'s layout, classes and
@@ -90,10 +90,10 @@ def map_info(path: str | os.PathLike, record: MapRecord | None = None) -> MapInf
         The file cannot be read as a map (one line, without the path).
     """
     record = manifest_for_map(path) if record is None else record
-    return _settled(read_map_info(path), record)
+    return _settled(read_map_header(path), record)
 
 
-def _settled(info: MapInfo, record: MapRecord | None) -> MapInfo:
+def _settled(info: MapHeader, record: MapRecord | None) -> MapHeader:
     listed = record is not None and record.entry is not None
     settings = record.settings if listed else None
     layout = info.layout or (settings.layout if settings else "full")
@@ -116,7 +116,7 @@ def is_map_file(path: str | os.PathLike) -> bool:
     say so themselves; a 4D float ``.npy`` cannot be labels (2D or 3D); a 4D NIfTI or a
     2D/3D float ``.npy`` is a map when an ``rwmaps.json`` above it lists it.
     """
-    said = is_map(path)
+    said = header_says_map(path)
     if said is None:
         record = manifest_for_map(path)
         return record is not None and record.entry is not None
@@ -214,7 +214,7 @@ def read_map(
         raise ValueError(f"mmap=True needs a .npy map, not .{output_format(path)}")
     record = manifest_for_map(path)
     listed = record is not None and record.entry is not None
-    if is_map(path) is None and not listed:
+    if header_says_map(path) is None and not listed:
         raise InputError("is not an rwmaps map (its header does not say so, and no rwmaps.json lists it)")
     data, info = load_map_array(path, mmap=mmap)
     info = _settled(info, record)
@@ -237,7 +237,7 @@ def _check_outside_applies(layout: str, expand: bool, outside) -> None:
                          "(layout='compact') or call rwmaps_cli.expand_map on the labels")
 
 
-def _meta(path: Path, info: MapInfo, record: MapRecord | None) -> MapMeta:
+def _meta(path: Path, info: MapHeader, record: MapRecord | None) -> MapMeta:
     settings = record.settings if record else None
     parameters = record.header.get("parameters") if record else None
     input_path = record.entry.get("input") if record else None
@@ -260,7 +260,7 @@ def _meta(path: Path, info: MapInfo, record: MapRecord | None) -> MapMeta:
     )
 
 
-def _expand(compact: np.ndarray, info: MapInfo, meta: MapMeta, labels, outside) -> np.ndarray:
+def _expand(compact: np.ndarray, info: MapHeader, meta: MapMeta, labels, outside) -> np.ndarray:
     from .maps import expand_map
 
     if info.classes is None:

@@ -36,7 +36,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from .contract import DEFAULT_KIND
+from .contract import DEFAULT_KIND, resolve_spacing
 from .maps import compute_maps
 from .torch import Outside, expand_map
 
@@ -59,9 +59,10 @@ class RegionWiseMapd(MapTransform):
     map_keys : key(s), optional
         Where to store each map; default ``"<key>_rwmap"``.
     kind : {"rrw", "boundary", "kervadec", "ac"}
-    spacing : None, "physical" or sequence of float
-        None: distances in voxels.  ``"physical"``: the voxel sizes of the label as it is
-        now (``MetaTensor.pixdim``, so a resampled patch uses its new spacing).
+    spacing : {"voxel", "physical"}, sequence of float, or None
+        ``"voxel"`` (or None): distances in voxels.  ``"physical"``: the voxel sizes of the
+        label as it is now (``MetaTensor.pixdim``, so a resampled patch uses its new
+        spacing).  Voxel sizes: those (:data:`rwmaps_cli.contract.SPACINGS`).
     slice_axis : int, optional
         Spatial axis (of the label without its channel) for per-slice maps.
     ignore_label : int, optional
@@ -79,8 +80,8 @@ class RegionWiseMapd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.classes = [int(k) for k in classes]
         self.map_keys = _output_keys(self.keys, map_keys)
-        if isinstance(spacing, str) and spacing != "physical":
-            raise ValueError(f"spacing must be None, 'physical' or voxel sizes, got {spacing!r}")
+        if isinstance(spacing, str):
+            resolve_spacing(spacing, ())  # an unknown name fails now, not at the first sample
         self.kind, self.spacing, self.slice_axis = kind, spacing, slice_axis
         self.ignore_label, self.dtype = ignore_label, dtype
 
@@ -93,9 +94,7 @@ class RegionWiseMapd(MapTransform):
     def compute(self, label) -> MetaTensor | torch.Tensor:
         """``(1, *spatial)`` label -> ``(C, *spatial)`` map (a MetaTensor when the label is one)."""
         array = _single_channel(label, "label")
-        spacing = self.spacing
-        if spacing == "physical":
-            spacing = _pixdim(label, array.ndim)
+        spacing = resolve_spacing(self.spacing, _pixdim(label, array.ndim) if self.spacing == "physical" else None)
         try:
             maps = compute_maps(array, self.classes, kind=self.kind, spacing=spacing, slice_axis=self.slice_axis,
                                 ignore_label=self.ignore_label, dtype=self.dtype)

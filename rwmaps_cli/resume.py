@@ -45,7 +45,7 @@ def open_manifest(output_dir: Path, settings: Settings, overwrite: bool, selecti
     if fresh and part is not None and previous is not None and (
             previous.settings is None or changed_parameters(previous.settings, settings)):
         raise UsageError(f"{output_dir} holds maps made with other parameters, which other parts may share: "
-                         "parts cannot overwrite them; run once without `num_parts` (with `overwrite=True`), or "
+                         "parts cannot `overwrite=True` them; run once without `num_parts` (with `overwrite=True`), or "
                          "use a new `output_dir`")
     if fresh:
         return _taking_over(Manifest(output_dir, settings, __version__, selection=selection, name=name,

@@ -127,6 +127,19 @@ def stop_on_signals(stop: Stop) -> Iterator[None]:
                 signal.signal(signum, old)
 
 
+def runnable(cases: list[Case]) -> deque[Case]:
+    """The cases as both runners take them: a queue, with absolute paths (a reused worker
+    process, or a Dask worker, keeps the working directory it started in).
+
+    Both runners then follow one rule for a batch whose worker died: each of its cases runs
+    again alone, and a case that kills its worker alone fails with :data:`WORKER_DIED`.
+    The mechanics differ because the pools do: a dead loky worker breaks every batch in
+    flight (:func:`run_local` retries them all, one at a time), a Dask ``KilledWorker``
+    names one task (:func:`~rwmaps_cli.cluster.run_dask` retries its cases).
+    """
+    return deque(replace(case, input=case.input.absolute(), output=case.output.absolute()) for case in cases)
+
+
 def run_local(
     cases: list[Case],
     work: Callable[..., CaseResult],
@@ -147,8 +160,7 @@ def run_local(
     stop = stop if stop is not None else Stop()
     budget = available_memory()
     sizer = BatchSizer(jobs)
-    # Absolute paths: reused worker processes keep the working directory they started in.
-    queue, suspects = deque(replace(c, input=c.input.absolute(), output=c.output.absolute()) for c in cases), deque()
+    queue, suspects = runnable(cases), deque()
     executor = None
     try:
         while (queue or suspects) and not stop:

@@ -54,7 +54,7 @@ import torch
 import torchio as tio
 
 from .errors import InputError
-from .contract import DEFAULT_KIND, RENORMALIZE, check_classes
+from .contract import DEFAULT_KIND, RENORMALIZE, SPACINGS, check_classes, resolve_spacing
 from .maps import compute_maps
 from .torch import Outside, class_index, expand_map, renormalize_patch
 
@@ -163,9 +163,10 @@ class RegionWiseMap(tio.Transform):
     classes : sequence of C ints
         The label value of each channel (the dataset's class list).
     kind : {"rrw", "boundary", "kervadec", "ac"}
-    spacing : None or "physical"
-        None: distances in voxels (the paper).  ``"physical"``: the label's voxel sizes as
-        they are now (``LabelMap.spacing``; a resampled label has its new spacing).
+    spacing : {"voxel", "physical"} or None
+        ``"voxel"`` (or None): distances in voxels (the paper).  ``"physical"``: the label's
+        voxel sizes as they are now (``LabelMap.spacing``; a resampled label has its new
+        spacing).  See :data:`rwmaps_cli.contract.SPACINGS`.
     ignore_label : int, optional
     **kwargs
         ``tio.Transform``'s (``p``, ...).
@@ -181,8 +182,8 @@ class RegionWiseMap(tio.Transform):
     def __init__(self, label: str = "label", output: str = "rwmap", classes: Sequence[int] = (), kind: str = DEFAULT_KIND,
                  spacing: str | None = None, ignore_label: int | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        if spacing not in (None, "physical"):
-            raise ValueError(f"spacing must be None or 'physical', got {spacing!r}")
+        if spacing not in (None, *SPACINGS):
+            raise ValueError(f"spacing must be 'voxel' or 'physical', got {spacing!r}")
         self.label, self.output = label, output
         self.classes = check_classes(classes, ignore_label)  # the one rule (contract.check_classes)
         self.kind, self.spacing, self.ignore_label = kind, spacing, ignore_label
@@ -191,7 +192,7 @@ class RegionWiseMap(tio.Transform):
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
         label = _image(subject, self.label, "label")
         array = _label_array(label)
-        spacing = tuple(float(s) for s in label.spacing[: array.ndim]) if self.spacing == "physical" else None
+        spacing = resolve_spacing(self.spacing, label.spacing[: array.ndim])
         try:
             maps = compute_maps(array, self.classes, kind=self.kind, spacing=spacing, ignore_label=self.ignore_label)
         except ValueError as error:

@@ -104,9 +104,9 @@ def test_compact_is_a_usage_error_for_other_kinds(compact, tmp_path, kind, messa
 
 
 def test_the_summary_suggests_compact_when_full_maps_are_large(compact, tmp_path, monkeypatch):
-    import rwmaps_cli.compute
+    import rwmaps_cli.hints
 
-    monkeypatch.setattr(rwmaps_cli.compute, "COMPACT_HINT_BYTES", 20_000)  # the real threshold is 1 GB
+    monkeypatch.setattr(rwmaps_cli.hints, "COMPACT_HINT_BYTES", 20_000)  # the real threshold is 1 GB
     result = run_rwmaps("compute", "--input", compact / "labels", "--output", tmp_path / "maps", check=0)
     assert ("rwmaps: hint: the largest map is 0.0 GB; --layout compact stores one channel instead of 4, 4x smaller"
             in result.stderr)

@@ -749,10 +749,10 @@ def test_a_map_description_is_read_into_named_fields():
     from rwmaps_cli.formats.base import describe_map, parse_description
 
     said = parse_description(describe_map("rrw", "compact", 2))
-    assert (said.is_map, said.kind, said.layout, said.spatial_ndim, said.schema) == (True, "rrw", "compact", 2, 2)
+    assert (said.says_map, said.kind, said.layout, said.spatial_ndim, said.schema) == (True, "rrw", "compact", 2, 2)
     assert parse_description("rwmaps boundary") == (True, "boundary", "full", None, 1)  # schema 1, first form
     assert parse_description("rwmaps rrw compact 2d") == (True, "rrw", "compact", 2, 1)  # schema 1, later form
-    assert not parse_description("a NIfTI from the scanner").is_map
+    assert not parse_description("a NIfTI from the scanner").says_map
 
 
 # --------------------------------------------------------------------------- ISA-L gzip

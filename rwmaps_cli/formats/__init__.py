@@ -9,7 +9,7 @@ by the name it carries (``FileFormat.reader_name``, e.g. ``read_labels(path, rea
 
 The functions here are the whole file API the rest of rwmaps uses: read a label volume
 (:func:`read_labels`, :func:`read_shape`, :func:`read_geometry`), write a map atomically
-(:func:`write_map`), and read what a map file says about itself (:func:`read_map_info`,
+(:func:`write_map`), and read what a map file says about itself (:func:`read_map_header`,
 :func:`load_map_array`).  The libraries behind each format are imported on first use.
 The file contract they implement is in ``docs/design.md`` ("Files").
 """
@@ -22,22 +22,23 @@ from pathlib import Path
 
 import numpy as np
 
+from rwmaps_cli.contract import check_layout
 from rwmaps_cli.errors import InputError
 
 from . import base
 from .base import (
     DEFAULT_COMPRESSLEVEL,
     DEFAULT_LAYOUT,
-    LAYOUTS,
     SCHEMA,
     TMP_MARKER,
     FileFormat,
     LabelVolume,
     MapContent,
-    MapInfo,
+    MapHeader,
     capturing_library_output,
     clean_temporaries,
     input_errors,
+    newer_schema,
 )
 from .nifti import NiftiFormat
 from .nnunet import NnunetSegFormat
@@ -55,13 +56,13 @@ FORMATS: tuple[FileFormat, ...] = (
     NpyFormat(),
     NnunetSegFormat(),
 )
-_BY_NAME = {fmt.reader_name: fmt for fmt in FORMATS if fmt.reader_name}  # readers chosen by name (read_labels)
-LABEL_SUFFIXES = tuple(suffix for fmt in FORMATS for suffix in fmt.suffixes)
-OUTPUT_FORMATS = tuple(fmt.output_name for fmt in FORMATS if fmt.output_name)
+_BY_NAME = {file_format.reader_name: file_format for file_format in FORMATS if file_format.reader_name}  # readers chosen by name (read_labels)
+LABEL_SUFFIXES = tuple(suffix for file_format in FORMATS for suffix in file_format.suffixes)
+OUTPUT_FORMATS = tuple(file_format.output_name for file_format in FORMATS if file_format.output_name)
 DEFAULT_FORMAT = "nii.gz"  # --format: what 4D NIfTI tools and nnU-Net's raw datasets read
-OUTPUT_DTYPES = {fmt.output_name: fmt.map_dtypes for fmt in FORMATS if fmt.output_name}
-OUTPUT_STORES_CLASSES = {fmt.output_name: fmt.stores_classes for fmt in FORMATS if fmt.output_name}
-_BY_OUTPUT_NAME = {fmt.output_name: fmt for fmt in FORMATS if fmt.output_name}
+OUTPUT_DTYPES = {file_format.output_name: file_format.map_dtypes for file_format in FORMATS if file_format.output_name}
+OUTPUT_STORES_CLASSES = {file_format.output_name: file_format.stores_classes for file_format in FORMATS if file_format.output_name}
+_BY_OUTPUT_NAME = {file_format.output_name: file_format for file_format in FORMATS if file_format.output_name}
 
 
 def label_suffix(path: str | os.PathLike) -> str | None:
@@ -84,7 +85,7 @@ def format_for(path: str | os.PathLike) -> FileFormat:
     suffix = label_suffix(path)
     if suffix is None:
         raise InputError(f"unsupported file type; expected one of {', '.join(LABEL_SUFFIXES)}")
-    return next(fmt for fmt in FORMATS if suffix in fmt.suffixes)
+    return next(file_format for file_format in FORMATS if suffix in file_format.suffixes)
 
 
 def format_name(path: str | os.PathLike) -> str:
@@ -92,8 +93,8 @@ def format_name(path: str | os.PathLike) -> str:
     suffix = label_suffix(path)
     if suffix is None:
         return Path(path).suffix
-    fmt = format_for(path)
-    return f"{fmt.name} ({suffix})" if fmt.name == "NIfTI" else fmt.name
+    file_format = format_for(path)
+    return f"{file_format.name} ({suffix})" if file_format.name == "NIfTI" else file_format.name
 
 
 def output_format(path: str | os.PathLike) -> str:
@@ -170,25 +171,25 @@ def read_labels(path: str | os.PathLike, reader: str | None = None) -> LabelVolu
         that cannot hold labels, vector pixels, or not 2D/3D.  One line, without the path.
     """
     path = Path(path)
-    fmt = _reader(path, reader)
-    with input_errors(path, fmt.name):
-        return fmt.read_labels(path)
+    file_format = _reader(path, reader)
+    with input_errors(path, file_format.name):
+        return file_format.read_labels(path)
 
 
 def read_shape(path: str | os.PathLike, reader: str | None = None) -> tuple[int, ...]:
     """Spatial shape of ``read_labels(path).array`` from the header only (cheap)."""
     path = Path(path)
-    fmt = _reader(path, reader)
-    with input_errors(path, fmt.name):
-        return fmt.read_shape(path)
+    file_format = _reader(path, reader)
+    with input_errors(path, file_format.name):
+        return file_format.read_shape(path)
 
 
 def read_geometry(path: str | os.PathLike, reader: str | None = None) -> tuple[tuple[float, ...], np.ndarray | None]:
     """(spacing per array axis, RAS+ affine or None) of a label file, from its header."""
     path = Path(path)
-    fmt = _reader(path, reader)
-    with input_errors(path, fmt.name):
-        return fmt.read_geometry(path)
+    file_format = _reader(path, reader)
+    with input_errors(path, file_format.name):
+        return file_format.read_geometry(path)
 
 
 def _reader(path: Path, reader: str | None) -> FileFormat:
@@ -242,21 +243,20 @@ def write_map(
         An unsupported suffix, dtype or layout, or mismatched shapes.
     """
     path = Path(path)
-    fmt = _BY_OUTPUT_NAME[output_format(path)]
+    file_format = _BY_OUTPUT_NAME[output_format(path)]
     classes = np.asarray(classes, dtype=np.int64)
-    _check_map(fmt, data, volume, classes, layout, compresslevel)
+    _check_map(file_format, data, volume, classes, kind, layout, compresslevel)
     with atomic_path(path) as tmp:
-        fmt.write_map(tmp, path, data, volume, MapContent(classes, kind, layout), compresslevel, threads)
+        file_format.write_map(tmp, path, data, volume, MapContent(classes, kind, layout), compresslevel, threads)
 
 
-def _check_map(fmt: FileFormat, data, volume: LabelVolume, classes: np.ndarray, layout: str,
+def _check_map(file_format: FileFormat, data, volume: LabelVolume, classes: np.ndarray, kind: str, layout: str,
                compresslevel: int) -> None:
-    if not isinstance(data, np.ndarray) or data.dtype not in fmt.map_dtypes:
+    if not isinstance(data, np.ndarray) or data.dtype not in file_format.map_dtypes:
         dtype = getattr(data, "dtype", type(data).__name__)
-        allowed = " or ".join(str(d) for d in fmt.map_dtypes)
-        raise ValueError(f"cannot write a {dtype} map as .{fmt.output_name}; expected {allowed}")
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+        allowed = " or ".join(str(d) for d in file_format.map_dtypes)
+        raise ValueError(f"cannot write a {dtype} map as .{file_format.output_name}; expected {allowed}")
+    check_layout(kind, layout)  # the contract's rule
     expected = volume.array.shape if layout == "compact" else (len(classes), *volume.array.shape)
     if layout == "full" and data.shape[1:] != volume.array.shape:
         raise ValueError(f"map shape {data.shape} does not match (C, *{volume.array.shape})")
@@ -268,35 +268,35 @@ def _check_map(fmt: FileFormat, data, volume: LabelVolume, classes: np.ndarray, 
         raise ValueError(f"compresslevel must be 0..9, got {compresslevel}")
 
 
-def is_map(path: str | os.PathLike) -> bool | None:
+def header_says_map(path: str | os.PathLike) -> bool | None:
     """Whether the file says it is a map: True, False, or None when it cannot tell
     (a bare 2D/3D float ``.npy``, a 4D NIfTI without rwmaps' description).  Never raises."""
     try:
-        return format_for(path).is_map(Path(path))
+        return format_for(path).header_says_map(Path(path))
     except Exception:  # unreadable: the reader will say why
         return False
 
 
-def read_map_info(path: str | os.PathLike) -> MapInfo:
-    """What a map file's header says (shape, rank, layout, kind, dtype...); see :class:`MapInfo`."""
+def read_map_header(path: str | os.PathLike) -> MapHeader:
+    """What a map file's header says (shape, rank, layout, kind, dtype...); see :class:`MapHeader`."""
     path = Path(path)
-    fmt = format_for(path)
-    with input_errors(path, fmt.name):
-        return fmt.read_map_info(path)
+    file_format = format_for(path)
+    with input_errors(path, file_format.name):
+        return file_format.read_map_header(path)
 
 
-def load_map_array(path: str | os.PathLike, mmap: bool = False) -> tuple[np.ndarray, MapInfo]:
+def load_map_array(path: str | os.PathLike, mmap: bool = False) -> tuple[np.ndarray, MapHeader]:
     """The map array of a file in its logical shape (float32, or the stored dtype with
-    ``mmap``) and its :class:`MapInfo`.  Use :func:`rwmaps_cli.load_map` in training code."""
+    ``mmap``) and its :class:`MapHeader`.  Use :func:`rwmaps_cli.load_map` in training code."""
     path = Path(path)
-    fmt = format_for(path)
-    with input_errors(path, fmt.name):
-        return fmt.load_map(path, mmap)
+    file_format = format_for(path)
+    with input_errors(path, file_format.name):
+        return file_format.load_map(path, mmap)
 
 
 __all__ = [
-    "DEFAULT_COMPRESSLEVEL", "FORMATS", "LABEL_SUFFIXES", "LAYOUTS", "DEFAULT_FORMAT", "OUTPUT_DTYPES", "OUTPUT_FORMATS", "OUTPUT_STORES_CLASSES", "SCHEMA", "TMP_MARKER",
-    "FileFormat", "LabelVolume", "MapInfo", "atomic_path", "capturing_library_output", "clean_temporaries", "format_for", "format_name",
-    "is_map", "label_suffix", "load_map_array", "npy_header", "output_format", "output_path", "read_geometry",
-    "read_labels", "read_map_info", "read_shape", "sitk_affine", "write_map",
+    "DEFAULT_COMPRESSLEVEL", "FORMATS", "LABEL_SUFFIXES", "DEFAULT_FORMAT", "OUTPUT_DTYPES", "OUTPUT_FORMATS", "OUTPUT_STORES_CLASSES", "SCHEMA", "TMP_MARKER",
+    "FileFormat", "LabelVolume", "MapHeader", "atomic_path", "capturing_library_output", "clean_temporaries", "format_for", "format_name",
+    "header_says_map", "label_suffix", "load_map_array", "npy_header", "output_format", "output_path", "read_geometry",
+    "newer_schema", "read_labels", "read_map_header", "read_shape", "sitk_affine", "write_map",
 ]

@@ -70,8 +70,12 @@ class LabelVolume:
 
 
 @dataclass(frozen=True)
-class MapInfo:
+class MapHeader:
     """What a map file says about itself, read from its header (no voxel data).
+
+    :func:`rwmaps_cli.mapfile.map_info` fills in what a header cannot say (a bare
+    ``.npy``'s layout, classes and kind) from the manifest; :class:`rwmaps_cli.MapMeta` is
+    what ``load_map`` returns, with the manifest's context.
 
     Attributes
     ----------
@@ -80,7 +84,7 @@ class MapInfo:
         compact one (a 2D NIfTI map's stored singleton axis removed).
     spatial_ndim : int or None
         2 or 3; None only when the file cannot tell (a bare ``.npy``: see
-        :func:`rwmaps_cli.mapfile.read_map_info`, which settles it from the manifest).
+        :func:`rwmaps_cli.mapfile.map_info`, which settles it from the manifest).
     layout : {"full", "compact"} or None
     kind, dtype : str or None
     classes : list of int or None
@@ -159,7 +163,7 @@ class FileFormat:
         raise InputError(f"{self.name} files are not read as labels")
 
     # ------------------------------------------------------------------ maps
-    def is_map(self, path: Path) -> bool | None:
+    def header_says_map(self, path: Path) -> bool | None:
         """True/False when the file itself tells whether it is a map; None when it cannot."""
         return False
 
@@ -168,11 +172,11 @@ class FileFormat:
         """Write ``data`` ((C, *spatial) full or (*spatial) compact) to ``tmp``."""
         raise ValueError(f"{self.name} cannot store maps")
 
-    def read_map_info(self, path: Path) -> MapInfo:
+    def read_map_header(self, path: Path) -> MapHeader:
         raise InputError(f"not a map format ({self.name})")
 
-    def load_map(self, path: Path, mmap: bool = False) -> tuple[np.ndarray, MapInfo]:
-        """The map array in its logical shape (see :class:`MapInfo`) and its info."""
+    def load_map(self, path: Path, mmap: bool = False) -> tuple[np.ndarray, MapHeader]:
+        """The map array in its logical shape (see :class:`MapHeader`) and its info."""
         raise InputError(f"not a map format ({self.name})")
 
 
@@ -218,11 +222,19 @@ def diagonal_affine(spacing: Sequence[float]) -> np.ndarray:
 SCHEMA = 2
 
 
+def newer_schema(schema) -> str | None:
+    """Why a file (a map, a manifest) of ``schema`` cannot be read: the one refusal of a
+    newer rwmaps' files, or None when this rwmaps reads it."""
+    if isinstance(schema, int) and schema <= SCHEMA:
+        return None
+    return f"written by a newer rwmaps (schema {schema!r}; this one reads up to schema {SCHEMA}): upgrade rwmaps_cli"
+
+
 def check_schema(schema: int) -> None:
-    """InputError for a map of a schema newer than this rwmaps reads."""
-    if schema > SCHEMA:
-        raise InputError(f"written by a newer rwmaps (schema {schema}; this one reads up to schema {SCHEMA}): "
-                         "upgrade rwmaps_cli")
+    """InputError for a map of a schema newer than this rwmaps reads (:func:`newer_schema`)."""
+    problem = newer_schema(schema)
+    if problem:
+        raise InputError(problem)
 
 
 def describe_map(kind: str, layout: str, spatial_ndim: int) -> str:
@@ -235,7 +247,7 @@ class MapDescription(NamedTuple):
 
     Attributes
     ----------
-    is_map : bool
+    says_map : bool
         The text starts with ``rwmaps``.
     kind, layout : str or None
         None when the text is not an rwmaps description (layout ``"full"`` when it is
@@ -246,7 +258,7 @@ class MapDescription(NamedTuple):
         The :data:`SCHEMA` the map follows (1 when it does not say).
     """
 
-    is_map: bool
+    says_map: bool
     kind: str | None
     layout: str | None
     spatial_ndim: int | None

@@ -29,7 +29,7 @@ from .base import (
     FileFormat,
     LabelVolume,
     MapContent,
-    MapInfo,
+    MapHeader,
     check_claim,
     check_labels,
     check_map_array,
@@ -173,7 +173,7 @@ class NiftiFormat(FileFormat):
         return tuple(float(z) for z in img.header.get_zooms()[:ndim]), np.asarray(img.affine, dtype=np.float64)
 
     # ------------------------------------------------------------------ maps
-    def is_map(self, path: Path) -> bool | None:
+    def header_says_map(self, path: Path) -> bool | None:
         import nibabel as nib
 
         header = nib.load(path).header
@@ -228,12 +228,12 @@ class NiftiFormat(FileFormat):
         header["descrip"] = description.encode()[:_DESCRIP_BYTES]
         return header
 
-    def read_map_info(self, path: Path) -> MapInfo:
+    def read_map_header(self, path: Path) -> MapHeader:
         import nibabel as nib
 
         return self._info(nib.load(path))  # header only: nibabel loads lazily
 
-    def _info(self, img) -> MapInfo:
+    def _info(self, img) -> MapHeader:
         stored = tuple(int(n) for n in img.shape)
         dtype = img.get_data_dtype()
         ours, kind, layout, ndim, schema = parse_description(_description(img.header))
@@ -253,10 +253,10 @@ class NiftiFormat(FileFormat):
             shape = spatial
         check_map_array(shape, dtype, layout)
         zooms = tuple(float(z) for z in img.header.get_zooms()[:ndim])
-        return MapInfo(shape=shape, spatial_ndim=ndim, layout=layout, kind=kind, dtype=str(dtype), stored_shape=stored,
+        return MapHeader(shape=shape, spatial_ndim=ndim, layout=layout, kind=kind, dtype=str(dtype), stored_shape=stored,
                        spacing=zooms, affine=np.asarray(img.affine, dtype=np.float64))
 
-    def load_map(self, path: Path, mmap: bool = False) -> tuple[np.ndarray, MapInfo]:
+    def load_map(self, path: Path, mmap: bool = False) -> tuple[np.ndarray, MapHeader]:
         img = _load(path)
         try:
             info = self._info(img)

@@ -31,7 +31,7 @@ from .base import (
     FileFormat,
     LabelVolume,
     MapContent,
-    MapInfo,
+    MapHeader,
     check_claim,
     check_labels,
     check_map_array,
@@ -73,7 +73,7 @@ class NpyFormat(FileFormat):
     def read_geometry(self, path: Path) -> tuple[tuple[float, ...], None]:
         return (1.0,) * len(self.read_shape(path)), None
 
-    def is_map(self, path: Path) -> bool | None:
+    def header_says_map(self, path: Path) -> bool | None:
         shape, dtype = self._header(path)
         if dtype.kind != "f":
             return False
@@ -90,15 +90,15 @@ class NpyFormat(FileFormat):
             # without a copy; numpy's own tofile() reports a full disk without an errno.
             raw.write(memoryview(data.T if header["fortran_order"] else data).cast("B"))
 
-    def read_map_info(self, path: Path) -> MapInfo:
+    def read_map_header(self, path: Path) -> MapHeader:
         shape, dtype = self._header(path)
         check_map_array(shape, dtype, None)
         full_3d = len(shape) == 4  # a bare array tells its rank only when it is 4D
-        return MapInfo(shape=shape, spatial_ndim=3 if full_3d else None, layout="full" if full_3d else None,
+        return MapHeader(shape=shape, spatial_ndim=3 if full_3d else None, layout="full" if full_3d else None,
                        kind=None, dtype=str(dtype), stored_shape=shape)
 
-    def load_map(self, path: Path, mmap: bool = False) -> tuple[np.ndarray, MapInfo]:
-        info = self.read_map_info(path)
+    def load_map(self, path: Path, mmap: bool = False) -> tuple[np.ndarray, MapHeader]:
+        info = self.read_map_header(path)
         stored = np.load(path, mmap_mode="r", allow_pickle=False)
         if mmap:
             return stored, info
@@ -145,7 +145,7 @@ class NpzFormat(FileFormat):
                 return tuple(float(s) for s in npz["spacing"].ravel()), None
         return (1.0,) * len(self.read_shape(path)), None
 
-    def is_map(self, path: Path) -> bool:
+    def header_says_map(self, path: Path) -> bool:
         with zipfile.ZipFile(path) as archive:
             return "map.npy" in archive.namelist()
 
@@ -168,7 +168,7 @@ class NpzFormat(FileFormat):
                 with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, array, allow_pickle=False)
 
-    def read_map_info(self, path: Path) -> MapInfo:
+    def read_map_header(self, path: Path) -> MapHeader:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
             if "map.npy" not in names:
@@ -180,20 +180,20 @@ class NpzFormat(FileFormat):
         return self._info(shape, dtype, small)
 
     @staticmethod
-    def _info(shape, dtype, small: dict) -> MapInfo:
+    def _info(shape, dtype, small: dict) -> MapHeader:
         check_schema(int(small["schema"]) if "schema" in small else 1)
         layout = str(small["layout"]) if "layout" in small else "full"  # the first schema-1 maps were full only
         check_map_array(shape, dtype, layout if layout in ("full", "compact") else None)
         spatial_ndim = len(shape) - (1 if layout == "full" else 0)
-        return MapInfo(
+        return MapHeader(
             shape=shape, spatial_ndim=spatial_ndim, layout=layout,
             kind=str(small["kind"]) if "kind" in small else None, dtype=str(dtype), stored_shape=shape,
             classes=[int(v) for v in small["classes"].ravel()] if "classes" in small else None,
             spacing=tuple(float(s) for s in small["spacing"].ravel()) if "spacing" in small else None,
         )
 
-    def load_map(self, path: Path, mmap: bool = False) -> tuple[np.ndarray, MapInfo]:
-        info = self.read_map_info(path)
+    def load_map(self, path: Path, mmap: bool = False) -> tuple[np.ndarray, MapHeader]:
+        info = self.read_map_header(path)
         with np.load(path, allow_pickle=False) as npz:
             data = npz["map"]
         return data.astype(np.float32, copy=False), info
