@@ -27,7 +27,10 @@ class MapMeta:
     Attributes
     ----------
     classes : list of int or None
-        The label value of each channel (full) or the class list (compact); None when unknown.
+        The class list: the label value of each channel of a full map, the values a
+        compact map's own-class values stand for.  None when unknown, and for a
+        region-based map, whose channels are ``regions`` (its file stores their indices
+        under ``classes``).
     spacing : tuple of float or None
         Voxel sizes in array-axis order.
     kind : str or None
@@ -250,7 +253,7 @@ def _meta(path: Path, info: MapHeader, record: MapRecord | None) -> MapMeta:
         if spacing is not None and len(spacing) != info.spatial_ndim:
             spacing = None
     return MapMeta(
-        classes=info.classes, spacing=spacing, kind=info.kind, layout=info.layout, format=output_format(path),
+        classes=None if settings and settings.regions else info.classes, spacing=spacing, kind=info.kind, layout=info.layout, format=output_format(path),
         dtype=info.dtype, affine=info.affine, stored_shape=info.stored_shape,
         manifest=str(record.manifest) if record else None,
         parameters=deepcopy(parameters) if isinstance(parameters, dict) else None,  # cached: a copy

@@ -147,7 +147,8 @@ def test_a_raw_region_based_dataset_gets_one_map_per_region(tmp_path):
     maps, meta = load_map(tmp_path / "maps" / "case_0.npy")
     labels = np.asarray(nib.load(root / "labelsTr" / "case_0.nii.gz").dataobj)
     np.testing.assert_array_equal(maps, compute_region_maps(labels, [[1, 2, 3], [2, 3], [3]]))
-    assert meta.regions == [[1, 2, 3], [2, 3], [3]]
+    assert meta.regions == [[1, 2, 3], [2, 3], [3]] and meta.classes is None  # classes: a class list only
+    assert load_map(tmp_path / "maps" / "case_0.npy", mmap=True)[1].classes is None
     run_rwmaps("verify", "--input", root, "--output", tmp_path / "maps", check=0)
     refused = run_rwmaps("compute", "--input", root, "--output", tmp_path / "compact", "--layout", "compact", check=2)
     assert "regions overlap" in refused.stderr
