@@ -32,7 +32,7 @@ PARTS_FOLDER = "rwmaps.parts"
 
 
 def part_file_name(part: int, parts: int, suffix: str) -> str:
-    """``rwmaps.parts/rwmaps.part-03-of-12<suffix>``: a file of one part of a job array
+    """``rwmaps.parts/rwmaps.part-3-of-12<suffix>``: a file of one part of a job array
     (its lock, manifest or journal), relative to the output folder; the part id is
     zero-padded to the width of the largest, so the names sort in part order."""
     width = len(str(parts - 1))

@@ -32,15 +32,13 @@ from rwmaps_cli.errors import InputError
 from rwmaps_cli.contract import DEFAULT_LAYOUT, LAYOUTS, MAP_DTYPES  # the contract owns the layouts and dtypes; a file stores them
 
 TMP_MARKER = ".rwmaps-tmp-"
-# gzip/deflate level for .nii.gz and .npz. Measured on a (4, 200, 256, 256) float32 map
-# (nested noisy ellipsoids, 210 MB raw; 2-core machine, nibabel 5.4, numpy 2.4):
-#   rrw map,      .nii.gz: level 1 2.2-2.4 s / 22.9 MB, level 6 3.7 s / 19.7 MB, level 9 6.0 s / 19.6 MB
-#   boundary map, .nii.gz: level 1 5.3 s / 107.5 MB,    level 6 8.7 s / 99.6 MB,  level 9 10.3 s / 99.4 MB
-#   rrw map, .npz: np.savez_compressed (zlib level 6) 2.5 s / 19.6 MB, level 1 1.1 s / 22.9 MB
-#   boundary, .npz: savez_compressed 8.0 s / 101.8 MB, level 1 4.2 s / 110 MB
-# Level 1 is also nibabel's own default.  Against level 6 it costs 8-16 % more disk and
-# saves 38-56 % of the write time; level 9 buys < 1 % more.  The zlib level of .npz; .nii.gz
-# goes through ISA-L, faster still (formats/nifti.py, ISAL_LEVEL).
+# The deflate (zlib) level of .npz maps.  Measured on a (4, 200, 256, 256) float32 map
+# (nested noisy ellipsoids, 210 MB raw; 2-core machine, numpy 2.4):
+#   rrw map:      np.savez_compressed (level 6) 2.5 s / 19.6 MB, level 1 1.1 s / 22.9 MB
+#   boundary map: np.savez_compressed (level 6) 8.0 s / 101.8 MB, level 1 4.2 s / 110 MB
+# Level 1 costs 8-16 % more disk than level 6 and saves about half the write time; level 9
+# buys < 1 % more.  .nii.gz maps are not zlib's: they go through ISA-L, at its own level
+# and figures (formats/nifti.py, ISAL_LEVEL).
 DEFAULT_COMPRESSLEVEL = 1
 
 

@@ -327,8 +327,3 @@ def _rounded(values) -> list[float] | None:
 def _scalar(value):
     """A numpy scalar as a Python one (JSON-ready); anything else unchanged."""
     return value.item() if hasattr(value, "item") else value
-
-
-def _finite_or_none(value: float) -> float | None:
-    """None for NaN (JSON has no NaN); anything else unchanged."""
-    return None if math.isnan(value) else value
