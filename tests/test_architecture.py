@@ -294,3 +294,34 @@ def test_the_default_check_can_fail(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text('import click\n@click.option("--kind", default="rrw")\ndef f(layout="full", n=3): ...\n')
     assert _literal_defaults(bad) == ["f(layout='full')", "click option ['kind'] default='rrw'"]
+
+
+GOOGLE_SECTION = re.compile(r"^\s+(Args|Arguments|Keyword Args|Returns|Raises|Yields|Attributes|Examples?|Notes?):\s*$",
+                            re.MULTILINE)
+
+
+def google_style_sections(source: str) -> list[str]:
+    """Google-style section headers (``Args:``) in the docstrings of ``source``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(
+                getattr(getattr(d, "func", d), "attr", "") in ("command", "group") for d in node.decorator_list):
+            continue  # a click command's docstring is its --help text, in click's style ("Example:")
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            docstring = ast.get_docstring(node, clean=False) or ""
+            found += [match.group(1) for match in GOOGLE_SECTION.finditer(docstring)]
+    return found
+
+
+def test_one_docstring_style_numpydoc():
+    """numpydoc (``Parameters`` over a dashed line), as scikit-image and most of this package."""
+    offenders = [f"{path.relative_to(REPO)}: {section}:" for path in sorted(PACKAGE.rglob("*.py"))
+                 for section in google_style_sections(path.read_text())]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_docstring_style_check_can_fail():
+    source = 'def f(x):\n    """Do.\n\n    Args:\n        x: a value.\n\n    Returns:\n        y.\n    """\n'
+    assert google_style_sections(source) == ["Args", "Returns"]
+    assert google_style_sections('def f(x):\n    """Do.\n\n    Parameters\n    ----------\n    x : int\n    """\n') == []
+    assert google_style_sections('@cli.command()\ndef f():\n    """Help.\n\n    Example:\n        rwmaps f\n    """\n') == []
