@@ -6,6 +6,9 @@ cases, and this module takes two pieces of what it was away:
 - the workers' server starts before anything else is imported: it imports what a case
   needs (about 0.3 s) while the command line imports its own, instead of after
   (:mod:`rwmaps_cli.workers`);
+- multiprocessing's resource tracker is started first with its stderr on ``/dev/null``: it
+  still cleans up what a stopped run's workers leave, without a warning after rwmaps' last
+  line;
 - once the command has returned (its files written and closed, its lock released), the
   workers are joined, the exit handlers run (loky's, multiprocessing's: no semaphore is
   left to the resource tracker), the output is flushed, and the process ends without
@@ -23,10 +26,12 @@ import sys
 
 def main() -> None:
     local_compute = sys.argv[1:2] == ["compute"] and not any(arg.startswith("--scheduler") for arg in sys.argv)
-    if local_compute:
-        from .workers import start_worker_server
+    if local_compute or sys.argv[1:2] == ["verify"]:
+        from .workers import start_quiet_resource_tracker, start_worker_server
 
-        start_worker_server()
+        start_quiet_resource_tracker()  # before anything that starts one: see its docstring
+        if local_compute:
+            start_worker_server()
     from .cli import main as command_line
 
     try:

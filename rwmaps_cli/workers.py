@@ -74,6 +74,33 @@ def start_worker_server() -> None:
             signal.signal(signal.SIGINT, previous)
 
 
+def start_quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker with its stderr on ``/dev/null``, for the
+    command line only.
+
+    The tracker is the helper process that unlinks the semaphores a process leaves behind
+    when it ends; it does so whatever its stderr is, and its only output is a warning per
+    object it cleans.  After a stop (Ctrl-C, SIGTERM) that kills the workers mid-case, loky
+    can leave one of its queue semaphores to it, and the warning came after rwmaps' last
+    line ("stopped: ... run the same command again"), from another process, in the words of
+    neither.  Started first (the workers' server and loky then use this one), it cleans up
+    in silence.  A Python caller's tracker is left as it is.
+    """
+    import os
+    from multiprocessing import resource_tracker
+
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)  # the tracker inherits fd 2 when it starts
+        resource_tracker.ensure_running()
+    except OSError:
+        pass  # no tracker now: multiprocessing starts its own when it needs one
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def start_workers(jobs: int) -> None:
     """Where the workers are not forked, start loky's ``jobs`` workers now, and return at
     once: they start their interpreters and import while the caller prepares, instead of at
