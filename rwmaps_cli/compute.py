@@ -141,44 +141,75 @@ def compute_dataset(
         output folder holding maps made with other parameters (unless ``overwrite``), too
         little disk space, classes in no case with ``strict``.
     """
-    request = Request(**options)
-    progress = progress or (lambda total, description: NoBar())
-    on_failure = on_failure or (lambda path, result: None)
-    dataset, output_dir, request = _open_input(Path(input_dir), output_dir, request)
-    mine = _share(dataset.cases, request.part)
-    jobs = _jobs(request.jobs, len(mine))
-    if request.scheduler is None:
-        start_workers(jobs)
-    stop = Stop()
+    run = _open_run(Path(input_dir), output_dir, Request(**options), progress, on_failure)
+    if run.request.scheduler is None:
+        start_workers(run.jobs)
     with ExitStack() as stack:
-        stack.enter_context(stop_on_signals(stop))
-        _check_writable(output_dir)
-        exclusive = stack.enter_context(folder_lock(output_dir, request.part))
-        runner = _runner(request.scheduler, jobs, stack)
-        settings, defer, failed = _settle(dataset, request, runner, progress, stop)
-        if stop:  # stopped while reading the labels: nothing written, not even a manifest
-            return Outcome(classes=settings.classes, not_finished=len(mine), stopped=stop.reason)
+        stack.enter_context(stop_on_signals(run.stop))
+        _check_writable(run.output_dir)
+        exclusive = stack.enter_context(folder_lock(run.output_dir, run.request.part))
+        runner = _runner(run.request.scheduler, run.jobs, stack)
+        settings, defer, failed = _settle(run.dataset, run.request, runner, run.progress, run.stop)
+        if run.stop:  # stopped while reading the labels: nothing written, not even a manifest
+            return Outcome(classes=settings.classes, not_finished=len(run.cases), stopped=run.stop.reason)
         if not settings.classes and not defer:  # no label file could be read: each is a failed case
-            return _nothing_readable(dataset, mine, failed, on_failure)
-        selection = {"include": list(request.include), "exclude": list(request.exclude)}
-        manifest = open_manifest(output_dir, settings, request.overwrite, selection, request.part, mine,
-                                 manifest_source(dataset), defer)
-        outcome = Outcome(classes=settings.classes, manifest=manifest.path, ignored_files=len(dataset.skipped_files),
-                          removed_temporaries=clean_temporaries(output_dir, all_writers_gone=exclusive))
-        todo = _cases_to_compute(mine, failed, manifest, request.overwrite, outcome, on_failure)
-        voxels = HeaderVoxels()  # read when first needed, once per case, only for cases to compute
-        if request.space_check:
-            todo = _fail_too_big(maps_too_big(output_dir, todo, settings, voxels), todo, manifest, outcome, on_failure)
-        reported = _compute_cases(todo, settings, manifest, runner, jobs, progress, on_failure, outcome, stop,
-                                  voxels, request.max_classes if defer else None)
-        outcome.not_finished = len(todo) - len(reported)
-        if defer:
-            outcome.classes = settle_deferred_classes(manifest, request.max_classes)
-        _fold(manifest, stop)
-        clean_temporaries(output_dir, all_writers_gone=exclusive)  # a stop killed workers mid-write
+            return _nothing_readable(run, failed)
+        outcome, manifest, voxels = _compute_all(run, settings, defer, failed, runner, exclusive)
+    return _concluded(run, outcome, manifest, voxels, defer)
+
+
+@dataclass
+class _Run:
+    """One call of :func:`compute_dataset`, as its steps share it."""
+
+    request: Request
+    dataset: Dataset
+    cases: list[Case]  # this part's cases
+    output_dir: Path
+    jobs: int
+    progress: Callable[[int, str], object]
+    on_failure: Callable[[Path, CaseResult], None]
+    stop: Stop = field(default_factory=Stop)
+
+
+def _open_run(input_dir: Path, output_dir, request: Request, progress, on_failure) -> _Run:
+    """The run's dataset, cases and output folder; usage errors first."""
+    dataset, output_dir, request = _open_input(input_dir, output_dir, request)
+    cases = _share(dataset.cases, request.part)
+    return _Run(request, dataset, cases, output_dir, _jobs(request.jobs, len(cases)),
+                progress or (lambda total, description: NoBar()), on_failure or (lambda path, result: None))
+
+
+def _compute_all(run: _Run, settings: Settings, defer: bool, failed: dict[str, CaseResult], runner,
+                 exclusive: bool) -> tuple[Outcome, Manifest, HeaderVoxels]:
+    """Open the manifest, compute the cases not done yet, record them, fold the journal."""
+    request = run.request
+    selection = {"include": list(request.include), "exclude": list(request.exclude)}
+    manifest = open_manifest(run.output_dir, settings, request.overwrite, selection, request.part, run.cases,
+                             manifest_source(run.dataset), defer)
+    outcome = Outcome(classes=settings.classes, manifest=manifest.path, ignored_files=len(run.dataset.skipped_files),
+                      removed_temporaries=clean_temporaries(run.output_dir, all_writers_gone=exclusive))
+    todo = _cases_to_compute(run, failed, manifest, outcome)
+    voxels = HeaderVoxels()  # read when first needed, once per case, only for cases to compute
+    if request.space_check:
+        todo = _fail_too_big(run, maps_too_big(run.output_dir, todo, settings, voxels), todo, manifest, outcome)
+    reported = _compute_cases(run, todo, settings, manifest, runner, outcome, voxels,
+                              request.max_classes if defer else None)
+    outcome.not_finished = len(todo) - len(reported)
+    if defer:
+        outcome.classes = settle_deferred_classes(manifest, request.max_classes)
+    _fold(manifest, run.stop)
+    clean_temporaries(run.output_dir, all_writers_gone=exclusive)  # a stop killed workers mid-write
+    return outcome, manifest, voxels
+
+
+def _concluded(run: _Run, outcome: Outcome, manifest: Manifest, voxels: HeaderVoxels, defer: bool) -> Outcome:
+    """The outcome with why the run stopped and its hints; a class list settled at the end
+    that is too long to be labels is a usage error (the maps are written)."""
+    request, stop = run.request, run.stop
     outcome.stopped = stop.reason
-    given = request.classes is not None or dataset.dataset_json is not None
-    outcome.hints += run_hints(dataset, manifest.settings, manifest, [result for _, result in outcome.failures],
+    given = request.classes is not None or run.dataset.dataset_json is not None
+    outcome.hints += run_hints(run.dataset, manifest.settings, manifest, [result for _, result in outcome.failures],
                                given and not stop and request.part is None, voxels)
     if defer and len(outcome.classes) > request.max_classes:
         raise UsageError(f"the inputs hold {len(outcome.classes)} distinct label values, more than "
@@ -227,30 +258,30 @@ def _settle(dataset: Dataset, request: Request, runner, progress, stop: Stop):
     return settings, defer, failed
 
 
-def _nothing_readable(dataset: Dataset, mine: list[Case], failed: dict[str, CaseResult], on_failure) -> Outcome:
+def _nothing_readable(run: _Run, failed: dict[str, CaseResult]) -> Outcome:
     """No label file could be read, so there is no class list and nothing to write: every
     case failed (exit 1, as any bad file), each named with its cause; no manifest."""
+    dataset = run.dataset
     if len(failed) < len(dataset.cases):
         raise UsageError("the label files hold no value but the ignore label, so there is no class list; "
                          "pass `classes`")
     outcome = Outcome(ignored_files=len(dataset.skipped_files))
-    for case in mine:
+    for case in run.cases:
         outcome.failures.append((case.input, failed[case.name]))
-        on_failure(case.input, failed[case.name])
+        run.on_failure(case.input, failed[case.name])
     outcome.hints.append("no label file could be read, so there is no class list and no map was written")
     return outcome
 
 
-def _cases_to_compute(mine: list[Case], failed: dict, manifest: Manifest, overwrite: bool, outcome: Outcome,
-                      on_failure) -> list[Case]:
+def _cases_to_compute(run: _Run, failed: dict, manifest: Manifest, outcome: Outcome) -> list[Case]:
     """The cases this run computes; those that failed the class scan are recorded, the done ones counted."""
     todo = []
-    for case in mine:
+    for case in run.cases:
         if case.name in failed:  # unreadable while scanning the class list
             manifest.record(case.input, case.output, failed[case.name], reader=case.reader)
             outcome.failures.append((case.input, failed[case.name]))
-            on_failure(case.input, failed[case.name])
-        elif not overwrite and is_done(manifest, case):
+            run.on_failure(case.input, failed[case.name])
+        elif not run.request.overwrite and is_done(manifest, case):
             outcome.skipped += 1
         else:
             todo.append(case)
@@ -266,14 +297,14 @@ def _fold(manifest: Manifest, stop: Stop) -> None:
         stop.set(f"cannot write {manifest.path.name}: {error.strerror or error}")
 
 
-def _fail_too_big(too_big: dict[str, str], todo: list[Case], manifest: Manifest, outcome: Outcome,
-                  on_failure) -> list[Case]:
+def _fail_too_big(run: _Run, too_big: dict[str, str], todo: list[Case], manifest: Manifest,
+                  outcome: Outcome) -> list[Case]:
     """Record the cases whose map alone would not fit as failed; the others to compute."""
     for case in (case for case in todo if case.name in too_big):
         result = CaseResult(case.name, FAILED, error=too_big[case.name])
         manifest.record(case.input, case.output, result, reader=case.reader)
         outcome.failures.append((case.input, result))
-        on_failure(case.input, result)
+        run.on_failure(case.input, result)
     return [case for case in todo if case.name not in too_big]
 
 
@@ -324,9 +355,8 @@ def _share(cases: list[Case], part: tuple[int, int] | None) -> list[Case]:
 # --------------------------------------------------------------------------- running the cases
 
 
-def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, runner, jobs: int, progress,
-                   on_failure, outcome: Outcome, stop: Stop, voxels: HeaderVoxels,
-                   max_classes: int | None) -> set[str]:
+def _compute_cases(run: _Run, todo: list[Case], settings: Settings, manifest: Manifest, runner, outcome: Outcome,
+                   voxels: HeaderVoxels, max_classes: int | None) -> set[str]:
     """Run the cases, record each as it finishes; the names of the cases that reported."""
     reported: set[str] = set()
     if not todo:
@@ -336,10 +366,11 @@ def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, run
     def need(case: Case) -> int:  # the runner asks as it starts cases: headers read while others compute
         return case_memory_need(voxels.of(case), settings)
 
-    bar = progress(len(todo), "computing maps")
+    stop = run.stop
+    bar = run.progress(len(todo), "computing maps")
     started_ns = time.time_ns()
     results = runner(todo, process_case, memory_need=need, stop=stop,
-                     settings=settings, threads=threads_per_case(jobs), max_classes=max_classes)
+                     settings=settings, threads=threads_per_case(run.jobs), max_classes=max_classes)
     # A run that settles its class list at the end needs each case's values, which a rescued
     # map does not report: it is computed again by the next run instead.
     rescued = written_before_the_stop(todo, reported, started_ns, stop) if max_classes is None else ()
@@ -358,7 +389,7 @@ def _compute_cases(todo: list[Case], settings: Settings, manifest: Manifest, run
             outcome.done += 1
         else:
             outcome.failures.append((case.input, result))
-            on_failure(case.input, result)
+            run.on_failure(case.input, result)
             if result.disk_full:  # every later case would fail the same way
                 stop.set("disk full")
     bar.close()

@@ -171,40 +171,66 @@ def verify(
         _check_without_manifest(dataset, output_dir, report)
         return report
     _check_manifest_entries(dataset, records, report)
-    recompute, touched = [], {}
     chosen = {dataset.cases[i].name for i in sample_indices(len(dataset.cases), sample)}
+    recompute, touched = _check_maps(dataset, parsed, chosen, report)
+    report.problems += _stray_files(dataset, output_dir, settings.fmt)
+    _compare_recomputed(recompute, settings, jobs or usable_cores(), progress, touched, report)
+    for case in touched.values():
+        report.problems.append(f"{case.input}: modified after its map was computed (same size, other mtime) "
+                               "and not recomputed here; check it with a `sample` covering it, or rerun compute")
+    return report
+
+
+def _check_maps(dataset: Dataset, parsed: ManifestFile, chosen: set[str],
+                report: Report) -> tuple[list[Case], dict[str, Case]]:
+    """Check every case's map against the manifest, adding to ``report``.
+
+    A case outside the sample whose map and input match their recorded fingerprints costs
+    two ``stat`` calls (what a rerun trusts); every other case gets its header, shape,
+    channel and label checks.
+
+    Returns
+    -------
+    recompute : list of Case
+        The sampled cases whose map could be read, in case order.
+    touched : dict of name to Case
+        Cases whose input has a new mtime but its size (a warning unless recomputed).
+    """
+    recompute, touched = [], {}
     for case in dataset.cases:
-        entry = records.get(case.name)
+        entry = parsed.cases.get(case.name)
         if case.name not in chosen and entry_is_current(entry, case.input, case.output):
-            report.maps += 1  # the file compute wrote, from the same input: what a rerun trusts (two stats)
+            report.maps += 1
             continue
-        record = MapRecord(report.manifest, parsed.header, settings, entry if isinstance(entry, dict) else None)
-        problems, readable, mtime_only = _check_case(case, record, settings)
+        record = MapRecord(report.manifest, parsed.header, parsed.settings, entry if isinstance(entry, dict) else None)
+        problems, readable, mtime_only = _check_case(case, record, parsed.settings)
         report.problems += problems
         report.maps += readable
         if readable and case.name in chosen:
             recompute.append(case)
         if mtime_only:
             touched[case.name] = case
-    report.problems += _stray_files(dataset, output_dir, settings.fmt)
+    return recompute, touched
+
+
+def _compare_recomputed(recompute: list[Case], settings: Settings, jobs: int, progress,
+                        touched: dict[str, Case], report: Report) -> None:
+    """Recompute the sampled maps and compare them value by value, adding to ``report``;
+    a recomputed case leaves ``touched`` (its values speak for it)."""
     outputs = {case.name: case.output for case in recompute}
     found: dict[str, list[str]] = {}
     bar = progress(len(recompute), "recomputing maps") if progress is not None else NoBar()
-    for record in _recompute(recompute, settings, jobs or usable_cores()):  # in completion order
+    for record in _recompute(recompute, settings, jobs):  # in completion order
         report.recomputed += 1
         if record.status == CHECKED:
             found[record.name] = record.problems
         else:  # the worker process died (run_local's result)
             found[record.name] = [f"{outputs[record.name]}: cannot recompute: {record.error}"]
-        touched.pop(record.name, None)  # recomputed: its values speak for it
+        touched.pop(record.name, None)
         bar.update()
     bar.close()
     for case in recompute:  # in case order, whatever the order they finished in
         report.problems += found.get(case.name, [])
-    for case in touched.values():
-        report.problems.append(f"{case.input}: modified after its map was computed (same size, other mtime) "
-                               "and not recomputed here; check it with a `sample` covering it, or rerun compute")
-    return report
 
 
 # --------------------------------------------------------------------------- manifest
