@@ -90,18 +90,46 @@ def read_label_spec(dataset_json: str | Path | dict) -> LabelSpec:
         When the file cannot be read, has no ``labels``, a value is not an integer, two
         labels share a value, or regions come without a matching ``regions_class_order``.
     """
-    where = "dataset.json"
-    if isinstance(dataset_json, dict):
-        data = dataset_json
-    else:
-        where = str(dataset_json)
-        try:
-            data = json.loads(Path(dataset_json).read_text())
-        except (OSError, ValueError) as error:
-            raise LabelSpecError(f"{where}: cannot read it ({error})") from None
+    data, where = _read_dataset_json(dataset_json)
     labels = data.get("labels") if isinstance(data, dict) else None
     if not isinstance(labels, dict) or not labels:
         raise LabelSpecError(f"{where}: no 'labels' mapping")
+    entries, ignore = _label_entries(labels, where)
+    classes = sorted({v for _, values in entries for v in values})
+    if ignore is not None and ignore in classes:
+        raise LabelSpecError(f"{where}: the ignore label {ignore} is also a class")
+    if not any(len(set(values)) > 1 for _, values in entries):
+        singles = [values[0] for _, values in entries]
+        if len(set(singles)) != len(singles):
+            raise LabelSpecError(f"{where}: two labels share a value: {labels}")
+        by_value = {values[0]: name for name, values in entries}
+        return LabelSpec(classes, ignore, None, None, [by_value[c] for c in classes])
+    regions, names = [], []
+    for name, values in entries:
+        if set(values) == {0}:  # background is no region (nnU-Net's LabelManager)
+            continue
+        regions.append(sorted(set(values)))
+        names.append(name)
+    order = data.get("regions_class_order")
+    if not isinstance(order, (list, tuple)) or len(order) != len(regions) or not all(_is_int(v) for v in order):
+        raise LabelSpecError(f"{where}: region-based labels need 'regions_class_order' with one value per region "
+                             f"({len(regions)}), got {order!r}")
+    return LabelSpec(classes, ignore, regions, [int(v) for v in order], names)
+
+
+def _read_dataset_json(dataset_json: str | Path | dict) -> tuple[object, str]:
+    """The parsed ``dataset.json`` and how to name it in a message."""
+    if isinstance(dataset_json, dict):
+        return dataset_json, "dataset.json"
+    try:
+        return json.loads(Path(dataset_json).read_text()), str(dataset_json)
+    except (OSError, ValueError) as error:
+        raise LabelSpecError(f"{dataset_json}: cannot read it ({error})") from None
+
+
+def _label_entries(labels: dict, where: str) -> tuple[list[tuple[str, list[int]]], int | None]:
+    """``labels``' entries as ``(name, values)`` (nnU-Net v1's ``{"1": "liver"}`` read
+    too), and the ignore label (the entry named ``"ignore"``), checked."""
     entries: list[tuple[str, list[int]]] = []
     ignore = None
     for key, value in labels.items():
@@ -119,27 +147,7 @@ def read_label_spec(dataset_json: str | Path | dict) -> LabelSpec:
             ignore = values[0]
         else:
             entries.append((key, values))
-    has_regions = any(len(set(v)) > 1 for _, v in entries)
-    classes = sorted({v for _, values in entries for v in values})
-    if ignore is not None and ignore in classes:
-        raise LabelSpecError(f"{where}: the ignore label {ignore} is also a class")
-    if not has_regions:
-        singles = [values[0] for _, values in entries]
-        if len(set(singles)) != len(singles):
-            raise LabelSpecError(f"{where}: two labels share a value: {labels}")
-        by_value = {values[0]: name for name, values in entries}
-        return LabelSpec(classes, ignore, None, None, [by_value[c] for c in classes])
-    regions, names = [], []
-    for name, values in entries:
-        if set(values) == {0}:  # background is no region (nnU-Net's LabelManager)
-            continue
-        regions.append(sorted(set(values)))
-        names.append(name)
-    order = data.get("regions_class_order")
-    if not isinstance(order, (list, tuple)) or len(order) != len(regions) or not all(_is_int(v) for v in order):
-        raise LabelSpecError(f"{where}: region-based labels need 'regions_class_order' with one value per region "
-                             f"({len(regions)}), got {order!r}")
-    return LabelSpec(classes, ignore, regions, [int(v) for v in order], names)
+    return entries, ignore
 
 
 def _is_int(value) -> bool:
