@@ -325,24 +325,9 @@ def _check_case(case: Case, listed: MapRecord, settings: Settings) -> tuple[list
         Whether the input's mtime alone differs from the manifest's fingerprint (same size).
     """
     out, record = case.output, listed.entry
-    if record is None:
-        if not out.exists():
-            return [f"{out}: map missing, and the manifest has no entry for {case.name}"], False, False
-        problems = [f"{out}: map not in the manifest (made by another run?)"]
-    elif record.get("status") != DONE:
-        return [f"{case.input}: rwmaps compute failed on this case: {record.get('error')}"], False, False
-    elif not out.exists():
-        return [f"{out}: map missing (the manifest says done)"], False, False
-    else:
-        problems = []
-        recorded = Path(str(record.get("output", "")))
-        expected_tail = Path(case.name).with_name(out.name).parts
-        if recorded.parts[-len(expected_tail):] != expected_tail:
-            problems.append(f"{out}: the manifest records the map of {case.name} as {record.get('output')}")
-        size, recorded_bytes = out.stat().st_size, record.get("bytes")
-        if size != recorded_bytes:
-            return problems + [f"{out}: {size:,} bytes, the manifest recorded {_count(recorded_bytes)} "
-                               "(truncated or rewritten)"], False, False
+    problems, usable = _entry_problems(case, record)
+    if not usable:
+        return problems, False, False
     try:
         info = map_info(out, listed)
     except Exception as error:  # noqa: BLE001 - any reader failure means an unreadable map
@@ -355,22 +340,50 @@ def _check_case(case: Case, listed: MapRecord, settings: Settings) -> tuple[list
         problems.append(f"{out}: {info.shape[0]} channels, the manifest's parameters make {settings.map_channels}")
     try:
         labels_shape = read_shape(case.input, reader=case.reader)
-        if info.spatial_shape != labels_shape:
-            problems.append(f"{out}: spatial shape {_shape(info.spatial_shape)} does not match the labels' "
-                            f"{_shape(labels_shape)} ({case.input})")
     except InputError as error:
         return problems + [f"{case.input}: cannot read the label file: {error}"], False, False
+    if info.spatial_shape != labels_shape:
+        problems.append(f"{out}: spatial shape {_shape(info.spatial_shape)} does not match the labels' "
+                        f"{_shape(labels_shape)} ({case.input})")
     problems += _stored_meta_problems(out, info, settings)
-    mtime_only = False
-    if record is not None:
-        before, now = record.get("fingerprint"), fingerprint(case.input)
-        if isinstance(before, dict) and now is not None and before != now:
-            if before.get("size") != now["size"]:
-                problems.append(f"{case.input}: changed since its map was computed ({now['size']:,} bytes, "
-                                f"the manifest recorded {_count(before.get('size'))})")
-            else:
-                mtime_only = True
-    return problems, True, mtime_only
+    changed, mtime_only = _input_change(case, record)
+    return problems + changed, True, mtime_only
+
+
+def _entry_problems(case: Case, record: dict | None) -> tuple[list[str], bool]:
+    """What the manifest entry of ``case`` says against its map file: the problems, and
+    whether the map is worth reading on (a missing, failed or truncated map is not)."""
+    out = case.output
+    if record is None:
+        if not out.exists():
+            return [f"{out}: map missing, and the manifest has no entry for {case.name}"], False
+        return [f"{out}: map not in the manifest (made by another run?)"], True
+    if record.get("status") != DONE:
+        return [f"{case.input}: rwmaps compute failed on this case: {record.get('error')}"], False
+    if not out.exists():
+        return [f"{out}: map missing (the manifest says done)"], False
+    problems = []
+    recorded = Path(str(record.get("output", "")))
+    expected_tail = Path(case.name).with_name(out.name).parts
+    if recorded.parts[-len(expected_tail):] != expected_tail:
+        problems.append(f"{out}: the manifest records the map of {case.name} as {record.get('output')}")
+    size, recorded_bytes = out.stat().st_size, record.get("bytes")
+    if size != recorded_bytes:
+        return problems + [f"{out}: {size:,} bytes, the manifest recorded {_count(recorded_bytes)} "
+                           "(truncated or rewritten)"], False
+    return problems, True
+
+
+def _input_change(case: Case, record: dict | None) -> tuple[list[str], bool]:
+    """Whether the label file changed since its map was computed: a problem when its size
+    did, ``mtime_only`` (True) when only its mtime did (a warning unless recomputed)."""
+    before, now = (record or {}).get("fingerprint"), fingerprint(case.input) if record is not None else None
+    if not isinstance(before, dict) or now is None or before == now:
+        return [], False
+    if before.get("size") != now["size"]:
+        return [f"{case.input}: changed since its map was computed ({now['size']:,} bytes, "
+                f"the manifest recorded {_count(before.get('size'))})"], False
+    return [], True
 
 
 def _stored_meta_problems(path: Path, info, settings: Settings) -> list[str]:
