@@ -29,6 +29,10 @@ MAX_COLUMNS = 5
 # an overview panel (each voxel's own-class value, class boundaries outlined) and the
 # largest classes present in the slice, up to this many, are drawn instead.
 MAX_CLASS_PANELS = 8
+# The label panel's colours, one per class in channel order (cycled): the first class
+# grey; ignored / unknown voxels are white.
+LABEL_PALETTE = ("#d9d9d9", "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+                 "#17becf", "#bcbd22", "#7f7f7f")
 
 
 def figure_pixels(n_panels: int) -> tuple[int, int]:
@@ -382,12 +386,38 @@ def _figure(view: View, path: Path, axis: int | None, index: int | None, channel
     figure : matplotlib.figure.Figure
         ``figure_pixels(n_panels)`` big at :data:`DPI`, not yet saved.
     """
-    from matplotlib.colors import BoundaryNorm, ListedColormap, TwoSlopeNorm
+    figure, axes = _canvas(1 + overview + len(channels))
+    screen = _screen(view, axis, index)
+    values = _channel_values(view)
+    label_plane = screen.plane(view.labels)
+    codes = _label_codes(label_plane, values)
+    _labels_panel(figure, axes[0], screen, codes, view, values, overview)
+    if overview:
+        _overview_panel(figure, axes[1], screen, view.maps, codes)
+    for panel, c in enumerate(channels):
+        title = _class_title(values[c], view.names, view.classes is not None, channel=c)
+        _channel_panel(figure, axes[1 + overview + panel], screen, view.maps[c], label_plane == values[c], title)
+    figure.suptitle(_figure_title(view, path, axis, index), fontsize=11)
+    return figure
+
+
+def _canvas(n_panels: int):
+    """An empty figure of ``n_panels`` panels, every axes' frame and ticks off.
+
+    Parameters
+    ----------
+    n_panels : int, >= 1
+
+    Returns
+    -------
+    figure : matplotlib.figure.Figure
+        ``figure_pixels(n_panels)`` big at :data:`DPI`, with constrained layout.
+    axes : ndarray of matplotlib.axes.Axes
+        Up to :data:`MAX_COLUMNS` a row, flattened row by row; the last row may have
+        more axes than panels (they stay blank).
+    """
     from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
 
-    maps, classes, names = view.maps, view.classes, view.names
-    n_channels = maps.shape[0]
-    n_panels = 1 + overview + len(channels)
     columns = min(n_panels, MAX_COLUMNS)
     rows = math.ceil(n_panels / columns)
     width, height = figure_pixels(n_panels)
@@ -395,73 +425,224 @@ def _figure(view: View, path: Path, axis: int | None, index: int | None, channel
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     for ax in axes:
         ax.set_axis_off()
+    return figure, axes
 
-    def plane(volume):
-        return volume if axis is None else np.take(volume, index, axis=axis)
 
-    kept = [a for a in range(maps.ndim - 1) if a != axis]  # array axes left in the slice
+@dataclass(frozen=True)
+class Screen:
+    """How a plane of the volume is put on screen.
+
+    Attributes
+    ----------
+    axis : int or None
+        The array axis the slice is across; None for 2D data (the plane is the array).
+    index : int or None
+        The slice along ``axis``.
+    transpose : bool
+        Whether a plane is transposed before it is drawn (:func:`_screen_axes`).
+    origin : {"upper", "lower"}
+        ``imshow``'s ``origin``.
+    aspect : float
+        ``imshow``'s ``aspect``: the height over the width of a pixel on screen.
+    """
+
+    axis: int | None
+    index: int | None
+    transpose: bool
+    origin: str
+    aspect: float
+
+    def plane(self, volume: np.ndarray) -> np.ndarray:
+        """The slice of ``volume`` (spatial axes only) drawn; ``volume`` itself for 2D data."""
+        return volume if self.axis is None else np.take(volume, self.index, axis=self.axis)
+
+    def show(self, ax, image: np.ndarray, **kwargs):
+        """``ax.imshow`` of a plane, oriented and scaled for the screen, pixels not smoothed;
+        ``kwargs`` go to ``imshow``.  Returns the image."""
+        image = image.T if self.transpose else image
+        return ax.imshow(image, origin=self.origin, aspect=self.aspect, interpolation="nearest", **kwargs)
+
+    def outline(self, ax, mask: np.ndarray) -> None:
+        """Draw the outline of ``mask`` (a float plane, 1 inside, 0 outside) in black on ``ax``."""
+        ax.contour(mask.T if self.transpose else mask, levels=[0.5], colors="black", linewidths=0.6)
+
+
+def _screen(view: View, axis: int | None, index: int | None) -> Screen:
+    """How the slice ``index`` across ``axis`` of ``view`` is put on screen.
+
+    Parameters
+    ----------
+    view : View
+    axis, index : int or None
+        As :func:`_choose_slice` returns them.
+
+    Returns
+    -------
+    screen : Screen
+        Oriented as a viewer would (:func:`_screen_axes`); the pixel aspect from the
+        spacing of the two axes left in the slice (1 when the spacing is not known).
+    """
+    kept = [a for a in range(view.maps.ndim - 1) if a != axis]  # array axes left in the slice
     spacing = view.spacing
-    if spacing is not None and len(spacing) == maps.ndim - 1:
+    if spacing is not None and len(spacing) == view.maps.ndim - 1:
         steps = [spacing[a] for a in kept]
     else:
         steps = [1.0, 1.0]
     transpose, origin = _screen_axes(view.affine, kept)
     aspect = steps[1] / steps[0] if transpose else steps[0] / steps[1]
+    return Screen(axis=axis, index=index, transpose=transpose, origin=origin, aspect=aspect)
 
-    def show(ax, image, **kwargs):
-        image = image.T if transpose else image
-        return ax.imshow(image, origin=origin, aspect=aspect, interpolation="nearest", **kwargs)
 
-    # Labels: one colour per class (the first class grey); ignored / unknown voxels white.
-    values = list(classes) if classes is not None else list(range(n_channels))
-    label_plane = plane(view.labels)
+def _channel_values(view: View) -> list:
+    """The label value of each channel of ``view``: its classes, else the channel indices.
+
+    Returns
+    -------
+    values : list of int
+        One per channel of ``view.maps``.
+    """
+    return list(view.classes) if view.classes is not None else list(range(view.maps.shape[0]))
+
+
+def _label_codes(label_plane: np.ndarray, values: list) -> np.ndarray:
+    """Each pixel's channel.
+
+    Parameters
+    ----------
+    label_plane : (H, W) integer ndarray
+    values : list of int
+        The label value of each channel (:func:`_channel_values`).
+
+    Returns
+    -------
+    codes : (H, W) int64 ndarray
+        The index in ``values`` of each pixel's label; -1 for a label not in ``values``
+        (ignored or unknown).
+    """
     codes = np.full(label_plane.shape, -1, dtype=np.int64)
     for code, value in enumerate(values):
         codes[label_plane == value] = code
-    palette = ["#d9d9d9", "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
-               "#17becf", "#bcbd22", "#7f7f7f"]
-    label_colours = ListedColormap([palette[i % len(palette)] for i in range(len(values))]).with_extremes(
+    return codes
+
+
+def _labels_panel(figure, ax, screen: Screen, codes: np.ndarray, view: View, values: list, overview: bool) -> None:
+    """Draw the label panel: one colour per class, ignored / unknown pixels white.
+
+    Parameters
+    ----------
+    figure : matplotlib.figure.Figure
+    ax : matplotlib.axes.Axes
+    screen : Screen
+    codes : (H, W) int ndarray
+        Each pixel's channel, -1 for none (:func:`_label_codes`).
+    view : View
+        For the class names and where the labels came from.
+    values : list of int
+        The label value of each channel.
+    overview : bool
+        True: the title gives the number of classes, no legend (dozens of entries cannot
+        be read); False: a colour bar with each class's title is the legend.
+    """
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    colours = ListedColormap([LABEL_PALETTE[i % len(LABEL_PALETTE)] for i in range(len(values))]).with_extremes(
         bad="#ffffff")
-    image = show(axes[0], np.ma.masked_less(codes, 0), cmap=label_colours,
-                 norm=BoundaryNorm(np.arange(-0.5, len(values)), len(values)))
+    image = screen.show(ax, np.ma.masked_less(codes, 0), cmap=colours,
+                        norm=BoundaryNorm(np.arange(-0.5, len(values)), len(values)))
     title = "labels" if view.label_source == "labels" else f"labels ({view.label_source})"
-    if overview:  # a legend of dozens of entries cannot be read: colours only
+    if overview:
         title += f", {len(values)} classes"
     else:
-        bar = figure.colorbar(image, ax=axes[0], shrink=0.8, ticks=range(len(values)))
-        bar.ax.set_yticklabels([_class_title(v, names, classes is not None) for v in values], fontsize=7)
-    axes[0].set_title(title, fontsize=10)
+        bar = figure.colorbar(image, ax=ax, shrink=0.8, ticks=range(len(values)))
+        known = view.classes is not None
+        bar.ax.set_yticklabels([_class_title(v, view.names, known) for v in values], fontsize=7)
+    ax.set_title(title, fontsize=10)
 
-    if overview:
-        own = _own_values_in_map(np.stack([plane(maps[c]) for c in range(n_channels)]), codes)
-        bound = max(float(np.abs(own).max()), 1e-6)
-        image = show(axes[1], own, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound))
-        figure.colorbar(image, ax=axes[1], shrink=0.8).ax.tick_params(labelsize=7)
-        edges = _label_edges(codes)
-        show(axes[1], np.ma.masked_where(~edges, edges.astype(np.float32)), cmap=ListedColormap(["black"]))
-        axes[1].set_title("own-class value, class outlines", fontsize=10)
 
-    for panel, c in enumerate(channels):
-        ax = axes[1 + overview + panel]
-        channel = maps[c]
-        low, high = float(np.nanmin(channel)), float(np.nanmax(channel))
-        low, high = min(low, 0.0), max(high, 0.0)
-        if low == 0 and high == 0:
-            low, high = -1.0, 1.0
-        elif low == 0:
-            low = -high
-        elif high == 0:
-            high = -low
-        image = show(ax, plane(channel), cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=low, vmax=high))
-        figure.colorbar(image, ax=ax, shrink=0.8).ax.tick_params(labelsize=7)
-        mask = (label_plane == values[c]).astype(np.float32)
-        if 0 < mask.sum() < mask.size:
-            ax.contour(mask.T if transpose else mask, levels=[0.5], colors="black", linewidths=0.6)
-        ax.set_title(_class_title(values[c], names, classes is not None, channel=c), fontsize=10)
+def _overview_panel(figure, ax, screen: Screen, maps: np.ndarray, codes: np.ndarray) -> None:
+    """Draw the overview panel: each pixel's own-class value, the class outlines on top.
 
-    where = "" if axis is None else f"; axis {axis}, slice {index} of 0-{maps.shape[1 + axis] - 1}"
-    figure.suptitle(f"{path.name}: {view.what}{where}", fontsize=11)
-    return figure
+    Parameters
+    ----------
+    figure : matplotlib.figure.Figure
+    ax : matplotlib.axes.Axes
+    screen : Screen
+    maps : (C, *spatial) float ndarray
+    codes : (H, W) int ndarray
+        Each pixel's channel, -1 for none (:func:`_label_codes`).
+    """
+    from matplotlib.colors import ListedColormap, TwoSlopeNorm
+
+    own = _own_values_in_map(np.stack([screen.plane(maps[c]) for c in range(maps.shape[0])]), codes)
+    bound = max(float(np.abs(own).max()), 1e-6)
+    image = screen.show(ax, own, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound))
+    figure.colorbar(image, ax=ax, shrink=0.8).ax.tick_params(labelsize=7)
+    edges = _label_edges(codes)
+    screen.show(ax, np.ma.masked_where(~edges, edges.astype(np.float32)), cmap=ListedColormap(["black"]))
+    ax.set_title("own-class value, class outlines", fontsize=10)
+
+
+def _channel_panel(figure, ax, screen: Screen, channel: np.ndarray, inside: np.ndarray, title: str) -> None:
+    """Draw one channel map, centred at 0, its class outlined.
+
+    Parameters
+    ----------
+    figure : matplotlib.figure.Figure
+    ax : matplotlib.axes.Axes
+    screen : Screen
+    channel : (*spatial) float ndarray
+        The whole channel: its colours span its range over the volume (:func:`_map_range`).
+    inside : (H, W) bool ndarray
+        The pixels of the slice in the channel's class; outlined unless none or all are.
+    title : str
+    """
+    from matplotlib.colors import TwoSlopeNorm
+
+    low, high = _map_range(channel)
+    norm = TwoSlopeNorm(vcenter=0.0, vmin=low, vmax=high)
+    image = screen.show(ax, screen.plane(channel), cmap="RdBu_r", norm=norm)
+    figure.colorbar(image, ax=ax, shrink=0.8).ax.tick_params(labelsize=7)
+    mask = inside.astype(np.float32)
+    if 0 < mask.sum() < mask.size:
+        screen.outline(ax, mask)
+    ax.set_title(title, fontsize=10)
+
+
+def _map_range(channel: np.ndarray) -> tuple[float, float]:
+    """The colour range of a channel map: its range, widened to hold 0 and made symmetric
+    around 0 where it is one-sided.
+
+    Parameters
+    ----------
+    channel : float ndarray
+        NaN ignored.
+
+    Returns
+    -------
+    low, high : float
+        ``low <= 0 <= high``; ``(-1, 1)`` for a channel of zeros.
+    """
+    low, high = float(np.nanmin(channel)), float(np.nanmax(channel))
+    low, high = min(low, 0.0), max(high, 0.0)
+    if low == 0 and high == 0:
+        low, high = -1.0, 1.0
+    elif low == 0:
+        low = -high
+    elif high == 0:
+        high = -low
+    return low, high
+
+
+def _figure_title(view: View, path: Path, axis: int | None, index: int | None) -> str:
+    """The figure's title: ``path``'s name, what the figure shows and, for 3D data, the slice.
+
+    Returns
+    -------
+    title : str
+        ``"NAME: WHAT"``, plus ``"; axis A, slice I of 0-N"`` for 3D data.
+    """
+    where = "" if axis is None else f"; axis {axis}, slice {index} of 0-{view.maps.shape[1 + axis] - 1}"
+    return f"{path.name}: {view.what}{where}"
 
 
 def _label_edges(codes: np.ndarray) -> np.ndarray:
