@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import traceback
@@ -67,3 +68,13 @@ def dead_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
     return process.pid
+
+
+def compute_npy(labels_dir, out, *args, check=0) -> subprocess.CompletedProcess:
+    """``rwmaps compute --input labels_dir --output out --format npy *args``."""
+    return run_rwmaps("compute", "--input", labels_dir, "--output", out, "--format", "npy", *args, check=check)
+
+
+def manifest_json(out) -> dict:
+    """The ``rwmaps.json`` of the maps folder ``out``, as JSON."""
+    return json.loads((out / "rwmaps.json").read_text())

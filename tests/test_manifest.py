@@ -5,24 +5,16 @@ import json
 
 import numpy as np
 import pytest
-from helpers import blobs, run_rwmaps, write_nifti
+from helpers import blobs, compute_npy, manifest_json, run_rwmaps, write_nifti
 
 from rwmaps_cli import __version__
 from rwmaps_cli.manifest import read_folder_manifest
 
 
-def compute(labels_dir, out, *args, check=0):
-    return run_rwmaps("compute", "--input", labels_dir, "--output", out, "--format", "npy", *args, check=check)
-
-
-def manifest(out) -> dict:
-    return json.loads((out / "rwmaps.json").read_text())
-
-
 def test_manifest_records_parameters_and_every_case(labels_dir, tmp_path):
     out = tmp_path / "maps"
-    compute(labels_dir, out, "--kind", "boundary")
-    data = manifest(out)
+    compute_npy(labels_dir, out, "--kind", "boundary")
+    data = manifest_json(out)
     assert data["tool"] == "rwmaps" and data["version"] == __version__
     assert data["classes"] == [0, 1, 2, 3]
     assert data["parameters"] == {"classes": [0, 1, 2, 3], "kind": "boundary", "spacing": "voxel", "slice_axis": None,
@@ -75,12 +67,12 @@ def test_the_manifest_and_every_map_say_their_schema_and_a_newer_one_is_refused(
     out = tmp_path / "maps"
     run_rwmaps("compute", "--input", labels_dir, "--output", out, check=0)
     run_rwmaps("compute", "--input", labels_dir, "--output", tmp_path / "npz", "--format", "npz", check=0)
-    assert manifest(out)["schema"] == SCHEMA == 2
+    assert manifest_json(out)["schema"] == SCHEMA == 2
     import nibabel as nib
 
     assert bytes(nib.load(out / "case.nii.gz").header["descrip"]).rstrip(b"\0") == b"rwmaps rrw full 3d schema 2"
     assert int(np.load(tmp_path / "npz" / "case.npz")["schema"]) == SCHEMA
-    data = manifest(out)
+    data = manifest_json(out)
     data["schema"] = SCHEMA + 1  # what a newer rwmaps would write: not to be overwritten
     (out / "rwmaps.json").write_text(json.dumps(data))
     refused = run_rwmaps("compute", "--input", labels_dir, "--output", out, check=2)
@@ -99,7 +91,7 @@ def test_a_plain_run_after_the_parts_of_a_job_array_keeps_every_record(tmp_path)
     assert sorted(p.name for p in out.glob("rwmaps*")) == ["rwmaps.json", "rwmaps.lock", "rwmaps.parts"]
     assert sorted(p.name for p in (out / "rwmaps.parts").iterdir()) == ["rwmaps.part-0-of-2.lock",
                                                                        "rwmaps.part-1-of-2.lock"]
-    assert len(manifest(out)["cases"]) == 4
+    assert len(manifest_json(out)["cases"]) == 4
     assert "0 done, 4 skipped" in run_rwmaps(*args, check=0).stderr  # and the next run still finds them
 
 

@@ -2,7 +2,6 @@
 corrupted, refuses other parameters, removes a killed run's temporaries, and after a SIGKILL
 gives a clean run's maps."""
 
-import json
 import os
 import signal
 import subprocess
@@ -10,54 +9,46 @@ import sys
 import time
 
 import numpy as np
-from helpers import blobs, dead_pid, run_rwmaps, write_nifti
+from helpers import blobs, compute_npy, dead_pid, manifest_json, run_rwmaps, write_nifti
 
 from rwmaps_cli.formats import TMP_MARKER
 from rwmaps_cli.manifest import read_folder_manifest
-
-
-def compute(labels_dir, out, *args, check=0):
-    return run_rwmaps("compute", "--input", labels_dir, "--output", out, "--format", "npy", *args, check=check)
-
-
-def manifest(out) -> dict:
-    return json.loads((out / "rwmaps.json").read_text())
 
 
 def test_rerun_redoes_only_changed_missing_failed_or_corrupted_cases(labels_dir, tmp_path):
     out = tmp_path / "maps"
     bad = labels_dir / "bad.npy"
     np.save(bad, np.array([[0.5, 1.0]]))
-    compute(labels_dir, out, "--classes", "0,1,2,3", check=1)
+    compute_npy(labels_dir, out, "--classes", "0,1,2,3", check=1)
     np.save(bad, np.array([[0, 1]], dtype=np.uint8))  # fixed: the failed case is redone
     write_nifti(labels_dir / "case_000.nii.gz", blobs((20, 24, 12), 4, seed=9))  # changed input
     (out / "sub" / "case_001.npy").unlink()  # missing output
     corrupted = out / "sub" / "case_002.npy"
     corrupted.write_bytes(corrupted.read_bytes()[:-100])  # truncated output
-    result = compute(labels_dir, out, "--classes", "0,1,2,3")
+    result = compute_npy(labels_dir, out, "--classes", "0,1,2,3")
     assert "4 done, 0 skipped" in result.stderr
-    result = compute(labels_dir, out, "--classes", "0,1,2,3")
+    result = compute_npy(labels_dir, out, "--classes", "0,1,2,3")
     assert "0 done, 4 skipped" in result.stderr
-    assert all(case["status"] == "done" for case in manifest(out)["cases"].values())
+    assert all(case["status"] == "done" for case in manifest_json(out)["cases"].values())
 
 
 def test_rerun_with_other_parameters_is_refused_unless_overwrite(labels_dir, tmp_path):
     out = tmp_path / "maps"
-    compute(labels_dir, out)
-    refused = compute(labels_dir, out, "--kind", "ac", check=2)
+    compute_npy(labels_dir, out)
+    refused = compute_npy(labels_dir, out, "--kind", "ac", check=2)
     assert "holds maps made with other parameters (--kind 'rrw' -> 'ac')" in refused.stderr
     assert "--overwrite" in refused.stderr
-    compute(labels_dir, out, "--kind", "ac", "--overwrite")
-    assert manifest(out)["parameters"]["kind"] == "ac"
+    compute_npy(labels_dir, out, "--kind", "ac", "--overwrite")
+    assert manifest_json(out)["parameters"]["kind"] == "ac"
     assert np.load(out / "case_000.npy").min() == 0  # ac maps now
 
 
 def test_temporaries_of_a_killed_run_are_removed(labels_dir, tmp_path):
     out = tmp_path / "maps"
-    compute(labels_dir, out)
+    compute_npy(labels_dir, out)
     stale = out / "sub" / f".case_001{TMP_MARKER}{dead_pid()}-deadbeef.npy"  # its writer was killed
     stale.write_bytes(b"half a map")
-    result = compute(labels_dir, out)
+    result = compute_npy(labels_dir, out)
     assert not stale.exists()
     assert "1 stale temporary file removed" in result.stderr
 
@@ -95,7 +86,7 @@ def test_sigkill_mid_run_then_rerun_gives_a_clean_runs_maps(tmp_path):
     assert sorted(p.name for p in out.glob("*.npy")) == sorted(p.name for p in clean.glob("*.npy"))
     for path in clean.glob("*.npy"):
         np.testing.assert_array_equal(np.load(out / path.name), np.load(path))
-    assert all(case["status"] == "done" for case in manifest(out)["cases"].values())
+    assert all(case["status"] == "done" for case in manifest_json(out)["cases"].values())
 
 
 def test_parts_cannot_overwrite_a_folder_made_with_other_parameters(mixed_folder, tmp_path):
