@@ -2,7 +2,8 @@
 
 :func:`channel_statistics` reads a map one channel at a time (it may be a memory map)
 and says, per channel and across channels, where the values do not fit their kind:
-``rrw`` is in [-1, 0) inside and 1 outside, reaching -1; ``ac`` is 0 or 1; every voxel
+``rrw`` is in [-1, 0) inside and 1 outside, reaching -1; ``ac`` is 0 or 1; ``sdf`` is in
+[-1, 1], negative inside and positive outside, 0 on the inner boundary; every voxel
 is inside exactly one class (0 in every channel marks the ignore label).  ``inspect``
 prints what it finds.
 """
@@ -28,10 +29,10 @@ def channel_statistics(maps, kind: str | None, slice_axis: int | None,
     together: regions overlap, and no channel is the background.
 
     "Inside" voxels, by kind: ``rrw``, ``boundary``: value < 0; ``ac``: value 0;
-    ``kervadec``: value < 0, or 0 on the inner boundary (0 in a channel that is not 0
-    everywhere in its field).  Voxels that are 0 in every channel (the ignore label)
-    are inside no class.  A class that fills a whole field is all 0 in ``boundary``
-    and ``kervadec`` maps, like an empty one, and is not counted.
+    ``kervadec``, ``sdf``: value < 0, or 0 on the inner boundary (0 in a channel that is
+    not 0 everywhere in its field).  Voxels that are 0 in every channel (the ignore label)
+    are inside no class.  A class that fills a whole field is all 0 in ``boundary``,
+    ``kervadec`` and ``sdf`` maps, like an empty one, and is not counted.
     """
     n_channels = maps.shape[0]
     spatial = maps.shape[1:]
@@ -59,7 +60,7 @@ def channel_statistics(maps, kind: str | None, slice_axis: int | None,
     if kind == "ac":
         for stat in stats:
             stat["voxels"] -= n_ignored  # 0 in every channel: the ignore label
-    elif kind == "kervadec":
+    elif kind in ("kervadec", "sdf"):
         for c, stat in enumerate(stats):
             channel = np.asarray(maps[c], dtype=np.float32)
             inner = (channel == 0) & ~ignored & _field_not_zero(channel, slice_axis)
@@ -81,6 +82,12 @@ def _channel_problem(channel, kind, low, all_finite, negative) -> str | None:
                     "an rrw map is -EDT/max(EDT) inside and 1 outside")
         if negative.any() and low > -1 + RRW_MIN_TOLERANCE:
             return f"the minimum is {low:.4g}, not -1: an rrw map reaches -1 deepest inside its class"
+    elif kind == "sdf":
+        bad = (channel < -1) | (channel > 1)
+        if bad.any():
+            example = float(channel[bad].flat[0])
+            return (f"{int(np.count_nonzero(bad))} values are outside [-1, 1] (e.g. {example:.4g}); an sdf map is "
+                    "EDT(not M)/max outside and -EDT(M)/max inside")
     elif kind == "ac":
         bad = (channel != 0) & (channel != 1)
         if bad.any():
@@ -107,7 +114,7 @@ def _cross_channel_problems(kind, n_channels, zero_count, neg_count, ignored) ->
         if wrong:
             problems.append(f"{wrong} voxels are 0 in a number of channels other than 1; "
                             "an ac map puts every voxel inside exactly one class")
-    elif kind in ("boundary", "kervadec"):
+    elif kind in ("boundary", "kervadec", "sdf"):
         several = np.count_nonzero(neg_count > 1)
         if several:
             problems.append(f"{several} voxels are negative (inside) in several channels")

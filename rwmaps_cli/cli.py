@@ -79,7 +79,7 @@ def _quiet_libraries() -> None:
                    "the default is its sibling <folder>_rwmaps]")
 @click.option("--kind", type=click.Choice(KINDS), default=DEFAULT_KIND, show_default=True,
               help="rrw: rectified RW map; boundary: signed distance; kervadec: LIVIAETS Boundary-loss map; "
-                   "ac: Active-Contour RW map.")
+                   "ac: Active-Contour RW map; sdf: normalised signed distance in [-1, 1] (DTC).")
 @click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default=None,
               help="Output format. nii.gz/nii: X*Y*Z*C NIfTI with the input affine; npz/npy: (C, *spatial). "
                    f"npy and nii are the fastest (no compression).  [default: {DEFAULT_FORMAT}; npy for nnU-Net's "

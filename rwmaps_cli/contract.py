@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-KINDS = ("rrw", "boundary", "kervadec", "ac")
+KINDS = ("rrw", "boundary", "kervadec", "ac", "sdf")
 LAYOUTS = ("full", "compact")
 #: The distance transforms of the numpy kernel: ``edt`` (one multi-label pass), ``scipy``
 #: (one pass per class: the reference).
@@ -224,7 +224,7 @@ def uniform_field_value(kind: str, code: int, n_classes: int) -> float:
 
     There the distance transform has no finite answer (no voxel of another label exists),
     so the table defines it: an rrw class filling the field is -1 in its own channel (the
-    outside value elsewhere), a boundary or kervadec map is 0 in every channel, and the
+    outside value elsewhere), a boundary, kervadec or sdf map is 0 in every channel, and the
     ignore label is 0.
     """
     if kind == "rrw" and code != Codes(n_classes).ignore:
@@ -235,8 +235,8 @@ def uniform_field_value(kind: str, code: int, n_classes: int) -> float:
 def check_layout(kind: str, layout: str) -> None:
     """ValueError, naming the way out, when ``kind`` has no map in ``layout``.
 
-    Only ``rrw`` has a compact form: ``boundary`` and ``kervadec`` need every class's
-    outside distance, and ``ac`` needs no file at all.
+    Only ``rrw`` has a compact form: ``boundary``, ``kervadec`` and ``sdf`` need every
+    class's outside distance, and ``ac`` needs no file at all.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
@@ -245,7 +245,7 @@ def check_layout(kind: str, layout: str) -> None:
                          "computes with rwmaps_cli.expand_map(None, labels, classes, kind='ac')")
     if layout == "compact" and kind != "rrw":
         raise ValueError(f"kind {kind!r} has no compact layout: each class's outside distance is "
-                         "different information; use layout='full'")
+                         "different information; use `layout=full`")
 
 
 def check_kind(kind: str) -> None:
@@ -292,7 +292,7 @@ class MapRequest:
     ----------
     classes : tuple of int
         The ordered class list: one channel each (full layout).
-    kind : {"rrw", "boundary", "kervadec", "ac"}
+    kind : {"rrw", "boundary", "kervadec", "ac", "sdf"}
     layout : {"full", "compact"}
     spacing : tuple of float (one per axis), or None for distances in voxels
     slice_axis : int or None

@@ -34,7 +34,7 @@ class MapMeta:
     spacing : tuple of float or None
         Voxel sizes in array-axis order.
     kind : str or None
-        ``"rrw"``, ``"boundary"``, ``"kervadec"`` or ``"ac"``.
+        ``"rrw"``, ``"boundary"``, ``"kervadec"``, ``"ac"`` or ``"sdf"``.
     layout : {"full", "compact"}
     format : str
         The output format (``"nii.gz"``, ``"nii"``, ``"npz"``, ``"npy"``).

@@ -2,7 +2,7 @@
 
 Every function here takes a label array and returns float maps of shape
 ``(C, *labels.shape)``, one channel per entry of ``classes``.  The exact definitions of
-the kinds (``rrw``, ``boundary``, ``kervadec``, ``ac``) are the table of ``README.md`` ("The
+the kinds (``rrw``, ``boundary``, ``kervadec``, ``ac``, ``sdf``) are the table of ``README.md`` ("The
 maps"), with ``M = (labels == classes[c])`` and ``EDT(M)`` the distance of each voxel of ``M``
 to the nearest voxel outside ``M`` (0 outside ``M``; the image border is not a boundary);
 ``docs/design.md`` adds what the table does not say.
@@ -87,7 +87,7 @@ def compute_maps(
     classes : sequence of int, length C
         Ordered label values, one output channel each.  A class absent from ``labels``
         still gets its channel (the "empty class" column of the table above).
-    kind : {"rrw", "boundary", "kervadec", "ac"}
+    kind : {"rrw", "boundary", "kervadec", "ac", "sdf"}
         Which map; see the module docstring.
     spacing : sequence of float, one per axis of ``labels``, optional
         Voxel sizes in array-axis order.  None measures distances in voxels.  With a
@@ -668,20 +668,23 @@ def _class_maxima_and_boxes(codes: np.ndarray, size: int, values: np.ndarray | N
 
 
 def _boundary_maps(job: _Job, codes: np.ndarray, out: np.ndarray) -> None:
-    """Fill ``out`` (C, *codes.shape) with boundary or kervadec maps, field by field."""
+    """Fill ``out`` (C, *codes.shape) with boundary, kervadec or sdf maps, field by field."""
     for index, field, spacing in _fields(job, codes):
         _boundary_field(job, field, spacing, out[(slice(None), *index)])
 
 
 def _boundary_field(job: _Job, codes: np.ndarray, spacing, out: np.ndarray) -> None:
-    """One field (a volume or a slice) of boundary or kervadec maps."""
+    """One field (a volume or a slice) of boundary, kervadec or sdf maps."""
     kind, codes_of = job.request.kind, job.codes
     if codes.size == 0 or codes.min() == codes.max():
         # every class is empty or fills the field; or all is ignored
         out.fill(uniform_field_value(kind, int(codes.flat[0]), codes_of.n_classes) if codes.size else 0.0)
         return
     inside = job.distances.inside(codes, codes_of.n_classes, spacing)
-    inner_boundary = _label_change(codes) if kind == "kervadec" and spacing is not None else None
+    # The inner boundary is exactly 0: always in sdf, in kervadec where the spacing makes
+    # -(EDT - unit) miss it (anisotropic grids).
+    inner_boundary = _label_change(codes) if kind == "sdf" or (kind == "kervadec" and spacing is not None) else None
+    inside_maxima = _class_maxima_and_boxes(codes, codes_of.count, values=inside)[0] if kind == "sdf" else None
     ignored = codes == codes_of.ignore
     ignored = ignored if ignored.any() else None
     for c in range(codes_of.n_classes):
@@ -690,7 +693,10 @@ def _boundary_field(job: _Job, codes: np.ndarray, spacing, out: np.ndarray) -> N
         if not mask.any():
             channel.fill(0)
             continue
-        _boundary_channel(job, channel, inside, mask, spacing)
+        if kind == "sdf":
+            _sdf_channel(job, channel, inside, inside_maxima[Codes.of_class(c)], mask, spacing)
+        else:
+            _boundary_channel(job, channel, inside, mask, spacing)
         if inner_boundary is not None:
             np.copyto(channel, 0, where=mask & inner_boundary)
         if ignored is not None:
@@ -705,6 +711,15 @@ def _boundary_channel(job: _Job, channel: np.ndarray, inside: np.ndarray, mask: 
     else:
         unit = np.float32(MapRequest.kervadec_unit(spacing))
         np.subtract(unit, inside, out=channel, where=mask, casting="unsafe")
+
+
+def _sdf_channel(job: _Job, channel: np.ndarray, inside: np.ndarray, inside_max: float, mask: np.ndarray,
+                 spacing) -> None:
+    """``EDT(not M) / max EDT(not M)`` outside ``mask``, ``-EDT(M) / max EDT(M)`` inside (the
+    caller zeroes the inner boundary): DTC's normalised signed distance, per class."""
+    outside = job.distances.of_mask(~mask, spacing)
+    np.divide(outside, np.float32(outside.max()), out=channel, casting="unsafe")
+    np.divide(inside, np.float32(-inside_max), out=channel, where=mask, casting="unsafe")
 
 
 # ---------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ class RegionWiseMapd(MapTransform):
         Label value of each output channel (the dataset's class list).
     map_keys : key(s), optional
         Where to store each map; default ``"<key>_rwmap"``.
-    kind : {"rrw", "boundary", "kervadec", "ac"}
+    kind : {"rrw", "boundary", "kervadec", "ac", "sdf"}
     spacing : {"voxel", "physical"}, sequence of float, or None
         ``"voxel"`` (or None): distances in voxels.  ``"physical"``: the voxel sizes of the
         label as it is now (``MetaTensor.pixdim``, so a resampled patch uses its new

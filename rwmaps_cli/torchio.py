@@ -162,7 +162,7 @@ class RegionWiseMap(tio.Transform):
         float32 with the label's affine.
     classes : sequence of C ints
         The label value of each channel (the dataset's class list).
-    kind : {"rrw", "boundary", "kervadec", "ac"}
+    kind : {"rrw", "boundary", "kervadec", "ac", "sdf"}
     spacing : {"voxel", "physical"} or None
         ``"voxel"`` (or None): distances in voxels (the paper).  ``"physical"``: the label's
         voxel sizes as they are now (``LabelMap.spacing``; a resampled label has its new

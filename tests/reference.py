@@ -62,9 +62,9 @@ def reference_maps(labels, classes, kind="rrw", spacing=None, slice_axis=None, i
 
 def _channel(mask, kind, spacing, edt):
     if not mask.any():
-        return np.full(mask.shape, {"rrw": 1.0, "boundary": 0.0, "kervadec": 0.0, "ac": 1.0}[kind])
+        return np.full(mask.shape, {"rrw": 1.0, "boundary": 0.0, "kervadec": 0.0, "ac": 1.0, "sdf": 0.0}[kind])
     if mask.all():
-        return np.full(mask.shape, {"rrw": -1.0, "boundary": 0.0, "kervadec": 0.0, "ac": 0.0}[kind])
+        return np.full(mask.shape, {"rrw": -1.0, "boundary": 0.0, "kervadec": 0.0, "ac": 0.0, "sdf": 0.0}[kind])
     if kind == "ac":
         return np.where(mask, 0.0, 1.0)
     inside = edt(mask, spacing)
@@ -73,11 +73,29 @@ def _channel(mask, kind, spacing, edt):
     outside = edt(~mask, spacing)
     if kind == "boundary":
         return np.where(mask, -inside, outside)
+    if kind == "sdf":  # the formula of docs/design.md; dtc_sdf below is DTC's own code
+        out = outside / outside.max() - inside / inside.max()
+        out[inner_boundary(mask)] = 0.0
+        return out
     unit = 1.0 if spacing is None else min(spacing)
     out = np.where(mask, -(inside - unit), outside)
     if spacing is not None:
         out[inner_boundary(mask)] = 0.0
     return out
+
+
+def dtc_sdf(mask: np.ndarray) -> np.ndarray:
+    """DTC's ``compute_sdf`` for one binary mask (Luo et al., AAAI 2021; HiLab-git/DTC,
+    ``code/utils/util.py``), as published but for skimage's ``find_boundaries(mode="inner")``,
+    written out as :func:`inner_boundary` (face neighbours; the border is no boundary)."""
+    posmask = mask.astype(bool)
+    negmask = ~posmask
+    posdis = distance_transform_edt(posmask)
+    negdis = distance_transform_edt(negmask)
+    sdf = (negdis - np.min(negdis)) / (np.max(negdis) - np.min(negdis)) - (posdis - np.min(posdis)) / (
+        np.max(posdis) - np.min(posdis))
+    sdf[inner_boundary(posmask)] = 0
+    return sdf
 
 
 def seed_rrw(one_hot: np.ndarray) -> np.ndarray:

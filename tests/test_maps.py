@@ -12,7 +12,7 @@ from helpers import blobs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from reference import edt_brute, edt_scipy, liviaets_one_hot2dist, reference_maps, seed_rrw
+from reference import dtc_sdf, edt_brute, edt_scipy, liviaets_one_hot2dist, reference_maps, seed_rrw
 from scipy import ndimage as ndi
 
 from rwmaps_cli import KINDS, compute_maps, compute_maps_batch, unique_labels
@@ -94,11 +94,64 @@ def test_kervadec_equals_liviaets_one_hot2dist_in_voxel_units():
     np.testing.assert_allclose(compute_maps(labels, [0, 1, 2], kind="kervadec"), liviaets_one_hot2dist(one_hot), **TOL)
 
 
+def test_sdf_equals_dtcs_compute_sdf_per_class():
+    labels = blobs((16, 20, 18), 3, seed=5)
+    maps = compute_maps(labels, [0, 1, 2], kind="sdf")
+    for c in range(3):
+        np.testing.assert_allclose(maps[c], dtc_sdf(labels == c), **TOL)
+
+
+# ---------------------------------------------------------------------------------------
+# The signed distance map (sdf): exact against the formula on what real labels look like
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("order", ["nibabel", "simpleitk"])
+def test_sdf_of_a_brain_like_parcellation_with_anisotropic_spacing(engine, order):
+    """Thin Voronoi parcels in a head, Fortran-ordered as nibabel reads them (or C-ordered
+    (Z, Y, X) as SimpleITK does), 1 x 1.2 x 3 mm voxels; an empty class in the list."""
+    from rwmaps_cli.synthetic import brain_like_labels
+
+    spacing = (1.0, 1.2, 3.0)
+    labels = brain_like_labels((41, 46, 31), n_classes=12, spacing=spacing, seed=3)  # Fortran order
+    if order == "simpleitk":  # the same volume as SimpleITK gives it: (Z, Y, X), C order
+        labels, spacing = np.ascontiguousarray(labels.T), spacing[::-1]
+    classes = [*range(12), 40]  # 40 occurs in no case: its channel is 0
+    maps = compute_maps(labels, classes, kind="sdf", spacing=spacing, engine=engine)
+    assert_maps_equal(maps, reference_maps(labels, classes, "sdf", spacing))
+    assert (maps[-1] == 0).all() and maps.min() >= -1 and maps.max() <= 1
+
+
+def test_sdf_hand_made():
+    labels = np.zeros((1, 9), dtype=np.uint8)
+    labels[0, 2:7] = 1  # five voxels of class 1: EDT 1 2 3 2 1 inside (max 3), 2 1 | 1 2 outside (max 2)
+    sdf = compute_maps(labels, [0, 1], kind="sdf")[1, 0]
+    np.testing.assert_allclose(sdf, [2 / 2, 1 / 2, 0, -2 / 3, -3 / 3, -2 / 3, 0, 1 / 2, 2 / 2], **TOL)  # inner boundary 0
+    single = np.zeros((5, 5), dtype=np.uint8)
+    single[2, 2] = 1  # one voxel: its own inner boundary, so 0; outside up to 1 at the corners
+    one = compute_maps(single, [0, 1], kind="sdf")[1]
+    assert one[2, 2] == 0 and one.max() == 1 and one.min() == 0
+    np.testing.assert_allclose(one[0, 0], 1.0) and np.testing.assert_allclose(one[2, 3], 1 / np.sqrt(8), **TOL)
+
+
+def test_sdf_is_minus_one_at_the_deepest_voxel_and_one_at_the_farthest():
+    labels = blobs((30, 32, 28), 3, seed=8)
+    maps = compute_maps(labels, [0, 1, 2], kind="sdf")
+    for c in range(3):
+        inside, outside = maps[c][labels == c], maps[c][labels != c]
+        assert inside.min() == -1 and inside.max() == 0 and outside.max() == 1 and outside.min() > 0
+
+
+def test_sdf_has_no_compact_layout():
+    with pytest.raises(ValueError, match="kind 'sdf' has no compact layout"):
+        compute_maps(np.zeros((4, 4), np.uint8), [0], kind="sdf", layout="compact")
+
+
 # ---------------------------------------------------------------------------------------
 # Hand-made edge cases, with the exact values the kinds table of README.md defines
 
-EMPTY = {"rrw": 1, "boundary": 0, "kervadec": 0, "ac": 1}
-FULL = {"rrw": -1, "boundary": 0, "kervadec": 0, "ac": 0}
+EMPTY = {"rrw": 1, "boundary": 0, "kervadec": 0, "ac": 1, "sdf": 0}
+FULL = {"rrw": -1, "boundary": 0, "kervadec": 0, "ac": 0, "sdf": 0}
 
 
 @pytest.mark.parametrize("kind", KINDS)
