@@ -340,3 +340,18 @@ def test_the_figure_script_redraws_the_committed_figure(tmp_path):
     subprocess.run([sys.executable, str(REPO / "docs" / "make_figures.py"), "--output", str(drawn)], check=True,
                    capture_output=True, timeout=300)
     assert _png_size(drawn) == _png_size(REPO / "docs" / "inspect_abdomen.png") == said
+
+
+def test_the_distance_dependency_is_pinned_to_its_lgpl_versions():
+    """edt is GPL-3.0 before 3.0 and LGPL-3.0-or-later from it: the pin admits no GPL release,
+    and the README says what the pin is and why."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    edt = next(Requirement(r) for r in project["dependencies"] if Requirement(r).name == "edt")
+    assert not any(edt.specifier.contains(v) for v in ("2.3.0", "2.4.1", "3.0.0"))
+    assert edt.specifier.contains("3.1.0")
+    readme = (REPO / "README.md").read_text()
+    assert "LGPL-3.0-or-later" in readme and "edt>=3.1" in readme
