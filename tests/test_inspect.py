@@ -11,6 +11,7 @@ from helpers import blobs, run_rwmaps
 from map_fixtures import CLASSES, copy_maps, label_array, map_file, write_labels
 
 from rwmaps_cli import compute_maps
+from rwmaps_cli.contract import KINDS
 from rwmaps_cli.formats import LabelVolume, write_map
 from rwmaps_cli.inspect import describe, figure_pixels
 
@@ -114,7 +115,7 @@ def test_2d_map_and_other_kinds(computed):
     assert [c["voxels"] for c in info["classes"]] == [int((labels == k).sum()) for k in CLASSES]
 
 
-@pytest.mark.parametrize("kind", ["rrw", "boundary", "kervadec", "ac"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("variant", ["3d", "ignore", "spacing"])
 def test_every_kind_is_consistent_with_itself(computed, tmp_path, kind, variant):
     """describe() on npz maps written by write_map: no false alarm for any kind."""
@@ -175,6 +176,26 @@ def test_png_of_a_map(computed, tmp_path):
     assert pixels.shape[:2] == (height, width)
     assert pixels[..., :3].std() > 0.1  # not a blank canvas
     assert not list(tmp_path.glob(".*rwmaps-tmp*"))
+
+
+def test_a_signed_map_is_drawn_on_a_scale_centred_on_zero(computed, tmp_path):
+    """An sdf map (negative inside, positive outside): each panel's colour scale is centred on
+    0 (matplotlib's RdBu_r, white at 0), whatever the channel's range."""
+    import matplotlib
+
+    from rwmaps_cli.inspect.figure import _map_range
+
+    labels = label_array(computed.labels, "case_000")
+    maps = compute_maps(labels, CLASSES, kind="sdf")
+    volume = LabelVolume(labels, (1.0, 1.0, 1.0), np.eye(4))
+    write_map(tmp_path / "sdf.npz", maps, volume, CLASSES, "sdf")
+    out = tmp_path / "sdf.png"
+    result = run_rwmaps("inspect", tmp_path / "sdf.npz", "--png", out, check=0)
+    assert "consistent with sdf: yes" in result.stdout and png_size(out)[0] > 0
+    for channel in maps:
+        low, high = _map_range(channel)
+        norm = matplotlib.colors.TwoSlopeNorm(vcenter=0.0, vmin=low, vmax=high)
+        assert norm(0.0) == 0.5 and low < 0 < high  # 0 sits at the colour map's white middle
 
 
 def test_png_of_a_label_file_and_chosen_slice(computed, tmp_path):
