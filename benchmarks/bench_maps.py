@@ -9,7 +9,10 @@ Prints medians and, above all, ratios (the machines are shared and noisy):
    loop (nibabel load, seed formula, nibabel save);
 4. an 83-class whole-brain-sized volume: time and peak memory vs the seed formula;
 5. Dask: throughput (cases/s) of a 2-worker ``LocalCluster`` next to the local joblib run
-   (``--jobs 2``) on the same cases (``--only dask``; needs ``rwmaps_cli[dask]``).
+   (``--jobs 2``) on the same cases (``--only dask``; needs ``rwmaps_cli[dask]``);
+6. the signed distance map (``--only sdf``): ``compute_maps(kind="sdf")`` against DTC's
+   ``compute_sdf`` per class (what users run today), the raw multi-label EDT and the
+   ``boundary`` kind, on a brain-like parcellation in both reader orders, one thread.
 
 Run from the repository root (takes several minutes on 2 cores)::
 
@@ -31,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 # Many thin classes in Fortran order, as nibabel returns a real parcellation (section 4).
-from seed import median_times, seed_formula  # noqa: E402  (benchmarks/seed.py)
+from seed import dtc_sdf, median_times, seed_formula  # noqa: E402  (benchmarks/seed.py)
 
 from rwmaps_cli.synthetic import brain_like_labels  # noqa: F401  (also imported by the memory probe)
 
@@ -190,6 +193,30 @@ def bench_many_classes(shape, n_classes: int) -> None:
           f"{seed_peak / maps_peak:.2f}x the memory")
 
 
+def bench_sdf(shape, n_classes: int, repeats: int) -> None:
+    """sdf maps against DTC's per-class loop, the raw EDT and the boundary kind, one thread."""
+    import edt
+
+    from rwmaps_cli import compute_maps
+
+    classes = list(range(n_classes))
+    print(f"\n## sdf, {n_classes} classes, {shape[0]}x{shape[1]}x{shape[2]} brain-like, one thread")
+    for order in ("nibabel", "simpleitk"):
+        labels = brain_like_labels(shape, n_classes)  # Fortran order, as nibabel gives it
+        if order == "simpleitk":
+            labels = np.ascontiguousarray(labels.T)  # (Z, Y, X), C order
+        shifted = labels.astype(np.uint16) + 1  # edt's 0 is background: every class needs distances
+        t = median_times({"edt": lambda: edt.edt(shifted, black_border=False),
+                          "sdf": lambda: compute_maps(labels, classes, kind="sdf"),
+                          "boundary": lambda: compute_maps(labels, classes, kind="boundary")}, repeats)
+        t.update(median_times({"dtc": lambda: dtc_sdf(labels, n_classes)}, 1))
+        difference = float(np.abs(compute_maps(labels, classes, kind="sdf") - dtc_sdf(labels, n_classes)).max())
+        print(f"{order:9s}: edt {t['edt']:.2f} s | sdf {t['sdf']:.2f} s | boundary {t['boundary']:.2f} s | "
+              f"DTC per class {t['dtc']:.1f} s")
+        print(f"    DTC / sdf = {t['dtc'] / t['sdf']:.0f}x   sdf / boundary = {t['sdf'] / t['boundary']:.2f}   "
+              f"sdf / raw EDT = {t['sdf'] / t['edt']:.1f}   max |sdf - DTC| = {difference:.1e}")
+
+
 # ---------------------------------------------------------------------------------------
 # 5. On a Dask cluster
 
@@ -243,7 +270,7 @@ def bench_dask(shape, n_cases: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: checks the script runs")
-    parser.add_argument("--only", choices=["kernel", "memory", "e2e", "classes", "dask"], help="run one section")
+    parser.add_argument("--only", choices=["kernel", "memory", "e2e", "classes", "dask", "sdf"], help="run one section")
     args = parser.parse_args()
     print(f"rwmaps benchmark on {os.cpu_count()} cores; times are medians, compare the ratios")
     sizes = [(40, 64, 64)] if args.quick else [(200, 256, 256), (300, 512, 512)]
@@ -259,6 +286,8 @@ def main() -> None:
         bench_many_classes((40, 40, 44) if args.quick else (180, 180, 200), 83)
     if args.only in (None, "dask"):
         bench_dask((32, 48, 48) if args.quick else (96, 160, 160), 4 if args.quick else 20)
+    if args.only in (None, "sdf"):
+        bench_sdf((40, 40, 44) if args.quick else (182, 182, 218), 12 if args.quick else 83, 1 if args.quick else 3)
 
 
 if __name__ == "__main__":

@@ -85,16 +85,19 @@ def _channel(mask, kind, spacing, edt):
 
 
 def dtc_sdf(mask: np.ndarray) -> np.ndarray:
-    """DTC's ``compute_sdf`` for one binary mask (Luo et al., AAAI 2021; HiLab-git/DTC,
-    ``code/utils/util.py``), as published but for skimage's ``find_boundaries(mode="inner")``,
-    written out as :func:`inner_boundary` (face neighbours; the border is no boundary)."""
+    """DTC's ``compute_sdf`` for one binary mask, verbatim (Luo et al., AAAI 2021;
+    HiLab-git/DTC, ``code/utils/util.py``): scipy's EDT both ways, scikit-image's inner
+    boundary (scikit-image comes with the nnunet extra the tests install)."""
+    from skimage import segmentation as skimage_seg
+
     posmask = mask.astype(bool)
     negmask = ~posmask
     posdis = distance_transform_edt(posmask)
     negdis = distance_transform_edt(negmask)
+    boundary = skimage_seg.find_boundaries(posmask, mode="inner").astype(np.uint8)
     sdf = (negdis - np.min(negdis)) / (np.max(negdis) - np.min(negdis)) - (posdis - np.min(posdis)) / (
         np.max(posdis) - np.min(posdis))
-    sdf[inner_boundary(posmask)] = 0
+    sdf[boundary == 1] = 0
     return sdf
 
 
