@@ -1,0 +1,279 @@
+"""The PyTorch engine: the maps of a batch of label tensors, on their device, in one exact pass.
+
+The numpy engine (:mod:`rwmaps_cli.maps`) takes its distances from the ``edt`` package on the
+CPU.  This engine computes them with tensor operations, so a batch's maps are made where its
+labels are (a GPU in the training step), and implements the same contract
+(:mod:`rwmaps_cli.contract`: kinds, codes, maxima, layouts, the value of a uniform field).
+
+**One pass for every class.**  The inside distance of every class at once is each voxel's
+distance to the nearest voxel with another code (another class, or the ignore label), the
+multi-label EDT.  It is separable, as the binary one is (Felzenszwalb and Huttenlocher; Meijster
+et al.): along axis ``k``, each voxel ``x`` takes::
+
+    d_k(x) = min over y on x's line of  ((x - y) * spacing_k)^2 + h(y)
+    h(y) = d_{k-1}(y) if code(y) == code(x) else 0      (d_{-1} = +inf)
+
+A voxel of another code is itself outside ``x``'s class, so ``h`` is exactly the binary
+transform's value of ``x``'s class at ``y``: the result is exact for every class at once, and
+its cost does not depend on the number of classes.  The minimum is taken over whole lines, a
+``(lines, n, n)`` candidate block at a time, in blocks of at most :data:`BLOCK_ELEMENTS`
+elements: memory never grows as ``n^2`` per line across the volume.
+
+**Outside distances** (``boundary``, ``kervadec``, ``sdf``): each class's distance outside it is
+its own information, so these kinds run the same pass on each class's mask (two codes), the
+classes as a batch.  The ``rrw`` and ``ac`` kinds never do.
+
+This module needs the optional extra ``rwmaps_cli[torch]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .contract import (
+    DEFAULT_KIND,
+    DEFAULT_LAYOUT,
+    Codes,
+    MapRequest,
+    code_table,
+    rrw_divisors,
+    sorted_codes,
+)
+
+__all__ = ["BLOCK_ELEMENTS", "compute_maps", "inside_distance"]
+
+#: The largest candidate block of one pass, in elements (``lines x n x n``): 2^25 float32
+#: candidates are 128 MiB, whatever the volume.
+BLOCK_ELEMENTS = 1 << 25
+
+
+def compute_maps(
+    labels: torch.Tensor,
+    classes: Sequence[int],
+    kind: str = DEFAULT_KIND,
+    spacing: Sequence[float] | None = None,
+    slice_axis: int | None = None,
+    ignore_label: int | None = None,
+    layout: str = DEFAULT_LAYOUT,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The maps of a batch of label tensors, each item on its own, on the labels' device.
+
+    Each item equals :func:`rwmaps_cli.compute_maps` of it with the same arguments, within
+    float32 rounding.
+
+    Parameters
+    ----------
+    labels : (B, *spatial) integer tensor, 1D to 3D spatial
+        Integer-valued float tensors are accepted.  Any device.
+    classes : sequence of int, length C
+        Ordered label values, one output channel each.
+    kind : {"rrw", "boundary", "kervadec", "ac", "sdf"}
+    spacing : sequence of float, one per spatial axis, optional
+        Voxel sizes in array-axis order; None measures in voxels.
+    slice_axis : int, optional
+        A spatial axis (0-based, without the batch axis): every slice along it is its own field.
+    ignore_label : int, optional
+        0 in every channel; "not this class" for every distance.
+    layout : {"full", "compact"}
+        ``compact`` (``rrw`` only): one channel, each voxel's own-class value.
+    dtype : torch.float32 or torch.float16 or torch.bfloat16
+        Output dtype; computed in float32.
+
+    Returns
+    -------
+    maps : (B, C, *spatial) tensor; (B, *spatial) compact
+        On the labels' device.
+
+    Raises
+    ------
+    ValueError
+        Unknown label values, or an invalid argument (the contract's messages).
+    """
+    labels = _integer_labels(labels)
+    if labels.ndim < 2:
+        raise ValueError(f"labels must be (B, *spatial), got shape {tuple(labels.shape)}")
+    request = MapRequest.checked(classes, tuple(labels.shape[1:]), kind, layout, spacing, slice_axis, ignore_label)
+    codes = channel_codes(labels, request)
+    codes, fold = _fields(codes, request.slice_axis)
+    spacing = request.spacing if request.slice_axis is None else request.in_plane_spacing()
+    maps = _maps(codes, request, spacing)
+    return fold(maps).to(dtype)
+
+
+def channel_codes(labels: torch.Tensor, request: MapRequest) -> torch.Tensor:
+    """The contract's channel codes of ``labels`` (int64, same shape and device).
+
+    Raises
+    ------
+    ValueError
+        A label value that is neither a class nor the ignore label, named.
+    """
+    known = request.known_labels
+    low, high = (int(labels.min()), int(labels.max())) if labels.numel() else (0, 0)
+    table = code_table(known, high) if low >= 0 else None
+    if table is not None:
+        codes = torch.as_tensor(table.astype("int64"), device=labels.device)[labels]
+    else:  # large (or negative) values: a sorted search; a negative value is unknown
+        values, value_codes = (torch.as_tensor(a, device=labels.device) for a in sorted_codes(known))
+        pos = torch.searchsorted(values, labels).clamp_(max=len(known) - 1)
+        codes = torch.where(values[pos] == labels, value_codes[pos], 0)
+    if labels.numel() and not bool(codes.all()):
+        unknown = torch.unique(labels[codes == 0])[:8].tolist()
+        raise ValueError(f"label values not in the class list {list(request.classes)}: {unknown}")
+    return codes
+
+
+def inside_distance(codes: torch.Tensor, spacing: Sequence[float] | None = None) -> torch.Tensor:
+    """Each voxel's distance to the nearest voxel of another code, per field.
+
+    Parameters
+    ----------
+    codes : (F, *spatial) integer tensor
+        F independent fields (batch items, slices, or classes' masks).
+    spacing : sequence of float, optional
+
+    Returns
+    -------
+    distance : (F, *spatial) float32 tensor
+        ``inf`` in a field that holds one code only (no voxel of another code exists).
+    """
+    squared = torch.full(codes.shape, float("inf"), dtype=torch.float32, device=codes.device)
+    spatial = codes.ndim - 1
+    for axis in range(spatial):
+        step = 1.0 if spacing is None else float(spacing[axis])
+        squared = _pass(squared, codes, axis + 1, step)
+    return squared.sqrt_()
+
+
+def _pass(squared: torch.Tensor, codes: torch.Tensor, axis: int, step: float) -> torch.Tensor:
+    """One separable pass along ``axis``: ``min_y ((x - y) step)^2 + (squared(y) if same code else 0)``."""
+    values = squared.movedim(axis, -1)
+    line_codes = codes.movedim(axis, -1)
+    shape = values.shape
+    n = shape[-1]
+    values, line_codes = values.reshape(-1, n), line_codes.reshape(-1, n)
+    positions = torch.arange(n, device=codes.device, dtype=torch.float32) * step
+    offsets = (positions[:, None] - positions[None, :]).square_()  # (x, y)
+    out = torch.empty_like(values)
+    lines = max(1, BLOCK_ELEMENTS // (n * n))
+    for start in range(0, values.shape[0], lines):
+        block_values, block_codes = values[start:start + lines], line_codes[start:start + lines]
+        same = block_codes[:, :, None] == block_codes[:, None, :]  # (lines, x, y)
+        candidates = torch.where(same, block_values[:, None, :], 0.0) + offsets
+        out[start:start + lines] = candidates.amin(dim=2)
+    return out.reshape(shape).movedim(-1, axis)
+
+
+def _fields(codes: torch.Tensor, slice_axis: int | None):
+    """The fields as a batch: ``(B, *spatial)`` itself, or with a slice axis each slice of
+    each item a field; and the function that puts maps of the fields back."""
+    if slice_axis is None:
+        return codes, lambda maps: maps
+    batch, n_slices = codes.shape[0], codes.shape[1 + slice_axis]
+    fields = codes.movedim(1 + slice_axis, 1).reshape(batch * n_slices, *codes.shape[1:1 + slice_axis],
+                                                      *codes.shape[2 + slice_axis:])
+
+    def fold(maps: torch.Tensor) -> torch.Tensor:
+        spatial_start = maps.ndim - (codes.ndim - 2)  # where a field's spatial axes begin
+        unfolded = maps.reshape(batch, n_slices, *maps.shape[1:])
+        return unfolded.movedim(1, spatial_start + slice_axis)
+
+    return fields, fold
+
+
+def _maps(codes: torch.Tensor, request: MapRequest, spacing) -> torch.Tensor:
+    """The maps of F fields of codes ``(F, *field)``: ``(F, C, *field)``, or compact ``(F, *field)``."""
+    n_classes = len(request.classes)
+    if request.kind == "ac":
+        return _expand(torch.zeros(codes.shape, device=codes.device), codes, n_classes)
+    if request.kind == "rrw":
+        values = _own_class_values(codes, n_classes, spacing)
+        return values if request.layout == "compact" else _expand(values, codes, n_classes)
+    return _distance_maps(codes, request, spacing)
+
+
+def _own_class_values(codes: torch.Tensor, n_classes: int, spacing) -> torch.Tensor:
+    """The compact rrw map of each field: ``-EDT / max`` of each voxel's class (contract)."""
+    inside = inside_distance(codes, spacing)
+    maxima = _field_maxima(inside, codes, Codes(n_classes).count)
+    divisors = rrw_divisors(maxima.transpose(0, 1)).transpose(0, 1)  # per field: -max, the ignore code inf
+    values = inside / torch.gather(divisors, 1, codes.reshape(codes.shape[0], -1)).reshape(codes.shape)
+    # A field of one code: -1 for a class, 0 for the ignore label (contract.uniform_field_value).
+    uniform = torch.isinf(inside)
+    if bool(uniform.any()):
+        values = torch.where(uniform, torch.where(codes == Codes(n_classes).ignore, 0.0, -1.0), values)
+    return values
+
+
+def _field_maxima(values: torch.Tensor, codes: torch.Tensor, count: int) -> torch.Tensor:
+    """``(F, count)``: each field's largest finite value of each code (0 where it has none)."""
+    flat_values = torch.where(torch.isinf(values), 0.0, values).reshape(values.shape[0], -1)
+    maxima = torch.zeros((values.shape[0], count), dtype=values.dtype, device=values.device)
+    return maxima.scatter_reduce(1, codes.reshape(codes.shape[0], -1), flat_values, reduce="amax", include_self=True)
+
+
+def _expand(values: torch.Tensor, codes: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """The full map: channel ``c`` is ``values`` on class ``c``, 1 elsewhere, 0 on the ignore label."""
+    full = torch.ones((codes.shape[0], n_classes, *codes.shape[1:]), dtype=values.dtype, device=codes.device)
+    index = Codes.class_index(codes).clamp(0, n_classes - 1).unsqueeze(1)
+    full.scatter_(1, index, values.unsqueeze(1))
+    ignored = (codes == Codes(n_classes).ignore).unsqueeze(1)
+    return full.masked_fill_(ignored, 0.0) if bool(ignored.any()) else full
+
+
+def _distance_maps(codes: torch.Tensor, request: MapRequest, spacing) -> torch.Tensor:
+    """boundary, kervadec or sdf maps of each field: one two-code pass per class."""
+    n_classes, kind = len(request.classes), request.kind
+    fields = codes.shape[0]
+    masks = torch.stack([codes == Codes.of_class(c) for c in range(n_classes)], dim=1)  # (F, C, *field)
+    flat = masks.reshape(fields * n_classes, *codes.shape[1:])
+    distance = inside_distance(flat.to(torch.uint8), spacing).reshape(masks.shape)  # to the other side
+    uniform = torch.isinf(distance)  # the class is empty or fills the field: 0 (contract)
+    distance = torch.where(uniform, 0.0, distance)
+    inside, outside = torch.where(masks, distance, 0.0), torch.where(masks, 0.0, distance)
+    if kind == "boundary":
+        maps = outside - inside
+    elif kind == "kervadec":
+        unit = MapRequest.kervadec_unit(spacing)
+        maps = torch.where(masks, unit - inside, outside)
+    else:  # sdf
+        largest_inside = inside.flatten(2).amax(dim=2).clamp_min(1e-30)
+        largest_outside = outside.flatten(2).amax(dim=2).clamp_min(1e-30)
+        shape = (fields, n_classes, *([1] * (codes.ndim - 1)))
+        maps = outside / largest_outside.reshape(shape) - inside / largest_inside.reshape(shape)
+    if kind == "sdf" or (kind == "kervadec" and spacing is not None):
+        maps = torch.where(masks & _label_change(codes).unsqueeze(1), 0.0, maps)
+    maps = torch.where(uniform, 0.0, maps)
+    ignored = (codes == Codes(n_classes).ignore).unsqueeze(1)
+    return torch.where(ignored, 0.0, maps)
+
+
+def _label_change(codes: torch.Tensor) -> torch.Tensor:
+    """True where a face neighbour (inside the field) has another code."""
+    changed = torch.zeros(codes.shape, dtype=torch.bool, device=codes.device)
+    for axis in range(1, codes.ndim):
+        n = codes.shape[axis]
+        if n < 2:
+            continue
+        low, high = codes.narrow(axis, 0, n - 1), codes.narrow(axis, 1, n - 1)
+        differs = low != high
+        changed.narrow(axis, 0, n - 1).logical_or_(differs)
+        changed.narrow(axis, 1, n - 1).logical_or_(differs)
+    return changed
+
+
+def _integer_labels(labels) -> torch.Tensor:
+    """int64 labels; integer-valued floats are fine."""
+    labels = torch.as_tensor(labels)
+    if hasattr(labels, "as_tensor"):  # a MONAI MetaTensor
+        labels = labels.as_tensor()
+    if labels.dtype == torch.bool:
+        return labels.long()
+    if torch.is_floating_point(labels):
+        bad = ~torch.isfinite(labels) | (labels != torch.round(labels))
+        if bool(bad.any()):
+            raise ValueError(f"labels are not integers: {torch.unique(labels[bad])[:8].tolist()}")
+    return labels.long()
