@@ -13,6 +13,16 @@ for every arm; only the loss and where its map comes from change:
   augmentation like an image (normalised per volume, as stored).
 - ``ce_rw``: cross-entropy and RW (on-the-fly maps) with the paper's gradual schedule
   ``a * CE + (1 - a) * RW``, ``a`` going from 1 to 0.01 over the run (optional, ``--arms``).
+- ``dice_ce_boundary``: Dice + CE and Kervadec et al.'s Boundary loss,
+  ``a * DiceCE + (1 - a) * mean(softmax * kervadec_map)``, with the same gradual schedule as
+  ``ce_rw`` (the RW paper's, not Kervadec's own rising weight), the ``kervadec`` map computed on
+  every augmented patch from its label (``RegionWiseMap(kind="kervadec")``, exact, in voxels, as
+  ``rw_fly``) (optional).
+- ``dice_ce_sdf``: the same with ``kind="sdf"`` maps, the normalised Boundary loss
+  ``mean(softmax * sdf)`` in [-1, 1] (DTC's signed distance per class), under the same schedule,
+  so that only the map differs from ``dice_ce_boundary`` (optional).
+
+Every map loss is ``mean(softmax * map)`` over batch, channels and voxels.
 
 Data: brain-like label volumes (``rwmaps_cli.synthetic.brain_like_labels``: many thin classes,
 anisotropic voxels 1 x 1 x 2.5 mm), images synthesised from them with overlapping class
@@ -26,8 +36,10 @@ per training iteration (data + step, measured).
 
     nice -n 10 python benchmarks/study_outcome.py              # 3 seeds x 4 arms, 2000 iterations each
     nice -n 10 python benchmarks/study_outcome.py --arms dice_ce,rw_fly,rw_compact,rw_full,ce_rw   # as published
-    python benchmarks/study_outcome.py --quick                 # smoke test, < 1 min
+    nice -n 10 python benchmarks/study_outcome.py --arms dice_ce,dice_ce_boundary,dice_ce_sdf,ce_rw  # the targets
+    python benchmarks/study_outcome.py --quick                 # smoke test of every arm, < 1 min
     python benchmarks/study_outcome.py --report a.json b.json  # the table of runs saved with --json, pooled
+    python benchmarks/study_outcome.py --report a.json b.json --against dice_ce  # and paired differences
 """
 
 from __future__ import annotations
@@ -56,7 +68,11 @@ from rwmaps_cli.torchio import ExpandRegionWiseMap, RandomAffineWithMaps, Region
 
 SPACING = (1.0, 1.0, 2.5)
 ARMS = ("dice_ce", "rw_fly", "rw_compact", "rw_full")
-OPTIONAL_ARMS = ("ce_rw",)
+OPTIONAL_ARMS = ("ce_rw", "dice_ce_boundary", "dice_ce_sdf")
+# Arms whose map is computed by RegionWiseMap on every augmented patch: the map's kind.
+ON_THE_FLY = {"rw_fly": "rrw", "ce_rw": "rrw", "dice_ce_boundary": "kervadec", "dice_ce_sdf": "sdf"}
+# Arms on the gradual schedule a * region + (1 - a) * map loss, a from 1 to 0.01: the region loss.
+SCHEDULED = {"ce_rw": "ce", "dice_ce_boundary": "dice_ce", "dice_ce_sdf": "dice_ce"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -162,8 +178,12 @@ def train_arm(root: Path, cases: dict, arm: str, seed: int, args) -> dict:
     queue = tio.Queue(subjects, max_length=4 * args.samples_per_volume, samples_per_volume=args.samples_per_volume,
                       sampler=tio.UniformSampler(args.patch), num_workers=0, shuffle_subjects=True,
                       shuffle_patches=True, verbose=False)
-    per_patch = {"rw_fly": RegionWiseMap(classes=classes), "ce_rw": RegionWiseMap(classes=classes),
-                 "rw_compact": ExpandRegionWiseMap(classes=classes, renormalize="patch")}.get(arm)
+    if arm in ON_THE_FLY:
+        per_patch = RegionWiseMap(classes=classes, kind=ON_THE_FLY[arm])
+    elif arm == "rw_compact":
+        per_patch = ExpandRegionWiseMap(classes=classes, renormalize="patch")
+    else:
+        per_patch = None
     net = UNet(spatial_dims=3, in_channels=1, out_channels=len(classes), channels=(8, 16, 32), strides=(2, 2),
                num_res_units=1)
     optimiser = torch.optim.Adam(net.parameters(), lr=args.lr)
@@ -190,10 +210,11 @@ def train_arm(root: Path, cases: dict, arm: str, seed: int, args) -> dict:
             loss = dice_ce(logits, label)
         else:
             rwmap = torch.stack([p["rwmap"].data for p in patches]).float()
-            rw = (torch.softmax(logits, 1) * rwmap).mean()
-            if arm == "ce_rw":
+            rw = (torch.softmax(logits, 1) * rwmap).mean()  # RW, Boundary or sdf loss: full maps
+            if arm in SCHEDULED:
                 alpha = max(1 - step / args.iterations, 0.01)  # the paper's gradual schedule, over this run
-                loss = alpha * ce(logits, label[:, 0]) + (1 - alpha) * rw
+                region = ce(logits, label[:, 0]) if SCHEDULED[arm] == "ce" else dice_ce(logits, label)
+                loss = alpha * region + (1 - alpha) * rw
             else:
                 loss = rw
         optimiser.zero_grad()
@@ -258,12 +279,32 @@ def report(results: dict, n_classes: int, args, cases: dict, total_seconds: floa
     return "\n".join(lines)
 
 
+def differences(results: dict, against: str) -> str:
+    """Paired by seed (same initial weights, same draws of patches and augmentation): each arm
+    minus ``against``, mean ± sd of the per-seed differences and their standard error."""
+    base = results[against]
+    lines = [f"| arm − {against} | mean Dice | HD95 (mm) |", "|---|---|---|"]
+    for arm, runs in results.items():
+        if arm == against:
+            continue
+        n = min(len(runs), len(base))  # the seeds both arms ran
+        dice = np.array([runs[i]["dice"].mean() - base[i]["dice"].mean() for i in range(n)])
+        hd = np.array([runs[i]["hd95"].mean() - base[i]["hd95"].mean() for i in range(n)])
+        sd = lambda a: a.std(ddof=1) if n > 1 else 0.0
+        lines.append(f"| {arm} | {dice.mean():+.3f} ± {sd(dice):.3f} (se {sd(dice) / np.sqrt(n):.3f}) | "
+                     f"{hd.mean():+.1f} ± {sd(hd):.1f} (se {sd(hd) / np.sqrt(n):.1f}) |")
+    lines.append("")
+    lines.append("mean ± sd over the seeds of the paired differences; se = sd / sqrt(seeds)")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke test: tiny volumes, few iterations (< 1 min)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=2000)
-    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {ARMS + OPTIONAL_ARMS}")
+    parser.add_argument("--arms", help=f"comma-separated, of {ARMS + OPTIONAL_ARMS}; default {','.join(ARMS)} "
+                                       "(with --quick, every arm)")
     parser.add_argument("--classes", type=int, default=8)
     parser.add_argument("--train", type=int, default=6)
     parser.add_argument("--test", type=int, default=4)
@@ -274,15 +315,20 @@ def main(argv=None) -> None:
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
                         help="print the table of earlier --json results (runs with other seeds pooled), train nothing")
+    parser.add_argument("--against", metavar="ARM", help="also print every arm's differences from ARM, paired by seed")
     args = parser.parse_args(argv)
     args.shape, args.patch, args.batch, args.samples_per_volume, args.lr = (40, 48, 20), (24, 24, 12), 2, 4, 3e-3
     if args.quick:
         args.shape, args.patch, args.iterations, args.seeds = (24, 28, 16), (16, 16, 8), 6, 1
         args.train, args.test = 2, 1
+    if args.arms is None:
+        args.arms = ",".join(ARMS + OPTIONAL_ARMS if args.quick else ARMS)
     arms = [a for a in args.arms.split(",") if a]
     unknown = set(arms) - set(ARMS + OPTIONAL_ARMS)
     if unknown:
         parser.error(f"unknown arms {sorted(unknown)}")
+    if args.against and not args.report and args.against not in arms:
+        parser.error(f"--against {args.against}: not one of the arms run ({','.join(arms)})")
     if args.report:
         pooled: dict[str, list] = {}
         for path in args.report:
@@ -290,6 +336,9 @@ def main(argv=None) -> None:
                 pooled.setdefault(arm, []).extend({k: np.asarray(v) for k, v in r.items()} for r in runs)
         args.seeds = len(next(iter(pooled.values())))
         print(report(pooled, args.classes, args, {"train": [None] * args.train, "test": [None] * args.test}, None))
+        if args.against:
+            print()
+            print(differences(pooled, args.against))
         return
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=".*(is all 0|nan/inf distance).*")  # counted as missing
@@ -305,11 +354,14 @@ def main(argv=None) -> None:
                 run = train_arm(root, cases, arm, seed, args)
                 scores = evaluate(run["net"], root, cases["test"], args.classes)
                 results[arm].append({**scores, "seconds_per_iteration": run["seconds_per_iteration"]})
-                print(f"seed {seed} {arm:10s} mean Dice {scores['dice'].mean():.3f}  HD95 {scores['hd95'].mean():.1f} mm  "
+                print(f"seed {seed} {arm:16s} mean Dice {scores['dice'].mean():.3f}  HD95 {scores['hd95'].mean():.1f} mm  "
                       f"{run['seconds_per_iteration']:.3f} s/it  ({time.perf_counter() - t0:.0f} s)", flush=True)
     table = report(results, args.classes, args, cases, time.perf_counter() - started)
     print()
     print(table)
+    if args.against:
+        print()
+        print(differences(results, args.against))
     if args.json:
         args.json.write_text(json.dumps({arm: [{k: np.asarray(v).tolist() for k, v in r.items()} for r in runs]
                                          for arm, runs in results.items()}, indent=1))

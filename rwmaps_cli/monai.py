@@ -36,7 +36,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from .contract import DEFAULT_KIND, resolve_spacing
+from .contract import DEFAULT_KIND, KINDS, resolve_spacing
 from .maps import compute_maps
 from .torch import Outside, expand_map
 
@@ -128,21 +128,31 @@ class ExpandRegionWiseMapd(MapTransform):
         normalisation (with the whole volume's distances).
     map_keys : key(s), optional
         Where to store the full maps; default: replace the compact ones.
+    kind : {"rrw"}
+        The kind of the compact maps: ``rrw``, the only kind with a compact form.  Any other
+        is refused at construction, in one line naming the way: a ``boundary``,
+        ``kervadec`` or ``sdf`` map is loaded full (``EnsureChannelFirstd(channel_dim=-1)``)
+        or computed by :class:`RegionWiseMapd`, and an ``ac`` map by
+        ``RegionWiseMapd(kind="ac")``.
 
-    Raises (from ``__call__``)
-    --------------------------
+    Raises
+    ------
     ValueError
-        Label values that are not integers (a linearly interpolated label) or not in
-        ``classes``; a label and map of different shapes.
+        At construction: a ``kind`` other than ``rrw``.  From ``__call__``: label values that
+        are not integers (a linearly interpolated label) or not in ``classes``; a map with
+        more than one channel (a full map, which needs no expansion); a label and map of
+        different shapes.
     """
 
     def __init__(self, keys: KeysCollection, label_key: Hashable, classes: Sequence[int], outside: Outside = 1.0,
                  ignore_label: int | None = None, renormalize: str | None = None,
-                 map_keys: KeysCollection | None = None, allow_missing_keys: bool = False) -> None:
+                 map_keys: KeysCollection | None = None, allow_missing_keys: bool = False,
+                 kind: str = DEFAULT_KIND) -> None:
+        _check_compact_kind(kind)
         super().__init__(keys, allow_missing_keys)
         self.label_key = label_key
         self.classes = [int(k) for k in classes]
-        self.outside, self.ignore_label, self.renormalize = outside, ignore_label, renormalize
+        self.outside, self.ignore_label, self.renormalize, self.kind = outside, ignore_label, renormalize, kind
         self.map_keys = self.keys if map_keys is None else _output_keys(self.keys, map_keys)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
@@ -156,6 +166,9 @@ class ExpandRegionWiseMapd(MapTransform):
         """``(1, *spatial)`` compact map and label -> ``(C, *spatial)`` full map."""
         values = torch.as_tensor(_plain(compact))
         labels = torch.as_tensor(_plain(label))
+        if values.ndim == labels.ndim >= 2 and values.shape[0] > 1:  # channels first, as the label
+            raise ValueError(f"the compact map has {values.shape[0]} channels: a compact map has one, and a full map "
+                             "(every boundary, kervadec or sdf map) needs no expansion")
         _single_channel(values, "compact map")
         _single_channel(labels, "label")
         try:
@@ -164,6 +177,20 @@ class ExpandRegionWiseMapd(MapTransform):
         except ValueError as error:
             raise ValueError(f"{error} (resample labels with mode='nearest')") from error
         return _like(compact, full)
+
+
+def _check_compact_kind(kind: str) -> None:
+    """ValueError, one line naming the way, unless ``kind`` is ``rrw`` (the only compact kind)."""
+    if kind == "rrw":
+        return
+    if kind == "ac":
+        raise ValueError("ExpandRegionWiseMapd: an ac map has no compact file: compute it from the transformed label "
+                         "with RegionWiseMapd(keys=<label key>, classes=..., kind='ac')")
+    if kind in KINDS:
+        raise ValueError(f"ExpandRegionWiseMapd: kind {kind!r} has no compact form, so nothing to expand: load its "
+                         "full map (EnsureChannelFirstd(keys=..., channel_dim=-1)) and transform it with the label, "
+                         f"or compute it after the transforms with RegionWiseMapd(kind={kind!r})")
+    raise ValueError(f"ExpandRegionWiseMapd: unknown kind {kind!r}; compact maps are 'rrw'")
 
 
 def _output_keys(keys: tuple, map_keys: KeysCollection | None) -> tuple:

@@ -10,6 +10,15 @@ where ``p_own`` is the probability of the voxel's own class (one gather).  That 
 :func:`region_wise_loss` computes; it never builds the ``(B, C, *spatial)`` map.
 :func:`expand_map` builds that map when a user wants it (or for a test to compare).
 
+Only ``rrw`` has a compact map, and ``ac`` needs none.  The other kinds (``boundary``,
+``kervadec``, ``sdf``) exist only as full maps, whose loss is one line and needs nothing
+from here::
+
+    loss = (torch.softmax(logits, dim=1) * full_map).mean()
+
+With an ``sdf`` map that is the normalised Boundary loss.  :func:`region_wise_loss` and
+:func:`expand_map` refuse those kinds with a ``ValueError`` that says so.
+
 This module needs the optional extra ``rwmaps_cli[torch]``.  ``import rwmaps_cli`` never
 imports it.
 """
@@ -20,11 +29,51 @@ from collections.abc import Sequence
 
 import torch
 
-from .contract import DEFAULT_KIND, RENORMALIZE, Codes, check_expansion, code_table, known_labels, sorted_codes
+from .contract import (
+    DEFAULT_KIND,
+    KINDS,
+    RENORMALIZE,
+    Codes,
+    check_expansion,
+    code_table,
+    known_labels,
+    sorted_codes,
+)
+from .torch_engine import compute_maps  # the PyTorch engine: a batch's maps on its device
 
-__all__ = ["RENORMALIZE", "class_index", "expand_map", "region_wise_loss", "renormalize_patch"]
+__all__ = ["COMPACT_KINDS", "RENORMALIZE", "check_compact_kind", "class_index", "compute_maps", "expand_map",
+           "region_wise_loss", "renormalize_patch"]
 
 Outside = float | Sequence[float] | torch.Tensor
+
+#: The kinds this module takes: ``rrw`` (from its compact map) and ``ac`` (from the labels alone).
+COMPACT_KINDS = ("rrw", "ac")
+
+
+def check_compact_kind(kind: str) -> None:
+    """ValueError, in one line naming the way, unless ``kind`` is one of :data:`COMPACT_KINDS`.
+
+    ``boundary``, ``kervadec`` and ``sdf`` maps have no compact form (each class's outside
+    distance is its own information): their loss is ``mean(softmax(logits) * full_map)``
+    with the full map itself, which needs no expansion.
+
+    Parameters
+    ----------
+    kind : str
+
+    Raises
+    ------
+    ValueError
+        For a kind without a compact form (naming the full-map loss), or an unknown kind.
+    """
+    if kind in COMPACT_KINDS:
+        return
+    if kind in KINDS:
+        raise ValueError(f"kind {kind!r} has no compact form (nothing to expand): use its full map as it is "
+                         f"(rwmaps_cli.load_map, or rwmaps_cli.compute_maps(labels, classes, kind={kind!r})); "
+                         "the loss is (torch.softmax(logits, dim=1) * full_map).mean()")
+    raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(COMPACT_KINDS)} "
+                     f"(the full-map kinds {', '.join(k for k in KINDS if k not in COMPACT_KINDS)} need no expansion)")
 
 
 def class_index(
@@ -123,6 +172,8 @@ def expand_map(
         for the authors' variant.
     kind : {"rrw", "ac"}
         ``ac`` (Active-Contour RW map, ``1 - one-hot``) needs no compact map: ``v = 0``.
+        ``boundary``, ``kervadec`` and ``sdf`` have no compact form and are refused
+        (:func:`check_compact_kind`): their full map is already what this returns.
     ignore_label : int, optional
     renormalize : {None, "patch"}
         ``"patch"``: divide ``v`` per item and class by its largest ``|v|`` (the seed's
@@ -135,7 +186,8 @@ def expand_map(
     Raises
     ------
     ValueError
-        Unknown label values, mismatched shapes, a bad ``outside`` or ``kind``.
+        Unknown label values, mismatched shapes, a bad ``outside`` or ``kind`` (a kind
+        without a compact form: one line naming its full map).
     """
     compact, labels = _compact_for(compact, labels, kind, renormalize)
     index, valid = class_index(labels.to(compact.device), classes, ignore_label)  # the map's device decides
@@ -187,7 +239,10 @@ def region_wise_loss(
     ignore_label : int, optional
         Voxels with this label carry no weight.
     kind : {"rrw", "ac"}
-        ``ac``: the Active-Contour RW loss, from the labels alone.
+        ``ac``: the Active-Contour RW loss, from the labels alone.  ``boundary``,
+        ``kervadec`` and ``sdf`` are refused (:func:`check_compact_kind`): with their full
+        map the loss is ``(torch.softmax(logits, dim=1) * full_map).mean()`` (for ``sdf``, the
+        normalised Boundary loss).
 
     Returns
     -------
@@ -199,6 +254,7 @@ def region_wise_loss(
     ValueError
         Unknown label values, mismatched shapes, a bad ``outside``, ``kind`` or ``renormalize``.
     """
+    check_compact_kind(kind)  # before the shapes: a full map of another kind would fail them first
     if logits.ndim < 2 or logits.shape[1] != len(classes):
         raise ValueError(f"logits have shape {tuple(logits.shape)}; expected (B, {len(classes)}, *spatial)")
     # Everything follows the softmax: the logits' device and dtype (under autocast, the dtype
@@ -233,6 +289,7 @@ def _own_value(compact, index, valid, n_classes, renormalize) -> torch.Tensor:
 
 def _compact_for(compact, labels, kind, renormalize, dtype=torch.float32, device=None):
     """Check shapes; for ``ac`` return a zero compact map (inside value 0)."""
+    check_compact_kind(kind)
     check_expansion(kind, compact is not None, renormalize)
     if kind == "ac":
         return torch.zeros(labels.shape, dtype=dtype, device=device or labels.device), labels

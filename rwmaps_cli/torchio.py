@@ -7,7 +7,9 @@ Two ways to give a network the map of the patch it sees:
 - :class:`ExpandRegionWiseMap` turns a precomputed compact map, pushed through the same
   spatial transforms as the label, into the full ``(C, *spatial)`` map with the transformed
   label.  A precomputed *full* map needs no transform of ours: it is pushed through the
-  spatial transforms channel by channel.
+  spatial transforms channel by channel.  Only ``rrw`` has a compact map: ``boundary``,
+  ``kervadec`` and ``sdf`` maps are precomputed full or computed by :class:`RegionWiseMap`,
+  and :class:`ExpandRegionWiseMap` refuses them.
 
 Maps written by ``rwmaps compute`` (full or compact; NIfTI, ``.npy``, ``.npz``) are opened as
 :class:`RegionWiseMapImage` (``RegionWiseMapImage(path)``; lazily read, like every TorchIO
@@ -36,7 +38,13 @@ image).  How TorchIO treats such an image, read from TorchIO's source (1.2):
   :class:`RandomAffineWithMaps` is ``tio.RandomAffine`` with one draw of parameters applied
   to the maps with that fill and to the other images with their own.  For ``Pad`` and
   ``CropOrPad`` use a second instance on the maps: ``tio.Pad(p, padding_mode=1.0,
-  include=["rwmap"])``.
+  include=["rwmap"])``.  The signed kinds (``sdf``, ``boundary``, ``kervadec``) have no
+  outside value: fill them with 0 (``map_pad_value=0``, ``padding_mode=0``).  Their distances
+  beyond the field are unknown, and 0 in every channel is what the kernel gives voxels
+  without information (the ignore label): it adds nothing to the loss and no gradient, under
+  a softmax or a sigmoid, and linear interpolation at the edge of the field pulls the map
+  towards 0 (a boundary), not towards 1 ("far outside every class").  The nnU-Net trainers
+  decide the same (``rwmaps_cli/nnunet/transforms.py``).
 - **Patches.** ``tio.Queue`` crops every image of a subject at the same location, maps
   included (the location is in ``patch[tio.LOCATION]``).
 
@@ -54,7 +62,7 @@ import torch
 import torchio as tio
 
 from .errors import InputError
-from .contract import DEFAULT_KIND, RENORMALIZE, SPACINGS, check_classes, resolve_spacing
+from .contract import DEFAULT_KIND, KINDS, RENORMALIZE, SPACINGS, check_classes, resolve_spacing
 from .maps import compute_maps
 from .torch import Outside, class_index, expand_map, renormalize_patch
 
@@ -124,7 +132,8 @@ class RegionWiseMapImage(tio.Image):
     A ``tio.Image`` of type ``tio.INTENSITY`` that is not a ``tio.ScalarImage``: intensity
     transforms never touch it, and type-driven spatial transforms (``RandomAffine``) resample it
     linearly.  See the module docstring for the transforms that choose otherwise, and for
-    padding (use :class:`RandomAffineWithMaps`, or fill with :data:`MAP_PAD_VALUE`).
+    padding (use :class:`RandomAffineWithMaps`, or fill with :data:`MAP_PAD_VALUE`;
+    0 for ``sdf``, ``boundary`` and ``kervadec`` maps).
 
     Parameters
     ----------
@@ -227,35 +236,44 @@ class ExpandRegionWiseMap(tio.Transform):
         (the inside values) is renormalised: positive values come from padding with the
         outside value (:data:`MAP_PAD_VALUE`) and are kept, so padding never sets a class's scale.
     ignore_label : int, optional
+    kind : {"rrw"}
+        The kind of the compact map: ``rrw``, the only kind with a compact form.  Any other
+        is refused at construction, in one line naming the way: a ``boundary``,
+        ``kervadec`` or ``sdf`` map is read full (:class:`RegionWiseMapImage`) or computed by
+        :class:`RegionWiseMap`, and an ``ac`` map by ``RegionWiseMap(kind="ac")``.
     **kwargs
         ``tio.Transform``'s (``p``, ...).
 
-    Raises (when called)
-    --------------------
-    KeyError
-        No image named ``map`` or ``label`` in the subject.
+    Raises
+    ------
     ValueError
-        A map with more than one channel, a map and label of different shapes, label values
-        that are not integers (an interpolated label) or not in ``classes``.
+        At construction: a ``kind`` other than ``rrw``.
+    KeyError
+        When called: no image named ``map`` or ``label`` in the subject.
+    ValueError
+        When called: a map with more than one channel (a full map, which needs no
+        expansion), a map and label of different shapes, label values that are not integers
+        (an interpolated label) or not in ``classes``.
     """
 
     def __init__(self, map: str = "rwmap", label: str = "label", classes: Sequence[int] = (),  # noqa: A002
                  outside: Outside = 1.0, renormalize: str | None = None, ignore_label: int | None = None,
-                 **kwargs) -> None:
+                 kind: str = DEFAULT_KIND, **kwargs) -> None:
+        _check_compact_kind(kind)
         super().__init__(**kwargs)
         if renormalize not in RENORMALIZE:
             raise ValueError(f"renormalize must be None or 'patch', got {renormalize!r}")
         self.map, self.label = map, label
         self.classes = check_classes(classes, ignore_label)  # the one rule (contract.check_classes)
-        self.outside, self.renormalize, self.ignore_label = outside, renormalize, ignore_label
-        self.args_names = ["map", "label", "classes", "outside", "renormalize", "ignore_label"]
+        self.outside, self.renormalize, self.ignore_label, self.kind = outside, renormalize, ignore_label, kind
+        self.args_names = ["map", "label", "classes", "outside", "renormalize", "ignore_label", "kind"]
 
     def apply_transform(self, subject: tio.Subject) -> tio.Subject:
         compact = _image(subject, self.map, "compact map")
         label = _image(subject, self.label, "label")
         if compact.num_channels != 1:
             raise ValueError(f"{self.map} has {compact.num_channels} channels: a compact map has one "
-                             "(a full map needs no expansion)")
+                             "(a full map, as every boundary, kervadec or sdf map, needs no expansion)")
         if compact.spatial_shape != label.spatial_shape:
             raise ValueError(f"{self.map} {compact.spatial_shape} and {self.label} {label.spatial_shape} "
                              "differ in shape: transform them together")
@@ -286,7 +304,9 @@ class RandomAffineWithMaps(tio.RandomAffine):
     maps : sequence of str
         Names of the map images (full or compact).  Names not in a subject are skipped.
     map_pad_value : float
-        Fill of the maps outside the field of view.
+        Fill of the maps outside the field of view: 1 (the outside value) for ``rrw`` and
+        ``ac`` maps; 0 for ``sdf``, ``boundary`` and ``kervadec`` maps, whose distances
+        beyond the field are unknown (module docstring, "Padding").
     **kwargs
         ``tio.RandomAffine``'s (``scales``, ``degrees``, ``translation``, ``p``, ...).
     """
@@ -319,6 +339,20 @@ class RandomAffineWithMaps(tio.RandomAffine):
             subject = tio.Affine(default_pad_value=self.map_pad_value, image_interpolation="linear", include=maps,
                                  **common)(subject)
         return subject
+
+
+def _check_compact_kind(kind: str) -> None:
+    """ValueError, one line naming the way, unless ``kind`` is ``rrw`` (the only compact kind)."""
+    if kind == "rrw":
+        return
+    if kind == "ac":
+        raise ValueError("ExpandRegionWiseMap: an ac map has no compact file: compute it from the transformed label "
+                         "with RegionWiseMap(classes=..., kind='ac')")
+    if kind in KINDS:
+        raise ValueError(f"ExpandRegionWiseMap: kind {kind!r} has no compact form, so nothing to expand: read its "
+                         "full map as a RegionWiseMapImage and transform it with the label, or compute it after the "
+                         f"transforms with RegionWiseMap(kind={kind!r})")
+    raise ValueError(f"ExpandRegionWiseMap: unknown kind {kind!r}; compact maps are 'rrw'")
 
 
 def _image(subject: tio.Subject, name: str, what: str) -> tio.Image:

@@ -98,14 +98,20 @@ def test_torchio_example_computes_its_own_maps_with_the_cli():
     assert goes_down(run_example(TORCHIO))  # no --maps: rwmaps compute --layout compact into a temporary folder
 
 
+STUDY_ARMS = ["dice_ce", "rw_fly", "rw_compact", "rw_full", "ce_rw", "dice_ce_boundary", "dice_ce_sdf"]
+
+
 def test_training_outcome_study_quick_run():
-    """benchmarks/study_outcome.py --quick: every arm trains and the table is printed."""
+    """benchmarks/study_outcome.py --quick (no --arms: every arm, the optional ones too) trains
+    each arm, prints the table and the paired differences from dice_ce."""
     pytest.importorskip("torchio")
     pytest.importorskip("monai")
     script = REPO / "benchmarks" / "study_outcome.py"
-    result = subprocess.run([sys.executable, str(script), "--quick", "--arms", "dice_ce,rw_fly,rw_compact,rw_full,ce_rw"],
+    result = subprocess.run([sys.executable, str(script), "--quick", "--against", "dice_ce"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = re.findall(r"^\| (\w+) \| ([0-9.]+) ± ", result.stdout, flags=re.M)
-    assert [arm for arm, _ in rows] == ["dice_ce", "rw_fly", "rw_compact", "rw_full", "ce_rw"], result.stdout
+    assert [arm for arm, _ in rows] == STUDY_ARMS, result.stdout
     assert all(0 <= float(dice) <= 1 for _, dice in rows)
+    differences = re.findall(r"^\| (\w+) \| ([-+][0-9.]+) ± ", result.stdout, flags=re.M)
+    assert [arm for arm, _ in differences] == STUDY_ARMS[1:], result.stdout

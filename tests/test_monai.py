@@ -35,6 +35,7 @@ from monai.transforms import (  # noqa: E402
 )
 
 from rwmaps_cli import compute_maps, load_map  # noqa: E402
+from rwmaps_cli.contract import KINDS  # noqa: E402
 from rwmaps_cli.monai import ExpandRegionWiseMapd, RegionWiseMapd  # noqa: E402
 
 DATASET = SAMPLE_DATA / "Dataset001_Toy"
@@ -44,10 +45,12 @@ CASES = ["toy_000", "toy_001", "toy_002"]
 
 @pytest.fixture(scope="module")
 def maps(tmp_path_factory):
-    """Full nii.gz maps (voxel and physical units) by the real CLI, and compact NIfTI maps
-    cut from them (each voxel's own-class channel, with the label's affine)."""
+    """Full nii.gz maps (voxel and physical units; rrw, and sdf in ``sdf_voxel``, ``sdf_physical``)
+    by the real CLI, and compact NIfTI maps cut from the rrw ones (each voxel's own-class
+    channel, with the label's affine)."""
     root = tmp_path_factory.mktemp("monai_maps")
-    for name, extra in (("voxel", []), ("physical", ["--spacing", "physical"])):
+    for name, extra in (("voxel", []), ("physical", ["--spacing", "physical"]), ("sdf_voxel", ["--kind", "sdf"]),
+                        ("sdf_physical", ["--kind", "sdf", "--spacing", "physical"])):
         run_rwmaps("compute", "--input", DATASET, "--output", root / name, "--format", "nii.gz", "--quiet",
                    "--jobs", "1", *extra, check=0)
     (root / "compact").mkdir()
@@ -114,35 +117,75 @@ def test_flips_and_90_degree_rotations_keep_precomputed_maps_exact(maps, case, a
     np.testing.assert_array_equal(data["compact"].numpy(), truth)  # (c)
 
 
-def test_region_wise_mapd_uses_the_transformed_spacing(maps):
-    """With spacing='physical' the map of a rotated patch uses the rotated voxel sizes."""
+# The CLI's physical-unit maps of each kind, where the fixture wrote them.
+PHYSICAL = {"rrw": "physical", "sdf": "sdf_physical"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_region_wise_mapd_uses_the_transformed_spacing(maps, kind):
+    """With spacing='physical' the map of a rotated patch uses the rotated voxel sizes, for every kind."""
     pipeline = Compose([*LOAD, Rotate90d(keys=["label", "full"], k=1, spatial_axes=(0, 2)),
-                        RegionWiseMapd(keys="label", classes=CLASSES, spacing="physical")])
+                        RegionWiseMapd(keys="label", classes=CLASSES, kind=kind, spacing="physical")])
     data = pipeline(item(maps, "toy_001", "full"))
     label = data["label"][0].numpy()
     np.testing.assert_allclose(data["label"].pixdim.numpy(), [3.0, 1.0, 1.0])
-    want = compute_maps(label, CLASSES, spacing=(3.0, 1.0, 1.0))
+    want = compute_maps(label, CLASSES, kind=kind, spacing=(3.0, 1.0, 1.0))
     np.testing.assert_array_equal(data["label_rwmap"].numpy(), want)
     assert isinstance(data["label_rwmap"], MetaTensor)
     np.testing.assert_array_equal(data["label_rwmap"].affine.numpy(), data["label"].affine.numpy())
-    # and it equals the CLI's physical-unit map pushed through the same rotation, to float32 rounding
-    physical = Compose([*LOAD, Rotate90d(keys="full", k=1, spatial_axes=(0, 2))])(
-        {"full": str(maps / "physical" / "toy_001.nii.gz")})
-    np.testing.assert_allclose(physical["full"].numpy(), want, rtol=0, atol=1e-6)
+    if kind != "ac":  # the spacing mattered (an ac map has no distances)
+        assert not np.allclose(compute_maps(label, CLASSES, kind=kind), want, atol=1e-3)
+    if kind in PHYSICAL:  # the CLI's physical-unit map pushed through the same rotation, to float32 rounding
+        physical = Compose([*LOAD, Rotate90d(keys="full", k=1, spatial_axes=(0, 2))])(
+            {"full": str(maps / PHYSICAL[kind] / "toy_001.nii.gz")})
+        np.testing.assert_allclose(physical["full"].numpy(), want, rtol=0, atol=1e-6)
 
 
-def test_region_wise_mapd_other_kinds_and_options():
+OPTIONS = [dict(kind=kind) for kind in KINDS] + [dict(slice_axis=2), dict(ignore_label=9),
+                                                 dict(kind="sdf", slice_axis=2), dict(kind="sdf", ignore_label=9)]
+
+
+@pytest.mark.parametrize("kwargs", OPTIONS, ids=lambda kwargs: "-".join(f"{k}={v}" for k, v in kwargs.items()))
+def test_region_wise_mapd_other_kinds_and_options(kwargs):
     label = MetaTensor(torch.from_numpy(np.asarray(nib.load(DATASET / "labelsTr" / "toy_000.nii.gz").dataobj))[None])
     label[0, :2] = 9
-    for kwargs in (dict(kind="boundary"), dict(kind="ac"), dict(slice_axis=2), dict(ignore_label=9)):
-        if "ignore_label" not in kwargs:
-            data = {"label": label.clone()}
-            data["label"][data["label"] == 9] = 0
-        else:
-            data = {"label": label.clone()}
-        out = RegionWiseMapd(keys="label", classes=CLASSES, map_keys="m", **kwargs)(data)["m"]
-        want = compute_maps(data["label"][0].numpy(), CLASSES, **kwargs)
-        np.testing.assert_array_equal(out.numpy(), want)
+    data = {"label": label.clone()}
+    if "ignore_label" not in kwargs:
+        data["label"][data["label"] == 9] = 0
+    out = RegionWiseMapd(keys="label", classes=CLASSES, map_keys="m", **kwargs)(data)["m"]
+    want = compute_maps(data["label"][0].numpy(), CLASSES, **kwargs)
+    np.testing.assert_array_equal(out.numpy(), want)
+    if kwargs.get("kind") == "sdf":
+        assert out.min() == -1 and out.max() == 1  # DTC's normalised signed distance, negative inside
+
+
+SDF_FLIPS_AND_ROTATIONS = {
+    "flip0": [Flipd(keys=["label", "full"], spatial_axis=0)],
+    "rot02": [Rotate90d(keys=["label", "full"], k=3, spatial_axes=(0, 2))],
+    "random": [RandFlipd(keys=["label", "full"], prob=0.5, spatial_axis=a) for a in range(3)]
+    + [RandRotate90d(keys=["label", "full"], prob=1.0, max_k=3, spatial_axes=(1, 2))],
+}
+
+
+@pytest.mark.parametrize("spacing", ["voxel", "physical"])
+@pytest.mark.parametrize("augment", list(SDF_FLIPS_AND_ROTATIONS))
+def test_sdf_maps_precomputed_or_on_the_fly_equal_compute_maps_of_the_transformed_label(maps, augment, spacing):
+    """``rwmaps compute --kind sdf`` maps loaded with LoadImaged and flipped or rotated with the
+    label, and RegionWiseMapd(kind="sdf") after the transforms: both are compute_maps(kind="sdf")
+    of the transformed label (physical spacing: the rotated voxel sizes, to float32 rounding)."""
+    pipeline = Compose([*LOAD, *SDF_FLIPS_AND_ROTATIONS[augment],
+                        RegionWiseMapd(keys="label", classes=CLASSES, kind="sdf", spacing=spacing, map_keys="sdf")])
+    pipeline.set_random_state(seed=5)
+    data = pipeline({"label": str(DATASET / "labelsTr" / "toy_002.nii.gz"),
+                     "full": str(maps / f"sdf_{spacing}" / "toy_002.nii.gz")})
+    label = data["label"][0].numpy()
+    sizes = tuple(float(s) for s in data["label"].pixdim[:3]) if spacing == "physical" else None
+    truth = compute_maps(label, CLASSES, kind="sdf", spacing=sizes)
+    np.testing.assert_array_equal(data["sdf"].numpy(), truth)  # on the fly: exact
+    np.testing.assert_allclose(data["full"].numpy(), truth, rtol=0, atol=1e-6 if sizes else 0)  # precomputed
+    assert truth.min() == -1 and truth.max() == 1
+    for c, k in enumerate(CLASSES):  # negative inside each class, positive outside
+        assert (truth[c][label == k] <= 0).all() and (truth[c][label != k] > 0).all()
 
 
 def test_expand_with_per_class_outside_and_a_crop(maps):
@@ -158,6 +201,33 @@ def test_expand_with_per_class_outside_and_a_crop(maps):
         want[c][label != k] = outside[c]
     np.testing.assert_array_equal(data["compact"].numpy(), want)
     assert data["compact"].shape == (3, 24, 20, 12)
+
+
+@pytest.mark.parametrize("kind", ["boundary", "kervadec", "sdf", "ac", "rwr"])
+def test_expanding_refuses_kinds_without_a_compact_map_in_one_line(kind):
+    with pytest.raises(ValueError) as raised:
+        ExpandRegionWiseMapd(keys="compact", label_key="label", classes=CLASSES, kind=kind)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("ExpandRegionWiseMapd: ")
+    if kind in ("boundary", "kervadec", "sdf"):
+        assert f"kind {kind!r} has no compact form" in message and f"RegionWiseMapd(kind={kind!r})" in message
+        assert "channel_dim=-1" in message  # the way to load its full map
+    elif kind == "ac":
+        assert "RegionWiseMapd(keys=<label key>, classes=..., kind='ac')" in message
+    else:
+        assert "unknown kind 'rwr'" in message
+    assert ExpandRegionWiseMapd(keys="compact", label_key="label", classes=CLASSES, kind="rrw").kind == "rrw"
+
+
+def test_a_full_sdf_map_given_as_a_compact_one_is_refused_in_one_line(maps):
+    pipeline = Compose([*LOAD, ExpandRegionWiseMapd(keys="full", label_key="label", classes=CLASSES)])
+    with pytest.raises(RuntimeError) as raised:  # MONAI wraps errors raised inside Compose
+        pipeline({"label": str(DATASET / "labelsTr" / "toy_000.nii.gz"),
+                  "full": str(maps / "sdf_voxel" / "toy_000.nii.gz")})
+    cause = str(raised.value.__cause__)
+    assert isinstance(raised.value.__cause__, ValueError) and "\n" not in cause
+    assert cause == ("the compact map has 3 channels: a compact map has one, and a full map (every boundary, kervadec "
+                     "or sdf map) needs no expansion")
 
 
 def test_linear_interpolated_labels_are_refused(maps):

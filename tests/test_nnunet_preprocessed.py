@@ -25,9 +25,9 @@ from rwmaps_cli.nnunet import (
 from rwmaps_cli.regions import compute_region_maps
 
 
-def compute_preprocessed_maps(folder, output=None, layout="full") -> Path:
-    """What ``rwmaps compute --input FOLDER [--output OUTPUT] --layout LAYOUT`` runs; the maps folder."""
-    outcome = compute_dataset(folder, output, layout=layout, jobs=1)
+def compute_preprocessed_maps(folder, output=None, layout="full", kind="rrw") -> Path:
+    """What ``rwmaps compute --input FOLDER [--output OUTPUT] --layout LAYOUT --kind KIND`` runs; the maps folder."""
+    outcome = compute_dataset(folder, output, layout=layout, kind=kind, jobs=1)
     return outcome.manifest.parent
 
 
@@ -161,6 +161,30 @@ def test_region_based_maps(tmp_path):
                                       compute_region_maps(labels, [[1, 2, 3], [2, 3], [3]]))
     with pytest.raises(UsageError, match="regions overlap"):
         compute_preprocessed_maps(folder, output=tmp_path / "c", layout="compact")
+
+
+@pytest.mark.parametrize("dataset", ["labels", "regions", "2d"])
+def test_sdf_maps_of_preprocessed_data_are_full_maps_of_the_manifests_kind(tmp_path, dataset):
+    """``rwmaps compute --input <preprocessed folder> --kind sdf``: what the trainers read (the kind
+    from the manifest), equal to compute_maps / compute_region_maps with kind="sdf" (the ignore label
+    0 in every channel, per slice for 2d); and no compact layout, in one line."""
+    kwargs = dict(labels=REGION_LABELS, regions_order=[1, 2, 3]) if dataset == "regions" else dict(ignore=True)
+    folder, segs = make_preprocessed(tmp_path, "npz", configuration="2d" if dataset == "2d" else "3d_fullres",
+                                     **kwargs)
+    manifest = read_maps_folder(compute_preprocessed_maps(folder, output=tmp_path / "sdf", kind="sdf"))
+    assert manifest.kind == "sdf" and manifest.layout == "full"
+    for name, labels in segs.items():
+        stored = np.load(manifest.path(name), mmap_mode="r")
+        if dataset == "regions":
+            expected = compute_region_maps(labels, [[1, 2, 3], [2, 3], [3]], kind="sdf")
+        else:
+            expected = compute_maps(labels, [0, 1, 2, 3], kind="sdf", ignore_label=4,
+                                    slice_axis=0 if dataset == "2d" else None)
+        np.testing.assert_array_equal(stored, expected)
+        assert stored.min() >= -1 and stored.max() <= 1
+    with pytest.raises(UsageError, match="kind 'sdf' has no compact layout") as info:
+        compute_preprocessed_maps(folder, output=tmp_path / "compact", layout="compact", kind="sdf")
+    assert "\n" not in str(info.value)
 
 
 def test_rerun_skips_done_cases_and_recomputes_after_preprocessing(tmp_path):

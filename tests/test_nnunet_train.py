@@ -1,5 +1,6 @@
 """The real thing on CPU: nnU-Net plans and preprocesses two tiny synthetic datasets, rwmaps writes
-their maps, and every RW trainer trains for one short epoch.  Skipped when nnunetv2 is not installed.
+their maps (rrw, and sdf: ``--kind sdf``), and every RW trainer trains for one short epoch.  Skipped
+when nnunetv2 is not installed.
 
 Shared per session: the preprocessing (about a minute) and one trained model (for predicting).
 Networks are narrowed with a small plans variant (``nnUNetPlansSmall``) so an epoch is seconds.
@@ -19,12 +20,13 @@ pytest.importorskip("nnunetv2")
 import torch  # noqa: E402
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd  # noqa: E402
 
-from helpers import run_rwmaps  # noqa: E402
+from helpers import blobs, run_rwmaps  # noqa: E402
 
+from rwmaps_cli.contract import KINDS  # noqa: E402
 from rwmaps_cli.maps import compute_maps, expand_map  # noqa: E402
 from rwmaps_cli.nnunet import list_cases, read_maps_folder, read_seg  # noqa: E402
 from rwmaps_cli.nnunet.synthetic import make_dataset, write_small_plans  # noqa: E402
-from rwmaps_cli.regions import compute_region_maps  # noqa: E402
+from rwmaps_cli.regions import compute_mask_maps, compute_region_maps, region_masks  # noqa: E402
 
 CLASSES = [0, 1, 2, 3]
 REGIONS = [[1, 2, 3], [2, 3], [3]]
@@ -35,7 +37,8 @@ ENV_NAMES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_pr
 @pytest.fixture(scope="session")
 def nnunet_root(tmp_path_factory):
     """nnUNet_raw/preprocessed/results in a temporary folder, two datasets planned and preprocessed
-    by nnU-Net itself, and the maps of both written by rwmaps (full; compact too for 901)."""
+    by nnU-Net itself, and the maps of both written by rwmaps (full; compact too for 901; sdf maps
+    of both in ``<dataset>/sdf``)."""
     root = tmp_path_factory.mktemp("nnunet")
     saved = {k: os.environ.get(k) for k in ENV_NAMES}
     os.environ.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
@@ -53,6 +56,9 @@ def nnunet_root(tmp_path_factory):
     run_rwmaps("compute", "--input", root / "preprocessed" / "Dataset901_Tiny" / "nnUNetPlans_2d", check=0)
     run_rwmaps("compute", "--input", root / "preprocessed" / "Dataset901_Tiny" / "nnUNetPlans_3d_fullres",
                "--output", root / "preprocessed" / "Dataset901_Tiny" / "compact", "--layout", "compact", check=0)
+    for name in ("Dataset901_Tiny", "Dataset902_TinyRegions"):  # docs/nnunet.md's sdf commands
+        run_rwmaps("compute", "--input", root / "preprocessed" / name / "nnUNetPlans_3d_fullres", "--kind", "sdf",
+                   "--output", root / "preprocessed" / name / "sdf", check=0)
     yield root
     for key, value in saved.items():
         if value is None:
@@ -71,7 +77,13 @@ VARIANTS = {  # name: (dataset, maps folder relative to the dataset folder or No
     "compact": (901, "compact", "3d_fullres"),
     "regions": (902, None, "3d_fullres"),
     "2d": (901, None, "2d"),
+    "sdf": (901, "sdf", "3d_fullres"),
+    "sdf-regions": (902, "sdf", "3d_fullres"),
 }
+
+
+def kind_of(variant: str) -> str:
+    return "sdf" if variant.startswith("sdf") else "rrw"
 
 
 def maps_arg(root, variant):
@@ -93,16 +105,19 @@ def build(root, variant, trainer="nnUNetTrainerRW", **kwargs):
                          maps=maps_arg(root, variant), **kwargs)
 
 
-def assert_consistent(seg: torch.Tensor, rwmap: torch.Tensor, regions: bool):
-    """The rrw map agrees with the seg it comes with: in [-1, 0] inside each class (region),
-    exactly the outside value 1 elsewhere."""
+def assert_consistent(seg: torch.Tensor, rwmap: torch.Tensor, regions: bool, kind: str = "rrw"):
+    """The map agrees with the seg it comes with: in [-1, 0] inside each class (region); outside
+    it, exactly the outside value 1 (rrw) or in [0, 1] (sdf: a signed map has no outside value)."""
     seg, rwmap = seg.numpy(), rwmap.numpy()
     assert np.isfinite(rwmap).all()
     for k in range(rwmap.shape[1]):
         mask = seg[:, k].astype(bool) if regions else seg[:, 0] == CLASSES[k]
         inside, outside = rwmap[:, k][mask], rwmap[:, k][~mask]
         assert inside.size == 0 or (inside.min() >= -1 and inside.max() <= 0), (k, inside.min(), inside.max())
-        assert (outside == 1).all(), (k, np.unique(outside)[:5])
+        if kind == "sdf":
+            assert outside.size == 0 or (outside.min() >= 0 and outside.max() <= 1), (k, outside.min(), outside.max())
+        else:
+            assert (outside == 1).all(), (k, np.unique(outside)[:5])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,15 +146,16 @@ def test_map_patches_line_up_with_seg_patches(nnunet_root, variant):
     trainer.initialize()
     dl_tr, dl_val = trainer.get_dataloaders()
     maps = read_maps_folder(maps_folder(nnunet_root, variant))
-    regions = variant == "regions"
+    regions = VARIANTS[variant][0] == 902
     two_d = variant == "2d"
-    assert maps.parameters["slice_axis"] == (0 if two_d else None)
+    kind = kind_of(variant)
+    assert maps.parameters["slice_axis"] == (0 if two_d else None) and maps.kind == kind
     for _ in range(2):
         batch = next(dl_val)
         assert len(batch["rwmap"]) == len(batch["target"]) > 1  # one map per output scale
         for seg, rwmap in zip(batch["target"], batch["rwmap"]):
             assert rwmap.shape[2:] == seg.shape[2:]
-            assert_consistent(seg, rwmap, regions)
+            assert_consistent(seg, rwmap, regions, kind)
         for j, (case, box) in enumerate(zip(batch["keys"], batch["bbox"])):
             stored = np.load(maps.path(case))
             if maps.layout == "compact":
@@ -148,11 +164,13 @@ def test_map_patches_line_up_with_seg_patches(nnunet_root, variant):
             else:
                 expected = crop_and_pad_nd(stored, box, 0)
                 # nnU-Net's foreground boxes may reach past the image: there the seg is background (-1 -> 0),
-                # so the map is the background's inside value 0 (zero padding) and the outside value elsewhere
+                # so an rrw map is the background's inside value 0 (zero padding) and the outside value
+                # elsewhere; an sdf map stays 0 in every channel (no distance is known there)
                 outside_image = ~crop_and_pad_nd(np.ones(stored.shape[1:], bool), box, False)
-                expected[:, outside_image] = 1
-                if not regions:
-                    expected[0, outside_image] = 0
+                if kind == "rrw":
+                    expected[:, outside_image] = 1
+                    if not regions:
+                        expected[0, outside_image] = 0
             if two_d:  # nnU-Net's 2d loader takes one slice along the first spatial axis
                 assert expected.shape[1] == 1
                 expected = expected[:, 0]
@@ -160,7 +178,7 @@ def test_map_patches_line_up_with_seg_patches(nnunet_root, variant):
     for _ in range(3):
         batch = next(dl_tr)
         for seg, rwmap in zip(batch["target"], batch["rwmap"]):
-            assert_consistent(seg, rwmap, regions)
+            assert_consistent(seg, rwmap, regions, kind)
 
 
 TRAINER_RUNS = [(name, "full") for name in ("nnUNetTrainerRW", "nnUNetTrainerCERW", "nnUNetTrainerDiceRW",
@@ -168,6 +186,8 @@ TRAINER_RUNS = [(name, "full") for name in ("nnUNetTrainerRW", "nnUNetTrainerCER
                                             "nnUNetTrainerRWOnTheFly")]
 TRAINER_RUNS += [("nnUNetTrainerRW", "compact"), ("nnUNetTrainerRW", "2d"), ("nnUNetTrainerRWOnTheFly", "2d"), ("nnUNetTrainerRW", "regions"), ("nnUNetTrainerDiceRW", "regions"),
                  ("nnUNetTrainerRWOnTheFly", "regions")]
+# sdf maps: the normalised Boundary loss alone, with the paper's gradual schedule, and per region
+TRAINER_RUNS += [("nnUNetTrainerRW", "sdf"), ("nnUNetTrainerDiceRWGradual", "sdf"), ("nnUNetTrainerRW", "sdf-regions")]
 
 
 def run_one_epoch(root, trainer_name, variant, fold_check=True):
@@ -178,7 +198,7 @@ def run_one_epoch(root, trainer_name, variant, fold_check=True):
     assert np.isfinite(losses).all(), losses
     assert len(trainer.rw_record) == 3  # two training and one validation batch reached the loss
     for seg, rwmap in trainer.rw_record:
-        assert_consistent(seg, rwmap, variant == "regions")
+        assert_consistent(seg, rwmap, VARIANTS[variant][0] == 902, kind_of(variant))
     assert (Path(trainer.output_folder) / "checkpoint_final.pth").is_file()
     return trainer
 
@@ -197,6 +217,84 @@ def test_each_trainer_trains(nnunet_root, trained_rw, trainer_name, variant):
         trainer = run_one_epoch(nnunet_root, trainer_name, variant)
     if "Gradual" in trainer_name:
         assert trainer.loss.epoch == 0 and trainer.loss.loss.schedule == "gradual"
+    if trainer_name != "nnUNetTrainerRWOnTheFly":
+        assert trainer._rw_maps_cache.kind == kind_of(variant)  # the kind comes from the maps folder
+    if variant.startswith("sdf") and trainer_name == "nnUNetTrainerRW":
+        # the normalised Boundary loss alone: every scale's mean(p * sdf) is in [-1, 1], and so is their
+        # weighted mean (nnU-Net's deep-supervision weights sum to 1)
+        losses = [trainer.logger.get_value(key, step=-1) for key in ("train_losses", "val_losses")]
+        assert all(-1 <= loss <= 1 for loss in losses), losses
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("regions", [False, True], ids=["labels", "regions"])
+def test_the_on_the_fly_map_target_is_compute_maps_of_the_patch_for_every_kind(kind, regions):
+    """nnUNetTrainerRWOnTheFly's transform (``rw_kind``): the map of the augmented seg patch,
+    computed per patch, for every kind (regions: one map per region mask)."""
+    from rwmaps_cli.nnunet.transforms import MapTargetTransform
+
+    labels = blobs((20, 18, 16), 4, seed=30)
+    if regions:
+        masks = region_masks(labels, REGIONS)
+        seg = torch.from_numpy(masks.astype(np.int16))
+        want = compute_mask_maps(masks, kind=kind)
+    else:
+        seg = torch.from_numpy(labels.astype(np.int16))[None]
+        want = compute_maps(labels, CLASSES, kind=kind)
+    transform = MapTargetTransform(CLASSES, REGIONS if regions else None, "onthefly", kind)
+    got = transform(image=torch.zeros(1, 20, 18, 16), segmentation=seg)["regression_target"]
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nnunets_augmentation_pads_maps_by_kind_and_keeps_their_signs_at_every_scale(kind):
+    """nnU-Net's own SpatialTransform (rotated and zoomed out, so it brings in voxels from beyond the
+    image), its -1 -> 0 seg step, then the map target and deep-supervision transforms of the
+    trainers.  Beyond the image the seg is background; the map is the rrw/ac rectification of it
+    (background channel 0, the others 1), and 0 in every channel for the signed kinds (the padding
+    decision of rwmaps_cli/nnunet/transforms.py).  At every scale a signed map is <= 0 inside each
+    class and >= 0 outside, within its range; no signed value becomes the rrw outside value."""
+    from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
+    from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+    from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
+    from batchgeneratorsv2.transforms.utils.remove_label import RemoveLabelTansform
+
+    from rwmaps_cli.nnunet.transforms import DownsampleMapForDSTransform, MapTargetTransform
+
+    labels = blobs((40, 40, 40), 4, seed=31, sigma=4.0)
+    rwmap = compute_maps(labels, CLASSES, kind=kind)
+    scales = [[1, 1, 1], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]]
+    pipeline = ComposeTransforms([
+        SpatialTransform((32, 32, 32), patch_center_dist_from_border=0, random_crop=False, p_elastic_deform=0,
+                         p_rotation=1, rotation=(0.5, 0.5), p_scaling=1, scaling=(1.45, 1.45),
+                         p_synchronize_scaling_across_axes=1, bg_style_seg_sampling=False, border_mode_seg="constant",
+                         padding_value_seg=-1),  # nnU-Net's, made to rotate and zoom out every time
+        RemoveLabelTansform(-1, 0),
+        MapTargetTransform(CLASSES, None, "full", kind),
+        DownsampleSegForDSTransform(ds_scales=scales),
+        DownsampleMapForDSTransform(ds_scales=scales)])
+    np.random.seed(0)
+    out = pipeline(image=torch.ones(1, 40, 40, 40), segmentation=torch.from_numpy(labels.astype(np.int16))[None],
+                   regression_target=torch.from_numpy(rwmap))
+    beyond = out["image"][0] == 0  # the all-ones image is 0 only where every sample point is beyond the image
+    assert 0.01 < beyond.float().mean() < 0.5
+    seg, maps = out["segmentation"], out["regression_target"]
+    assert (seg[0][0][beyond] == 0).all()
+    padded = maps[0][:, beyond]
+    if kind in ("rrw", "ac"):
+        assert (padded[0] == 0).all() and (padded[1:] == 1).all()
+    else:
+        assert (padded == 0).all()
+    for scale_seg, scale_map in zip(seg, maps):
+        assert scale_map.shape[1:] == scale_seg.shape[1:]
+        for c, k in enumerate(CLASSES):
+            inside, outside = scale_map[c][scale_seg[0] == k], scale_map[c][scale_seg[0] != k]
+            if kind in ("rrw", "ac"):
+                assert (inside <= 0).all() and (outside == 1).all()
+            else:
+                assert (inside <= 0).all() and (outside >= 0).all()
+        if kind == "sdf":
+            assert scale_map.min() >= -1 and scale_map.max() <= 1
 
 
 def test_predict_with_the_trained_model(nnunet_root, trained_rw, tmp_path):

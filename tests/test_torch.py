@@ -20,7 +20,8 @@ from scipy.ndimage import distance_transform_edt
 torch = pytest.importorskip("torch")
 
 from rwmaps_cli import compute_maps  # noqa: E402
-from rwmaps_cli.torch import expand_map, region_wise_loss  # noqa: E402
+from rwmaps_cli.contract import KINDS  # noqa: E402
+from rwmaps_cli.torch import COMPACT_KINDS, expand_map, region_wise_loss  # noqa: E402
 
 TOL = dict(rtol=1e-12, atol=1e-12)
 
@@ -254,6 +255,55 @@ def test_ac_loss_needs_no_map():
     torch.testing.assert_close(got, want, **TOL)
     torch.testing.assert_close(got_grad, want_grad, **TOL)
     np.testing.assert_array_equal(expand_map(None, torch.from_numpy(labels), classes, kind="ac").numpy(), full)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_has_the_compact_loss_or_a_one_line_error_naming_the_full_map_loss(kind):
+    """rrw (from its compact map) and ac (from the labels) give the full-map loss; boundary,
+    kervadec and sdf have no compact form: refused in one line that names the way, and that
+    way, ``(torch.softmax(logits, dim=1) * full_map).mean()`` with compute_maps' full map, is
+    the loss (for sdf, the normalised Boundary loss: a perfect prediction scores lowest)."""
+    from rwmaps_cli.nnunet.losses import full_map_rw_loss
+
+    classes = [0, 1, 2]
+    volumes = [blobs((14, 12, 8), 3, seed=s) for s in (23, 24)]
+    labels = np.stack(volumes)
+    full = np.stack([compute_maps(v, classes, kind=kind, spacing=(1.0, 1.0, 2.5)) for v in volumes]).astype(np.float64)
+    logits = random_logits((2, 3, 14, 12, 8), seed=11)
+    labels_t, full_t = torch.from_numpy(labels), torch.from_numpy(full)
+    if kind in COMPACT_KINDS:
+        compact = torch.from_numpy(own_channel_batch(full, labels, classes)) if kind == "rrw" else None
+        want, want_grad = value_and_grad(lambda x: full_loss(x, full_t), logits)
+        got, got_grad = value_and_grad(lambda x: region_wise_loss(x, labels_t, compact, classes, kind=kind), logits)
+        torch.testing.assert_close(got, want, **TOL)
+        torch.testing.assert_close(got_grad, want_grad, **TOL)
+        np.testing.assert_array_equal(expand_map(compact, labels_t, classes, kind=kind).numpy(), full)
+        return
+    compact = torch.from_numpy(own_channel_batch(full, labels, classes))
+    for call in (lambda: region_wise_loss(logits, labels_t, compact, classes, kind=kind),
+                 lambda: region_wise_loss(logits, labels_t, None, classes, kind=kind),
+                 lambda: expand_map(compact, labels_t, classes, kind=kind),
+                 lambda: region_wise_loss(logits, labels_t, full_t, classes, kind=kind)):  # a full map given: same
+        with pytest.raises(ValueError) as raised:
+            call()
+        message = str(raised.value)
+        assert "\n" not in message and f"kind {kind!r} has no compact form" in message
+        assert f"compute_maps(labels, classes, kind={kind!r})" in message
+        assert "(torch.softmax(logits, dim=1) * full_map).mean()" in message
+    # the way the message names: the full-map loss, as nnU-Net's trainers compute it too
+    got, got_grad = value_and_grad(lambda x: (torch.softmax(x, dim=1) * full_t).mean(), logits)
+    want, want_grad = value_and_grad(lambda x: full_map_rw_loss(x, full_t), logits)
+    torch.testing.assert_close(got, want, **TOL)
+    torch.testing.assert_close(got_grad, want_grad, **TOL)
+    if kind == "sdf":  # the normalised Boundary loss: in [-1, 1], lowest for the one-hot labels
+        one_hot = 50.0 * (labels_t[:, None] == torch.tensor(classes).view(1, -1, 1, 1, 1)).double()
+        assert -1 <= got <= 1 and full_map_rw_loss(one_hot, full_t) < got
+
+
+def test_an_unknown_kind_is_refused_by_name():
+    labels = torch.from_numpy(blobs((8, 8), 3, seed=25)).long()[None]
+    with pytest.raises(ValueError, match="unknown kind 'rw'; expected one of rrw, ac"):
+        expand_map(torch.zeros(1, 8, 8), labels, [0, 1, 2], kind="rw")
 
 
 def test_the_loss_trains_like_the_full_map_loss():

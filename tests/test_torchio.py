@@ -17,6 +17,7 @@ torch = pytest.importorskip("torch")
 tio = pytest.importorskip("torchio")
 
 from rwmaps_cli import compute_maps, load_map  # noqa: E402
+from rwmaps_cli.contract import KINDS  # noqa: E402
 from rwmaps_cli.synthetic import brain_like_labels  # noqa: E402
 from rwmaps_cli.torchio import (  # noqa: E402
     ExpandRegionWiseMap,
@@ -47,6 +48,11 @@ def data(tmp_path_factory):
                        "--layout", layout, "--num-classes", len(CLASSES), "--jobs", "1", "--quiet", check=0)
     run_rwmaps("compute", "--input", root / "labels", "--output", root / "physical", "--format", "npy",
                "--spacing", "physical", "--num-classes", len(CLASSES), "--jobs", "1", "--quiet", check=0)
+    for fmt in FORMATS:  # sdf maps: full only (no compact form), voxel units
+        run_rwmaps("compute", "--input", root / "labels", "--output", root / f"sdf_{fmt}", "--format", fmt, "--kind",
+                   "sdf", "--num-classes", len(CLASSES), "--jobs", "1", "--quiet", check=0)
+    run_rwmaps("compute", "--input", root / "labels", "--output", root / "sdf_physical", "--format", "npy", "--kind",
+               "sdf", "--spacing", "physical", "--num-classes", len(CLASSES), "--jobs", "1", "--quiet", check=0)
     return root
 
 
@@ -131,26 +137,78 @@ def test_flips_and_90_degree_rotations_keep_precomputed_maps_exact(data, fmt, na
     np.testing.assert_array_equal(out["full"].affine, out["label"].affine)
 
 
-def test_on_the_fly_map_uses_the_transformed_spacing(data):
-    """spacing='physical' after a transpose uses the transposed voxel sizes."""
-    out = tio.Compose([tio.Transpose(), RegionWiseMap(classes=CLASSES, spacing="physical")])(subject(data, "case_b"))
+# The CLI's physical-unit maps of each kind, where the fixture wrote them.
+PHYSICAL = {"rrw": "physical", "sdf": "sdf_physical"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_on_the_fly_map_uses_the_transformed_spacing(data, kind):
+    """spacing='physical' after a transpose uses the transposed voxel sizes, for every kind."""
+    out = tio.Compose([tio.Transpose(), RegionWiseMap(classes=CLASSES, kind=kind, spacing="physical")])(
+        subject(data, "case_b"))
     assert out["label"].spacing == pytest.approx(tuple(reversed(ZOOMS["case_b"])))
-    want = truth(out, spacing=out["label"].spacing)
+    want = truth(out, kind=kind, spacing=out["label"].spacing)
     np.testing.assert_array_equal(out["rwmap"].data.numpy(), want)
-    # the CLI's physical map, transposed like the label, agrees to float32 rounding
-    physical = tio.Transpose()(tio.Subject(m=RegionWiseMapImage(data / "physical" / "case_b.npy")))["m"]
-    np.testing.assert_allclose(physical.data.numpy(), want, atol=1e-6)
-    assert not np.allclose(truth(out), want, atol=1e-3)  # voxel units differ: the spacing mattered
+    if kind in PHYSICAL:  # the CLI's physical map, transposed like the label, agrees to float32 rounding
+        physical = tio.Transpose()(tio.Subject(m=RegionWiseMapImage(data / PHYSICAL[kind] / "case_b.npy")))["m"]
+        np.testing.assert_allclose(physical.data.numpy(), want, atol=1e-6)
+    if kind != "ac":  # voxel units differ: the spacing mattered (an ac map has no distances)
+        assert not np.allclose(truth(out, kind=kind), want, atol=1e-3)
 
 
-def test_on_the_fly_map_other_kinds_and_ignore_label(data):
+@pytest.mark.parametrize("kind", KINDS)
+def test_on_the_fly_map_other_kinds_and_ignore_label(data, kind):
     sub = subject(data, "case_b", image=False)
     label = sub["label"].data.clone()
     label[0, :3] = 9
     sub["label"].set_data(label)
-    out = RegionWiseMap(classes=CLASSES, kind="boundary", ignore_label=9)(sub)
-    np.testing.assert_array_equal(out["rwmap"].data.numpy(), truth(out, kind="boundary", ignore_label=9))
+    out = RegionWiseMap(classes=CLASSES, kind=kind, ignore_label=9)(sub)
+    np.testing.assert_array_equal(out["rwmap"].data.numpy(), truth(out, kind=kind, ignore_label=9))
     assert (out["rwmap"].data[:, :3] == 0).all()
+    assert isinstance(out["rwmap"], RegionWiseMapImage) and out["rwmap"].shape == (len(CLASSES), *SHAPES["case_b"])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", ["flip12", "transpose", "reorient", "rot90"])
+def test_sdf_maps_precomputed_or_on_the_fly_equal_compute_maps_of_the_transformed_label(data, fmt, name):
+    """``rwmaps compute --kind sdf`` maps read as RegionWiseMapImage and moved with the label, and
+    RegionWiseMap(kind="sdf") after the transforms: both are compute_maps(kind="sdf") of the
+    transformed label, exactly (the 90° rotation goes through SimpleITK's linear resampler,
+    whose weights leave about 1e-16 on the exact zeros of the inner boundary)."""
+    torch.manual_seed(3)
+    case = "case_a" if name == "rot90" else "case_b"
+    augment = exact_augmentations()[name]
+    if name == "rot90":
+        augment = [RandomAffineWithMaps(maps=["sdf"], map_pad_value=0, scales=0, degrees=(0, 0, 0, 0, 90, 90),
+                                        default_pad_value=0)]
+    sub = subject(data, case, fmt, image=False)
+    sub["sdf"] = RegionWiseMapImage(data / f"sdf_{fmt}" / f"{case}.{fmt}")
+    out = tio.Compose([*augment, RegionWiseMap(classes=CLASSES, kind="sdf", output="recomputed")])(sub)
+    assert not np.array_equal(out["label"].data.numpy(), sub["label"].data.numpy())
+    want = truth(out, kind="sdf")
+    np.testing.assert_array_equal(out["recomputed"].data.numpy(), want)
+    np.testing.assert_allclose(out["sdf"].data.numpy(), want, rtol=0, atol=1e-12 if name == "rot90" else 0)
+    np.testing.assert_array_equal(out["sdf"].affine, out["label"].affine)
+    assert want.min() == -1 and want.max() == 1
+
+
+def test_random_affine_with_maps_fills_sdf_maps_with_zero(data):
+    """The signed kinds are filled with 0 beyond the field (no information, no gradient), not
+    with the rrw outside value; inside the field the interpolated sdf map stays in [-1, 1]."""
+    sub = subject(data, "case_b", image=False)
+    sub["sdf"] = RegionWiseMapImage(data / "sdf_npy" / "case_b.npy")
+    sub["probe"] = tio.ScalarImage(tensor=torch.ones(1, *SHAPES["case_b"]), affine=sub["label"].affine)
+    torch.manual_seed(0)
+    out = RandomAffineWithMaps(maps=["sdf"], map_pad_value=0, scales=(1.0, 1.0), degrees=(0, 0, 0, 0, 40, 40),
+                               default_pad_value=0)(sub)
+    outside = out_of_field(out)
+    assert 0.05 < outside.float().mean() < 0.6
+    assert (out["sdf"].data[:, outside] == 0).all() and (out["label"].data[0][outside] == 0).all()
+    assert out["sdf"].data.min() >= -1 and out["sdf"].data.max() <= 1
+    # the loss term of those voxels is sum_c p_c * 0: nothing, and no gradient
+    logits = torch.randn(1, len(CLASSES), *SHAPES["case_b"], requires_grad=True)
+    (torch.softmax(logits, 1) * out["sdf"].data[None]).mean().backward()
+    assert (logits.grad[0][:, outside] == 0).all() and (logits.grad[0][:, ~outside] != 0).any()
 
 
 # ---------------------------------------------------------------------------------------
@@ -298,10 +356,30 @@ def test_a_subject_without_the_label_is_a_clear_error(data):
         ExpandRegionWiseMap(classes=CLASSES, label="seg")(sub)
 
 
+@pytest.mark.parametrize("kind", ["boundary", "kervadec", "sdf", "ac", "rwr"])
+def test_expanding_refuses_kinds_without_a_compact_map_in_one_line(kind):
+    with pytest.raises(ValueError) as raised:
+        ExpandRegionWiseMap(map="rwmap", classes=CLASSES, kind=kind)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("ExpandRegionWiseMap: ")
+    if kind in ("boundary", "kervadec", "sdf"):
+        assert f"kind {kind!r} has no compact form" in message and f"RegionWiseMap(kind={kind!r})" in message
+        assert "RegionWiseMapImage" in message  # the way to read its full map
+    elif kind == "ac":
+        assert "RegionWiseMap(classes=..., kind='ac')" in message
+    else:
+        assert "unknown kind 'rwr'" in message
+    assert ExpandRegionWiseMap(classes=CLASSES, kind="rrw").kind == "rrw"
+
+
 def test_expanding_a_full_map_or_an_interpolated_label_is_refused(data):
     sub = subject(data, "case_a", image=False)
     with pytest.raises(ValueError, match="has 8 channels: a compact map has one"):
         ExpandRegionWiseMap(map="full", classes=CLASSES)(sub)
+    sub["sdf"] = RegionWiseMapImage(data / "sdf_npy" / "case_a.npy")
+    with pytest.raises(ValueError, match=r"^sdf has 8 channels: a compact map has one \(a full map, as every "
+                                         r"boundary, kervadec or sdf map, needs no expansion\)$"):
+        ExpandRegionWiseMap(map="sdf", classes=CLASSES)(sub)
     sub["label"] = tio.ScalarImage(tensor=sub["label"].data.float() + 0.5, affine=sub["label"].affine)
     with pytest.raises(ValueError, match="not integers.*nearest"):
         ExpandRegionWiseMap(map="compact", classes=CLASSES)(sub)

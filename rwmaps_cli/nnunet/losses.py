@@ -1,7 +1,9 @@
 """Region-wise losses for nnU-Net, as in the paper's training code.
 
 - RW alone: ``mean(softmax(logits) * map)`` (sigmoid for region-based datasets, whose
-  outputs are one independent probability per region);
+  outputs are one independent probability per region), whatever the map's kind: with an
+  ``sdf`` map (``rwmaps compute --kind sdf``) it is the normalised Boundary loss, with a
+  ``boundary`` or ``kervadec`` map the Boundary loss in voxels (or mm);
 - "equal": ``base + RW`` with ``base`` nnU-Net's CE (BCE for regions) or soft Dice;
 - "gradual": ``alpha * base + (1 - alpha) * RW`` with ``alpha = max((100 - epoch) / 100, 0.01)``.
 
@@ -18,7 +20,23 @@ from torch import nn
 
 
 def full_map_rw_loss(logits: torch.Tensor, rwmap: torch.Tensor, sigmoid: bool = False) -> torch.Tensor:
-    """``mean(p * rwmap)`` with ``p`` the softmax over channels (or the sigmoid of each)."""
+    """``mean(p * rwmap)`` with ``p`` the softmax over channels (or the sigmoid of each).
+
+    The full map of any kind: ``rrw`` (the RW loss), ``sdf`` (the normalised Boundary loss),
+    ``boundary``, ``kervadec`` or ``ac``.
+
+    Parameters
+    ----------
+    logits : (B, C, *spatial) float tensor
+    rwmap : (B, C, *spatial) float tensor
+        Moved to the logits' device and cast to the probabilities' dtype.
+    sigmoid : bool
+        True for region-based outputs (one independent probability per channel).
+
+    Returns
+    -------
+    0-dim tensor
+    """
     probs = torch.sigmoid(logits) if sigmoid else torch.softmax(logits, 1)
     # the map follows the probabilities (the logits' device; float32 under bfloat16 autocast)
     return (probs * rwmap.to(device=probs.device, dtype=probs.dtype)).mean()

@@ -12,8 +12,10 @@ segs read by ``rwmaps_cli.formats.nnunet``)::
 
 Each ``<case>.npy`` is, in the preprocessed arrays' axis order (transposed, resampled):
 ``(C, *spatial)`` full, one channel per class of ``dataset.json`` (``(R, *spatial)``, one per
-region, for a region-based dataset); or ``(*spatial)`` compact (``rrw`` of a label-based
-dataset): each voxel's own-class value, expanded with the augmented seg after augmentation.
+region, for a region-based dataset), of the manifest's kind (``rrw`` by default; ``sdf``,
+``boundary``, ``kervadec`` or ``ac`` with ``--kind``); or ``(*spatial)`` compact (``rrw`` of a
+label-based dataset): each voxel's own-class value, expanded with the augmented seg after
+augmentation.
 Why ``.npy`` and not blosc2: measured in ``docs/nnunet.md``.
 """
 

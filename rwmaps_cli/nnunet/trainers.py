@@ -8,6 +8,11 @@ The maps folder is, in this order: the trainer's ``rw_maps_folder`` attribute (s
 :func:`rwmaps_cli.nnunet.train.train`), the ``RWMAPS_MAPS`` environment variable, or the
 sibling ``<preprocessed folder>_rwmaps`` that ``rwmaps compute`` writes by default.
 
+The kind of the maps is the maps folder's (its manifest's ``kind``), whatever the trainer:
+with ``rwmaps compute --kind sdf`` maps the RW loss ``mean(softmax(logits) * map)`` is the
+normalised Boundary loss, and ``nnUNetTrainerCERWGradual`` / ``nnUNetTrainerDiceRWGradual``
+give it the paper's gradual schedule.  The on-the-fly trainer computes ``rw_kind`` maps.
+
 These classes keep nnUNetTrainer's constructor, so checkpoints load with nnU-Net's own
 predictor once nnU-Net can find the class by name (see ``rwmaps_cli/nnunet/ext``).
 """
@@ -28,6 +33,7 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
+from ..contract import DEFAULT_KIND
 from .loader import nnUNetDataLoaderRW
 from .losses import RWCompoundLoss, RWDeepSupervisionLoss
 from ..inputs.nnunet_preprocessed import maps_folder_beside
@@ -50,6 +56,8 @@ class nnUNetTrainerRW(nnUNetTrainer):
     rw_maps_folder: str | None = None
     #: On the fly only: "edt" (rwmaps' multi-label EDT) or "scipy" (one EDT per class, as the paper's code).
     rw_engine: str = "edt"
+    #: On the fly only: the kind of map computed from each patch (precomputed maps carry their own).
+    rw_kind: str = DEFAULT_KIND
     #: Set to a list to record each loss call's full-resolution (target, map) (tests).
     rw_record: list | None = None
     #: Return each sample's crop box in the batch (tests).
@@ -77,13 +85,15 @@ class nnUNetTrainerRW(nnUNetTrainer):
         if maps.parameters.get("slice_axis") != expected_axis:
             self.print_to_log_file(f"WARNING: maps in {folder} have slice_axis {maps.parameters.get('slice_axis')}; "
                                    f"configuration {self.configuration_name} would use {expected_axis}")
+        self.print_to_log_file(f"region-wise maps: {folder} (kind {maps.kind}, layout {maps.layout})")
         return maps
 
     def _map_transform(self, maps: MapsFolder | None) -> MapTargetTransform:
         lm = self.label_manager
         regions = [list(np.atleast_1d(r)) for r in lm.foreground_regions] if lm.has_regions else None
         if maps is None:
-            return MapTargetTransform(lm.all_labels, regions, "onthefly", "rrw", lm.ignore_label, engine=self.rw_engine)
+            return MapTargetTransform(lm.all_labels, regions, "onthefly", self.rw_kind, lm.ignore_label,
+                                      engine=self.rw_engine)
         return MapTargetTransform(maps.classes, regions, maps.layout, maps.kind, lm.ignore_label)
 
     # ---- transforms: nnU-Net's, then the map made consistent, then deep supervision ----

@@ -3,11 +3,33 @@
 The map travels as ``regression_target``: spatial transforms interpolate it like the image,
 mirroring is exact.  Interpolation blurs a map across class borders, so after augmentation
 :class:`MapTargetTransform` makes the map agree with the augmented segmentation again
-(for ``rrw``: inside its class clamped to ``[-1, 0]``, the outside value elsewhere, 0 on the
-ignore label), expands a compact map with the augmented labels, or, for the on-the-fly
-trainer, computes the map from the augmented patch.  Deep supervision downsamples only the
-segmentation, so :class:`DownsampleMapForDSTransform` downsamples the map at the same
-scales with the same nearest-exact sampling: each scale's map lines up with its seg.
+(for ``rrw``: inside its class clamped to ``[-1, 0]``, the outside value elsewhere; for the
+signed kinds ``sdf``, ``boundary`` and ``kervadec``: at most 0 inside its class, at least 0
+outside it; 0 on the ignore label), expands a compact map with the augmented labels, or, for
+the on-the-fly trainer, computes the map from the augmented patch.  Deep supervision
+downsamples only the segmentation, so :class:`DownsampleMapForDSTransform` downsamples the
+map at the same scales with the same nearest-exact sampling: each scale's map lines up with
+its seg, and no value is made up (a signed map keeps its signs, an ``sdf`` map its range).
+
+**Padding.**  Where a patch reaches beyond the image (nnU-Net's foreground boxes may, and
+rotations and scalings bring voxels in from outside the field), the map is padded with 0:
+:func:`crop_map` pads with 0, and nnU-Net's ``SpatialTransform`` pads every
+``regression_target`` with zeros.  The seg is padded with -1 there, which nnU-Net turns into
+background (0) before :class:`MapTargetTransform` runs.  What the map becomes there depends on
+the kind, and is decided as follows:
+
+- ``rrw`` and ``ac``: the rectification gives the background's channel 0 (its inside value,
+  the padded 0 clamped) and every other channel the outside value 1, as the padded
+  background seg says (RW pushes towards background there, as CE does).
+- ``sdf``, ``boundary``, ``kervadec``: 0 in every channel, kept as it is.  A signed distance
+  beyond the image is unknown (the image border is not a boundary of the maps), so there is no
+  right value to invent: the "outside" value 1 of ``rrw`` would say "far outside every class",
+  and a nearest (border) value would continue the classes at the image's edge into a region
+  the seg calls background, contradicting it.  0 in every channel is what the kernel gives
+  voxels without information (the ignore label): ``sum_c p_c * 0`` adds nothing to the loss
+  and no gradient, under a softmax or a sigmoid, so the RW term ignores padding (a base loss,
+  CE or Dice, still sees nnU-Net's background there); at the image's edge, linear
+  interpolation blends the map towards 0, the value of a boundary, never past it.
 """
 
 from __future__ import annotations
@@ -22,6 +44,10 @@ from torch.nn.functional import interpolate
 from ..contract import DEFAULT_ENGINE, DEFAULT_KIND
 from ..maps import compute_maps
 from ..regions import compute_mask_maps
+
+#: The kinds with signed distances, negative inside a class and positive outside it: no
+#: outside value, padded with 0 (module docstring, "Padding").
+SIGNED_KINDS = ("sdf", "boundary", "kervadec")
 
 
 class MapTargetTransform(BasicTransform):
@@ -39,8 +65,14 @@ class MapTargetTransform(BasicTransform):
         channel, expanded with the labels; ``onthefly``: no target, the map is computed
         from the segmentation patch with ``compute_maps`` (normalised per patch, as the
         paper's training code did).
-    kind : str
-        The map kind; rectification applies to ``rrw`` and ``ac`` only.
+    kind : {"rrw", "boundary", "kervadec", "ac", "sdf"}
+        The map kind.  ``rrw`` and ``ac`` are rectified to their values (inside the class
+        clamped to ``[-1, 0]`` for ``rrw``, to 0 for ``ac``; ``outside`` elsewhere).  The
+        signed kinds ``sdf``, ``boundary`` and ``kervadec`` get their signs made to agree
+        with the augmented seg: inside the class clamped to at most 0, outside to at least 0
+        (an interpolated value of the wrong sign becomes 0, a boundary); values are never
+        set to ``outside``, and padding stays 0 (module docstring, "Padding").  Without
+        augmentation that changes nothing: a stored map has those signs already.
     ignore_label : int, optional
     outside : float
         The value outside a class (1 for ``rrw``).
@@ -80,6 +112,8 @@ class MapTargetTransform(BasicTransform):
         if self.kind in ("rrw", "ac"):
             low = -1.0 if self.kind == "rrw" else 0.0
             target = torch.where(masks, target.clamp(low, 0.0), torch.tensor(self.outside, dtype=target.dtype))
+        elif self.kind in SIGNED_KINDS:
+            target = torch.where(masks, target.clamp(max=0.0), target.clamp(min=0.0))
         if ignored is not None:
             target = target.masked_fill(ignored[None], 0.0)
         data_dict["regression_target"] = target.contiguous()
