@@ -35,11 +35,9 @@ from .contract import (
     RENORMALIZE,
     Codes,
     check_expansion,
-    code_table,
     known_labels,
-    sorted_codes,
 )
-from .torch_engine import compute_maps  # the PyTorch engine: a batch's maps on its device
+from .torch_engine import compute_maps, label_codes  # the PyTorch engine: a batch's maps on its device
 
 __all__ = ["COMPACT_KINDS", "RENORMALIZE", "check_compact_kind", "class_index", "compute_maps", "expand_map",
            "region_wise_loss", "renormalize_patch"]
@@ -102,19 +100,7 @@ def class_index(
     # The channel codes of the contract (rwmaps_cli.contract.Codes): 0 unknown, c + 1 for
     # classes[c], C + 1 for the ignore label; the same tables as the numpy kernel's.
     known = known_labels(classes, ignore_label)  # the one rule (contract.check_classes)
-    class_values = known[:len(classes)]
-    labels = _integer_labels(labels)
-    low, high = (int(labels.min()), int(labels.max())) if labels.numel() else (0, 0)
-    table = code_table(known, high) if low >= 0 else None
-    if table is not None:
-        codes = torch.as_tensor(table.astype("int64"), device=labels.device)[labels]
-    else:  # large (or negative) values: a sorted search; a negative value is unknown
-        values, value_codes = (torch.as_tensor(a, device=labels.device) for a in sorted_codes(known))
-        pos = torch.searchsorted(values, labels).clamp_(max=len(known) - 1)
-        codes = torch.where(values[pos] == labels, value_codes[pos], 0)
-    if not bool(codes.all()):
-        unknown = torch.unique(labels[codes == 0])[:8].tolist()
-        raise ValueError(f"label values not in the class list {class_values}: {unknown}")
+    codes = label_codes(_integer_labels(labels), known, len(classes))
     valid = codes != Codes(len(classes)).ignore
     return torch.where(valid, Codes.class_index(codes), 0), valid
 

@@ -104,14 +104,25 @@ def compute_maps(
 
 
 def channel_codes(labels: torch.Tensor, request: MapRequest) -> torch.Tensor:
-    """The contract's channel codes of ``labels`` (int64, same shape and device).
+    """The contract's channel codes of integer ``labels`` for ``request`` (int64, same shape and device)."""
+    return label_codes(labels, request.known_labels, len(request.classes))
+
+
+def label_codes(labels: torch.Tensor, known: Sequence[int], n_classes: int) -> torch.Tensor:
+    """The contract's channel codes of integer ``labels`` (int64, same shape and device).
+
+    Parameters
+    ----------
+    labels : integer tensor
+    known : sequence of int
+        :func:`rwmaps_cli.contract.known_labels`: the classes, then the ignore label.
+    n_classes : int
 
     Raises
     ------
     ValueError
         A label value that is neither a class nor the ignore label, named.
     """
-    known = request.known_labels
     low, high = (int(labels.min()), int(labels.max())) if labels.numel() else (0, 0)
     table = code_table(known, high) if low >= 0 else None
     if table is not None:
@@ -122,7 +133,7 @@ def channel_codes(labels: torch.Tensor, request: MapRequest) -> torch.Tensor:
         codes = torch.where(values[pos] == labels, value_codes[pos], 0)
     if labels.numel() and not bool(codes.all()):
         unknown = torch.unique(labels[codes == 0])[:8].tolist()
-        raise ValueError(f"label values not in the class list {list(request.classes)}: {unknown}")
+        raise ValueError(f"label values not in the class list {list(known[:n_classes])}: {unknown}")
     return codes
 
 
