@@ -37,7 +37,7 @@ from .contract import (
     check_expansion,
     known_labels,
 )
-from .torch_engine import compute_maps, label_codes  # the PyTorch engine: a batch's maps on its device
+from .torch_engine import compute_maps, integer_labels as _integer_labels, label_codes  # the PyTorch engine
 
 __all__ = ["COMPACT_KINDS", "RENORMALIZE", "check_compact_kind", "class_index", "compute_maps", "expand_map",
            "region_wise_loss", "renormalize_patch"]
@@ -303,17 +303,3 @@ def _outside_weights(outside: Outside, n_classes: int, like: torch.Tensor) -> to
     if weights.shape != (n_classes,):
         raise ValueError(f"outside has shape {tuple(weights.shape)}; expected a scalar or ({n_classes},)")
     return weights
-
-
-def _integer_labels(labels: torch.Tensor) -> torch.Tensor:
-    """int64 labels; integer-valued floats (a MONAI label after nearest resampling) are fine."""
-    labels = torch.as_tensor(labels)
-    if hasattr(labels, "as_tensor"):  # a MONAI MetaTensor: plain tensor ops from here on
-        labels = labels.as_tensor()
-    if labels.dtype == torch.bool:
-        return labels.long()
-    if torch.is_floating_point(labels):
-        bad = ~torch.isfinite(labels) | (labels != torch.round(labels))
-        if bool(bad.any()):
-            raise ValueError(f"labels are not integers (interpolated?): {torch.unique(labels[bad])[:8].tolist()}")
-    return labels.long()

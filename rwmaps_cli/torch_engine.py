@@ -92,7 +92,7 @@ def compute_maps(
     ValueError
         Unknown label values, or an invalid argument (the contract's messages).
     """
-    labels = _integer_labels(labels)
+    labels = integer_labels(labels)
     if labels.ndim < 2:
         raise ValueError(f"labels must be (B, *spatial), got shape {tuple(labels.shape)}")
     request = MapRequest.checked(classes, tuple(labels.shape[1:]), kind, layout, spacing, slice_axis, ignore_label)
@@ -276,8 +276,8 @@ def _label_change(codes: torch.Tensor) -> torch.Tensor:
     return changed
 
 
-def _integer_labels(labels) -> torch.Tensor:
-    """int64 labels; integer-valued floats are fine."""
+def integer_labels(labels) -> torch.Tensor:
+    """int64 labels; integer-valued floats (a MONAI label after nearest resampling) are fine."""
     labels = torch.as_tensor(labels)
     if hasattr(labels, "as_tensor"):  # a MONAI MetaTensor
         labels = labels.as_tensor()
@@ -286,5 +286,5 @@ def _integer_labels(labels) -> torch.Tensor:
     if torch.is_floating_point(labels):
         bad = ~torch.isfinite(labels) | (labels != torch.round(labels))
         if bool(bad.any()):
-            raise ValueError(f"labels are not integers: {torch.unique(labels[bad])[:8].tolist()}")
+            raise ValueError(f"labels are not integers (interpolated?): {torch.unique(labels[bad])[:8].tolist()}")
     return labels.long()
