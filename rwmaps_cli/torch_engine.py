@@ -15,9 +15,17 @@ et al.): along axis ``k``, each voxel ``x`` takes::
 
 A voxel of another code is itself outside ``x``'s class, so ``h`` is exactly the binary
 transform's value of ``x``'s class at ``y``: the result is exact for every class at once, and
-its cost does not depend on the number of classes.  The minimum is taken over whole lines, a
-``(lines, n, n)`` candidate block at a time, in blocks of at most :data:`BLOCK_ELEMENTS`
-elements: memory never grows as ``n^2`` per line across the volume.
+its cost does not depend on the number of classes.
+
+**O(n log n) per line, in tensor operations.**  Only ``x``'s own run of one code and the two
+voxels just outside it can be the minimiser: any voxel beyond them is farther than one of
+them, whose ``h`` is 0.  Within a run the candidates are the same for every
+voxel and ``(x - y)^2`` is a Monge array, so the minimiser never moves left as ``x`` moves
+right: the rows are taken coarse to fine (``log2 n`` levels), each searching only between its
+neighbours' minimisers.  Each level is a few gathers and a segmented minimum over all lines at
+once (``_envelope``); lines are taken in blocks of about :data:`BLOCK_ELEMENTS` voxels of work,
+so memory does not grow with the volume.  The first pass has no values yet: each voxel's
+nearest voxel of another code on its line is two running maxima (``_nearest_other``).
 
 **Outside distances** (``boundary``, ``kervadec``, ``sdf``): each class's distance outside it is
 its own information, so these kinds run the same pass on each class's mask (two codes), the
@@ -30,9 +38,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from .contract import (
+    DEFAULT_DEVICE,
     DEFAULT_KIND,
     DEFAULT_LAYOUT,
     Codes,
@@ -42,10 +52,11 @@ from .contract import (
     sorted_codes,
 )
 
-__all__ = ["BLOCK_ELEMENTS", "compute_maps", "inside_distance"]
+__all__ = ["BLOCK_ELEMENTS", "compute_maps", "inside_distance", "device_problem", "numpy_inside_distance",
+           "resolve_device"]
 
-#: The largest candidate block of one pass, in elements (``lines x n x n``): 2^25 float32
-#: candidates are 128 MiB, whatever the volume.
+#: A pass takes its lines in blocks of ``BLOCK_ELEMENTS / 8`` voxels: a level's candidates
+#: and their int64 indices then stay within a few hundred MiB, whatever the volume.
 BLOCK_ELEMENTS = 1 << 25
 
 
@@ -137,6 +148,67 @@ def label_codes(labels: torch.Tensor, known: Sequence[int], n_classes: int) -> t
     return codes
 
 
+def resolve_device(device: str | torch.device | None = DEFAULT_DEVICE) -> torch.device:
+    """The device ``device`` names: ``"auto"`` (or None) is the first CUDA device when PyTorch
+    sees one, else the CPU.
+
+    Raises
+    ------
+    ValueError
+        A name PyTorch does not know, or a CUDA device PyTorch cannot see (:func:`device_problem`).
+    """
+    problem = device_problem(device)
+    if problem is not None:
+        raise ValueError(f"device {device!r}: {problem}")
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def device_problem(device: str | torch.device | None) -> str | None:
+    """Why ``device`` cannot compute here, in a few words; None when it can."""
+    if device is None or device == "auto":
+        return None
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        return "PyTorch knows no such device (expected auto, cpu, cuda or cuda:N)"
+    if chosen.type == "cuda" and (not torch.cuda.is_available() or (chosen.index or 0) >= torch.cuda.device_count()):
+        return f"PyTorch sees {torch.cuda.device_count()} CUDA device(s) here"
+    return None
+
+
+def numpy_inside_distance(codes: np.ndarray, spacing: Sequence[float] | None = None,
+                          device: str | None = DEFAULT_DEVICE, threads: int = 1) -> np.ndarray:
+    """:func:`inside_distance` of one numpy field, computed on ``device``: what the numpy
+    kernel's ``engine="torch"`` takes its distances from.
+
+    Parameters
+    ----------
+    codes : (*spatial) integer or bool array
+    spacing : sequence of float, optional
+    device : str
+        See :func:`resolve_device`.
+    threads : int
+        PyTorch's threads while it computes on the CPU.
+
+    Returns
+    -------
+    distance : (*spatial) float32 array
+        ``inf`` everywhere for a field of one code (as the ``edt`` package).
+    """
+    chosen = resolve_device(device)
+    field = torch.from_numpy(np.ascontiguousarray(codes).astype(np.int32, copy=False))[None].to(chosen)
+    if chosen.type != "cpu":
+        return inside_distance(field, spacing)[0].cpu().numpy()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        return inside_distance(field, spacing)[0].numpy()
+    finally:
+        torch.set_num_threads(previous)
+
+
 def inside_distance(codes: torch.Tensor, spacing: Sequence[float] | None = None) -> torch.Tensor:
     """Each voxel's distance to the nearest voxel of another code, per field.
 
@@ -152,30 +224,107 @@ def inside_distance(codes: torch.Tensor, spacing: Sequence[float] | None = None)
         ``inf`` in a field that holds one code only (no voxel of another code exists).
     """
     squared = torch.full(codes.shape, float("inf"), dtype=torch.float32, device=codes.device)
+    codes = codes.to(torch.int32)  # compared at every candidate: the narrowest type that holds any code
     spatial = codes.ndim - 1
     for axis in range(spatial):
         step = 1.0 if spacing is None else float(spacing[axis])
-        squared = _pass(squared, codes, axis + 1, step)
+        squared = _pass(squared, codes, axis + 1, step, first=axis == 0)
     return squared.sqrt_()
 
 
-def _pass(squared: torch.Tensor, codes: torch.Tensor, axis: int, step: float) -> torch.Tensor:
+def _pass(squared: torch.Tensor, codes: torch.Tensor, axis: int, step: float, first: bool) -> torch.Tensor:
     """One separable pass along ``axis``: ``min_y ((x - y) step)^2 + (squared(y) if same code else 0)``."""
     values = squared.movedim(axis, -1)
-    line_codes = codes.movedim(axis, -1)
     shape = values.shape
     n = shape[-1]
-    values, line_codes = values.reshape(-1, n), line_codes.reshape(-1, n)
-    positions = torch.arange(n, device=codes.device, dtype=torch.float32) * step
-    offsets = (positions[:, None] - positions[None, :]).square_()  # (x, y)
+    values = values.reshape(-1, n)
+    line_codes = codes.movedim(axis, -1).reshape(-1, n)
     out = torch.empty_like(values)
-    lines = max(1, BLOCK_ELEMENTS // (n * n))
-    for start in range(0, values.shape[0], lines):
-        block_values, block_codes = values[start:start + lines], line_codes[start:start + lines]
-        same = block_codes[:, :, None] == block_codes[:, None, :]  # (lines, x, y)
-        candidates = torch.where(same, block_values[:, None, :], 0.0) + offsets
-        out[start:start + lines] = candidates.amin(dim=2)
+    lines = max(1, BLOCK_ELEMENTS // (8 * n))  # a block's int64 work tensors stay near BLOCK_ELEMENTS
+    for begin in range(0, values.shape[0], lines):
+        block = slice(begin, begin + lines)
+        start, end = _runs(line_codes[block])
+        if first:  # no value yet: only the nearest voxel of another code counts
+            out[block] = _nearest_other(start, end, step)
+        else:
+            out[block] = _envelope(values[block].contiguous(), line_codes[block].contiguous(), start, end, step)
     return out.reshape(shape).movedim(-1, axis)
+
+
+def _runs(codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first and last position of each voxel's run of one code on its line ``(L, n)``, int64."""
+    n = codes.shape[-1]
+    position = torch.arange(n, device=codes.device).expand(codes.shape)
+    change = torch.ones(codes.shape, dtype=torch.bool, device=codes.device)
+    change[:, 1:] = codes[:, 1:] != codes[:, :-1]  # a run starts here
+    start = torch.where(change, position, 0).cummax(dim=1).values
+    ends_here = torch.ones_like(change)
+    ends_here[:, :-1] = change[:, 1:]
+    end = torch.where(ends_here, position, n - 1).flip(1).cummin(dim=1).values.flip(1)
+    return start, end
+
+
+def _nearest_other(start: torch.Tensor, end: torch.Tensor, step: float) -> torch.Tensor:
+    """The first pass: the squared distance to the nearest voxel of another code on the line."""
+    n = start.shape[-1]
+    position = torch.arange(n, device=start.device)
+    left = torch.where(start > 0, position - start + 1, n + 1)  # n + 1: none (inf below)
+    right = torch.where(end < n - 1, end + 1 - position, n + 1)
+    nearest = torch.minimum(left, right)
+    squared = (nearest.to(torch.float32) * step).square_()
+    return squared.masked_fill_(nearest > n, float("inf"))
+
+
+def _envelope(values: torch.Tensor, codes: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
+              step: float) -> torch.Tensor:
+    """Every voxel's minimum over its run and the run's two neighbours ``(L, n)``, by divide and conquer.
+
+    Within a run, the candidates are the same for every voxel (the run's values, and 0 at the
+    voxels just outside it), and ``(x - y)^2`` is a Monge array, so the leftmost minimising
+    ``y`` never decreases with ``x``.  The rows are taken coarse to fine (0; then ``n/2``;
+    then ``n/4, 3n/4``; ...): each row searches only between the minimisers of its two
+    neighbours of the level above when they are in its run, its run's whole range otherwise.
+    Each level costs O(n) per line; there are ``log2 n`` levels.
+    """
+    n_lines, n = values.shape
+    device = values.device
+    low, high = (start - 1).clamp_min(0), (end + 1).clamp_max(n - 1)
+    minimiser = torch.empty((n_lines, n), dtype=torch.int64, device=device)
+    out = torch.empty_like(values)
+    stride = 1 << max(0, (n - 1).bit_length())
+    rows = torch.zeros(1, dtype=torch.int64, device=device)
+    while True:
+        lo, hi = low[:, rows], high[:, rows]
+        if stride < (1 << max(0, (n - 1).bit_length())):  # a finer level: use the coarser rows' minimisers
+            left, right = rows - stride, (rows + stride).clamp_max(n - 1)
+            own_run = start[:, rows]
+            lo = torch.where(start[:, left] == own_run, minimiser[:, left], lo)
+            hi = torch.where((rows + stride < n) & (start[:, right] == own_run), minimiser[:, right], hi)
+        out[:, rows], minimiser[:, rows] = _ranged_min(values, codes, rows, lo, hi, step)
+        stride //= 2
+        if stride == 0:
+            return out
+        rows = torch.arange(stride, n, 2 * stride, device=device)
+
+
+def _ranged_min(values, codes, rows, lo, hi, step):
+    """The minimum and leftmost minimiser over ``y`` in ``[lo, hi]`` of each line's ``rows``."""
+    n_lines, n = values.shape
+    counts = (hi - lo + 1).reshape(-1)
+    segment = torch.repeat_interleave(counts)  # the (line, row) each candidate belongs to
+    first = counts.cumsum(0) - counts
+    y = lo.reshape(-1)[segment] + (torch.arange(segment.numel(), device=values.device) - first[segment])
+    line = torch.div(segment, rows.numel(), rounding_mode="floor")
+    x = rows[segment % rows.numel()]
+    at_y, at_x = line * n + y, line * n + x
+    same = codes.reshape(-1)[at_y] == codes.reshape(-1)[at_x]
+    candidate = torch.where(same, values.reshape(-1)[at_y], 0.0) + ((x - y).to(torch.float32) * step).square_()
+    best = torch.full(counts.shape, float("inf"), device=values.device)
+    best.scatter_reduce_(0, segment, candidate, reduce="amin")
+    leftmost = torch.full(counts.shape, n, dtype=torch.int64, device=values.device)
+    leftmost.scatter_reduce_(0, segment, torch.where(candidate == best[segment], y, n), reduce="amin")
+    leftmost = torch.minimum(leftmost, hi.reshape(-1))  # all-inf rows: any y; keep it in range
+    return best.view(n_lines, -1), leftmost.view(n_lines, -1)
 
 
 def _fields(codes: torch.Tensor, slice_axis: int | None):
@@ -241,7 +390,7 @@ def _distance_maps(codes: torch.Tensor, request: MapRequest, spacing) -> torch.T
     fields = codes.shape[0]
     masks = torch.stack([codes == Codes.of_class(c) for c in range(n_classes)], dim=1)  # (F, C, *field)
     flat = masks.reshape(fields * n_classes, *codes.shape[1:])
-    distance = inside_distance(flat.to(torch.uint8), spacing).reshape(masks.shape)  # to the other side
+    distance = inside_distance(flat, spacing).reshape(masks.shape)  # to the other side
     uniform = torch.isinf(distance)  # the class is empty or fills the field: 0 (contract)
     distance = torch.where(uniform, 0.0, distance)
     inside, outside = torch.where(masks, distance, 0.0), torch.where(masks, 0.0, distance)

@@ -87,13 +87,63 @@ def test_per_slice_maps_and_the_compact_layout(device):
 
 
 def test_long_lines_are_taken_in_blocks(monkeypatch):
-    """The candidate block never holds more than BLOCK_ELEMENTS: a tiny bound gives the same maps."""
+    """A pass takes its lines in blocks of about BLOCK_ELEMENTS work: a tiny bound (a few
+    lines per block) gives the same maps."""
     import rwmaps_cli.torch_engine as engine
 
     labels = torch.from_numpy(blobs((5, 40, 37), 3, seed=6))[None]
     whole = torch_maps(labels, [0, 1, 2], kind="sdf", spacing=(2.0, 1.0, 0.5))
-    monkeypatch.setattr(engine, "BLOCK_ELEMENTS", 40 * 40 * 3)  # three lines at a time
+    monkeypatch.setattr(engine, "BLOCK_ELEMENTS", 40 * 40 * 3)  # 15 lines at a time
     torch.testing.assert_close(torch_maps(labels, [0, 1, 2], kind="sdf", spacing=(2.0, 1.0, 0.5)), whole)
+
+
+def brute_force_pass(values: np.ndarray, codes: np.ndarray, step: float) -> np.ndarray:
+    """One pass straight from its formula, along the last axis: for each voxel ``x`` of a line,
+    ``min over y of ((x - y) step)^2 + (values[y] if codes[y] == codes[x] else 0)``."""
+    out = np.empty_like(values)
+    n = values.shape[-1]
+    for line in np.ndindex(values.shape[:-1]):
+        for x in range(n):
+            candidates = [((x - y) * step) ** 2 + (values[line][y] if codes[line][y] == codes[line][x] else 0.0)
+                          for y in range(n)]
+            out[line][x] = min(candidates)
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), n=st.integers(1, 70), runs=st.integers(1, 6), step=st.sampled_from([1.0, 0.7, 3.0]))
+def test_one_pass_against_its_formula_on_long_lines(device, seed, n, runs, step):
+    """The divide-and-conquer pass equals the O(n^2) formula on lines of up to 70 voxels, with
+    few long runs (so a voxel's nearest other code is far), arbitrary values, inf values (a
+    line whose earlier passes found nothing) and whole lines of one code."""
+    from rwmaps_cli.torch_engine import _pass
+
+    rng = np.random.default_rng(seed)
+    codes = np.sort(rng.integers(1, runs + 1, size=(6, n)), axis=1)  # sorted: a few long runs per line
+    codes[0] = codes[0, 0]  # a line of one code
+    values = rng.uniform(0, 50, size=(6, n)).astype(np.float32)
+    values[rng.random((6, n)) < 0.3] = np.inf
+    values[1] = np.inf  # a line with no finite value
+    actual = _pass(torch.from_numpy(values).to(device), torch.from_numpy(codes).to(device), 1, step, first=False)
+    np.testing.assert_allclose(actual.cpu().numpy(), brute_force_pass(values, codes, step), rtol=1e-6)
+    first = _pass(torch.full((6, n), float("inf"), device=device), torch.from_numpy(codes).to(device), 1, step,
+                  first=True)
+    np.testing.assert_allclose(first.cpu().numpy(), brute_force_pass(np.full((6, n), np.inf, np.float32), codes, step),
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(300,), (3, 257), (2, 65, 33)])
+def test_long_lines_and_large_fields_equal_the_numpy_kernel(device, shape):
+    """Fields where most voxels are far from another code (a few large classes): every level
+    of the pass is used."""
+    labels = np.stack([blobs(shape, 3, seed=s, sigma=8.0) for s in (1, 2)])
+    labels[1, ..., :5] = 0  # one item with a block of one class at an edge
+    for kind, layout in (("rrw", "compact"), ("rrw", "full"), ("sdf", "full")):
+        options = dict(kind=kind, layout=layout, spacing=(0.9,) * (len(shape) - 1) + (2.0,))
+        actual = torch_maps(torch.from_numpy(labels).to(device), [0, 1, 2], **options)
+        np.testing.assert_allclose(actual.cpu().numpy(), numpy_batch(labels, [0, 1, 2], **options), **TOL)
 
 
 def test_bad_input_is_named():
@@ -112,3 +162,79 @@ def test_integer_valued_floats_and_the_output_dtype():
     maps = torch_maps(labels, [0, 1], dtype=torch.float16)
     assert maps.dtype == torch.float16
     np.testing.assert_allclose(maps.float().numpy(), compute_maps(np.array([[0, 1, 1, 0]]), [0, 1])[None], atol=1e-3)
+
+
+# ---- engine="torch" in the numpy API and in ``rwmaps compute`` ------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("order", ["nibabel", "SimpleITK"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_engine_torch_of_the_numpy_api_equals_edt_on_a_brain(device, order, kind):
+    """``compute_maps(..., engine="torch")``: the numpy kernel with the PyTorch engine's
+    distances, on a brain-like parcellation as nibabel (Fortran) and SimpleITK ((Z, Y, X), C)
+    return it, with anisotropic spacing; the same memory order comes back."""
+    labels = brain_like_labels((37, 42, 30), n_classes=12, spacing=(1.0, 1.0, 1.5), seed=5)
+    spacing = (1.0, 1.0, 1.5)
+    if order == "SimpleITK":
+        labels, spacing = np.ascontiguousarray(labels.transpose(2, 1, 0)), spacing[::-1]
+    classes = [*range(12), 30]
+    layouts = ["full", "compact"] if kind == "rrw" else ["full"]
+    for layout in layouts:
+        options = dict(kind=kind, layout=layout, spacing=spacing, ignore_label=11)
+        expected = compute_maps(labels, classes[:11] + [30], **options)
+        actual = compute_maps(labels, classes[:11] + [30], engine="torch", device=device, **options)
+        assert actual.strides == expected.strides
+        np.testing.assert_allclose(actual, expected, **TOL)
+
+
+def test_engine_torch_regions_and_slices():
+    from rwmaps_cli.regions import compute_region_maps
+
+    labels = blobs((9, 21, 17), 4, seed=3)
+    regions = [[1, 2, 3], [2, 3], [3]]
+    for kind in KINDS:
+        expected = compute_region_maps(labels, regions, kind=kind, slice_axis=1)
+        actual = compute_region_maps(labels, regions, kind=kind, slice_axis=1, engine="torch", device="cpu")
+        np.testing.assert_allclose(actual, expected, **TOL)
+
+
+def test_rwmaps_compute_engine_torch_equals_the_default_engine_on_brains(tmp_path):
+    """``rwmaps compute --engine torch --device cpu`` on brain-like NIfTI files (83 thin
+    classes, anisotropic, odd sizes) and a SimpleITK MetaImage: the same maps as the default
+    engine, and ``verify`` agrees."""
+    import SimpleITK as sitk
+    from helpers import run_rwmaps, write_nifti
+
+    from rwmaps_cli import load_map
+
+    root = tmp_path / "labels"
+    for seed in (1, 2):
+        brain = brain_like_labels((41, 47, 35), n_classes=83, spacing=(1.0, 1.0, 1.4), seed=seed)
+        write_nifti(root / f"brain_{seed}.nii.gz", brain, zooms=(1.0, 1.0, 1.4))
+    image = sitk.GetImageFromArray(blobs((11, 30, 26), 4, seed=7).astype(np.uint8))
+    image.SetSpacing((0.8, 0.8, 3.0))
+    sitk.WriteImage(image, str(root / "ct.mha"))
+    classes = ",".join(map(str, range(83)))
+    for engine in ("edt", "torch"):
+        extra = ["--device", "cpu"] if engine == "torch" else []
+        run_rwmaps("compute", "--input", root, "--output", tmp_path / engine, "--engine", engine, *extra,
+                   "--spacing", "physical", "--classes", classes, "-q", check=0)
+    for name in ("brain_1.nii.gz", "brain_2.nii.gz", "ct.nii.gz"):
+        expected, _ = load_map(tmp_path / "edt" / name)
+        actual, meta = load_map(tmp_path / "torch" / name)
+        np.testing.assert_allclose(actual, expected, **TOL)
+    assert run_rwmaps("verify", "--input", root, "--output", tmp_path / "torch", check=0).returncode == 0
+
+
+def test_a_device_this_machine_lacks_is_one_line(tmp_path):
+    from helpers import SAMPLE_DATA, run_rwmaps
+
+    lacking = "cuda:7" if torch.cuda.is_available() else "cuda"
+    result = run_rwmaps("compute", "--input", SAMPLE_DATA, "--output", tmp_path / "m", "--engine", "torch",
+                        "--device", lacking, check=2)
+    assert f"rwmaps: --device {lacking}: PyTorch sees" in result.stderr
+    assert "use --device cpu or --device auto" in result.stderr and "Traceback" not in result.stderr
+    result = run_rwmaps("compute", "--input", SAMPLE_DATA, "--output", tmp_path / "m", "--device", "cpu", check=2)
+    assert "--device cpu chooses where --engine torch computes; this run uses --engine edt" in result.stderr
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
