@@ -57,7 +57,8 @@ def case_maps(volume: LabelVolume, settings: Settings, threads: int = 1, dtype: 
         return compute_region_maps(volume.array, settings.regions, kind=settings.kind,
                                    spacing=resolve_spacing(settings.spacing, volume.spacing),
                                    slice_axis=settings.slice_axis, ignore_label=settings.ignore_label,
-                                   engine=settings.engine, dtype=np.dtype(dtype or settings.dtype), threads=threads)
+                                   engine=settings.engine, dtype=np.dtype(dtype or settings.dtype), threads=threads,
+                                   device=settings.device)
     return compute_maps(
         volume.array,
         settings.classes,
@@ -69,6 +70,7 @@ def case_maps(volume: LabelVolume, settings: Settings, threads: int = 1, dtype: 
         ignore_label=settings.ignore_label,
         threads=threads,
         layout=settings.layout,
+        device=settings.device,
     )
 
 

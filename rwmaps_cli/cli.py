@@ -18,8 +18,8 @@ from tqdm import tqdm
 from . import __version__
 from .errors import UsageError
 from .formats import DEFAULT_FORMAT, OUTPUT_FORMATS
-from .contract import (DEFAULT_DTYPE, DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_MAX_CLASSES, DEFAULT_SPACING,
-                       DTYPE_NAMES, ENGINES, KINDS, LAYOUTS, SPACINGS)
+from .contract import (DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT,
+                       DEFAULT_MAX_CLASSES, DEFAULT_SPACING, DTYPE_NAMES, ENGINES, KINDS, LAYOUTS, SPACINGS)
 
 
 #: The flag of each service option whose name is not its flag's (``output_dir`` is ``--output``).
@@ -98,7 +98,11 @@ def _quiet_libraries() -> None:
               help="Compute 2D maps on each slice along this array axis (what a 2D network sees).  "
                    "[default: 3D maps]")
 @click.option("--engine", type=click.Choice(ENGINES), default=DEFAULT_ENGINE, show_default=True,
-              help="edt: one multi-label distance transform for all classes; scipy: one per class (reference).")
+              help="edt: one multi-label distance transform for all classes; scipy: one per class (reference); "
+                   "torch: the multi-label transform in PyTorch, on a GPU when there is one (pip install -e "
+                   "'.[torch]').")
+@click.option("--device", default=DEFAULT_DEVICE, show_default=True, metavar="auto|cpu|cuda|cuda:N",
+              help="Where --engine torch computes: auto is the first GPU PyTorch sees, else the CPU.")
 @click.option("--dtype", type=click.Choice(DTYPE_NAMES), default=DEFAULT_DTYPE, show_default=True,
               help="Data type of the maps; float16 only with --format npz or npy (NIfTI has no float16).")
 @click.option("--ignore-label", type=int, default=None,
@@ -131,8 +135,8 @@ def _quiet_libraries() -> None:
                    "output folder's maps were made with.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary; errors are still printed.")
 @click.option("--debug", is_flag=True, help="Print a traceback for internal errors.")
-def compute(input_dir, output_dir, kind, fmt, layout, classes_text, num_classes, spacing, slice_axis, engine, dtype,
-            ignore_label, max_classes, jobs, include, exclude, strict, no_space_check, num_parts, part_id, overwrite,
+def compute(input_dir, output_dir, kind, fmt, layout, classes_text, num_classes, spacing, slice_axis, engine, device,
+            dtype, ignore_label, max_classes, jobs, include, exclude, strict, no_space_check, num_parts, part_id, overwrite,
             quiet, debug, scheduler) -> None:
     """Compute the maps of every label file under --input into --output.
 
@@ -158,7 +162,7 @@ def compute(input_dir, output_dir, kind, fmt, layout, classes_text, num_classes,
         outcome = compute_dataset(
             input_dir, output_dir, kind=kind, fmt=fmt, layout=layout,
             classes=_class_list(classes_text, num_classes), spacing=spacing, slice_axis=slice_axis, engine=engine,
-            dtype=dtype, ignore_label=ignore_label, max_classes=max_classes, jobs=jobs, scheduler=scheduler,
+            device=device, dtype=dtype, ignore_label=ignore_label, max_classes=max_classes, jobs=jobs, scheduler=scheduler,
             overwrite=overwrite, include=include, exclude=exclude, strict=strict, space_check=not no_space_check,
             part=_part(num_parts, part_id),
             progress=lambda total, description: _progress(total, description, quiet),

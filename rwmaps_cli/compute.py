@@ -27,8 +27,8 @@ import numpy as np
 
 from .case import HeaderVoxels, case_memory_need, process_case
 from .classlist import refuse_unseen_classes, settle_classes, settle_deferred_classes
-from .contract import (DEFAULT_DTYPE, DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_MAX_CLASSES, DEFAULT_SPACING,
-                       check_layout)
+from .contract import (DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT,
+                       DEFAULT_MAX_CLASSES, DEFAULT_SPACING, check_layout)
 from .disk_space import maps_too_big
 from .errors import UsageError
 from .formats import DEFAULT_FORMAT, OUTPUT_DTYPES, OUTPUT_STORES_CLASSES, clean_temporaries
@@ -87,6 +87,7 @@ class Request:
     spacing: str = DEFAULT_SPACING
     slice_axis: int | None = None
     engine: str = DEFAULT_ENGINE
+    device: str = DEFAULT_DEVICE
     dtype: str = DEFAULT_DTYPE
     ignore_label: int | None = None
     max_classes: int = DEFAULT_MAX_CLASSES
@@ -232,6 +233,7 @@ def _open_input(input_dir: Path, output_dir, request: Request) -> tuple[Dataset,
     if preprocessed and (request.include or request.exclude):
         raise UsageError("`include` and `exclude` select label files; a preprocessed folder's cases are nnU-Net's")
     _check_options(request.kind, fmt, request.layout, request.dtype)
+    _check_device(request.engine, request.device)
     dataset = find_dataset(input_dir, output_dir, fmt, request.include, request.exclude)
     slice_axis = request.slice_axis
     if dataset.preprocessed is not None and dataset.preprocessed.is_2d and slice_axis is None:
@@ -252,7 +254,7 @@ def _settle(dataset: Dataset, request: Request, runner, progress, stop: Stop):
         raise UsageError(f"{dataset.dataset_json} is region-based: regions overlap, so their maps cannot share "
                          "one channel; use `layout=full`")
     settings = Settings(tuple(class_list), request.kind, request.spacing, request.slice_axis, request.dtype,
-                        request.fmt, request.engine, ignore_label, request.layout, regions)
+                        request.fmt, request.engine, ignore_label, request.layout, regions, request.device)
     if request.strict and given and not stop:
         refuse_unseen_classes(dataset, settings, request.max_classes, runner, progress, stop)
     return settings, defer, failed
@@ -315,6 +317,22 @@ def _check_options(kind: str, fmt: str, layout: str, dtype: str) -> None:
         check_layout(kind, layout)
     except ValueError as error:
         raise UsageError(f"`layout={layout}` `kind={kind}`: {error}") from None
+
+
+def _check_device(engine: str, device: str) -> None:
+    """The torch engine's device, checked before any work (PyTorch is imported only for it)."""
+    if engine != "torch":
+        if device != DEFAULT_DEVICE:
+            raise UsageError(f"`device={device}` chooses where `engine=torch` computes; "
+                             f"this run uses `engine={engine}`")
+        return
+    try:
+        from .torch_engine import device_problem
+    except ImportError:
+        raise UsageError("`engine=torch` needs PyTorch: pip install -e '.[torch]' in the rwmaps clone") from None
+    problem = device_problem(device)
+    if problem is not None:
+        raise UsageError(f"`device={device}`: {problem}; use `device=cpu` or `device=auto`")
 
 
 def _check_writable(output_dir: Path) -> None:

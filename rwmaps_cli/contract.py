@@ -29,8 +29,12 @@ import numpy as np
 KINDS = ("rrw", "boundary", "kervadec", "ac", "sdf")
 LAYOUTS = ("full", "compact")
 #: The distance transforms of the numpy kernel: ``edt`` (one multi-label pass), ``scipy``
-#: (one pass per class: the reference).
-ENGINES = ("edt", "scipy")
+#: (one pass per class: the reference), ``torch`` (the PyTorch engine's multi-label pass,
+#: on a GPU where there is one: :mod:`rwmaps_cli.torch_engine`).
+ENGINES = ("edt", "scipy", "torch")
+#: Where the ``torch`` engine computes: ``"auto"`` is the first CUDA device when PyTorch sees
+#: one, else the CPU; any PyTorch device name (``"cpu"``, ``"cuda"``, ``"cuda:1"``) chooses.
+DEFAULT_DEVICE = "auto"
 #: What :func:`rwmaps_cli.expand_map` and the loss may do to a compact map's values:
 #: nothing, or divide each class by its largest ``|value|`` within the patch.
 RENORMALIZE = (None, "patch")

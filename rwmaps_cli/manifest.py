@@ -30,8 +30,8 @@ from .errors import UsageError
 from .results import DONE, CaseResult
 from .lock import PARTS_FOLDER, part_file_name
 from .formats import DEFAULT_FORMAT, OUTPUT_FORMATS, SCHEMA, atomic_path, newer_schema
-from .contract import (DEFAULT_DTYPE, DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_SPACING, DTYPE_NAMES, ENGINES,
-                       KINDS, LAYOUTS, SPACINGS)
+from .contract import (DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_ENGINE, DEFAULT_KIND, DEFAULT_LAYOUT, DEFAULT_SPACING,
+                       DTYPE_NAMES, ENGINES, KINDS, LAYOUTS, SPACINGS)
 
 MANIFEST_NAME = "rwmaps.json"
 PART_MANIFEST_GLOB = "rwmaps.part-*-of-*.json"  # one per part of a job array, in PARTS_FOLDER: no two writers share a file
@@ -64,6 +64,7 @@ class Settings:
     ignore_label: int | None = None
     layout: str = DEFAULT_LAYOUT  # "full": (C, *spatial); "compact": (*spatial), rrw only
     regions: tuple[tuple[int, ...], ...] | None = None  # one channel per region (nnU-Net's region-based datasets)
+    device: str = DEFAULT_DEVICE  # where the torch engine computes; like the engine, not a map parameter
 
     @property
     def map_channels(self) -> int:
@@ -80,9 +81,10 @@ class Settings:
 
     def to_parameters(self) -> dict:
         """The manifest's ``parameters``: what a rerun must share to reuse earlier maps
-        (engine excluded: both engines give the same maps)."""
+        (engine and device excluded: every engine gives the same maps)."""
         parameters = asdict(self)
         parameters.pop("engine")
+        parameters.pop("device")
         parameters["classes"] = list(self.classes)
         parameters["regions"] = None if self.regions is None else [list(r) for r in self.regions]
         return parameters

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .contract import (  # the contract every engine shares; re-exported names are the public API's
+    DEFAULT_DEVICE,
     DEFAULT_ENGINE,
     DEFAULT_KIND,
     DEFAULT_LAYOUT,
@@ -77,6 +78,7 @@ def compute_maps(
     threads: int = 1,
     out: np.ndarray | None = None,
     layout: str = DEFAULT_LAYOUT,
+    device: str = DEFAULT_DEVICE,
 ) -> np.ndarray:
     """Compute the region-wise maps of one label array.
 
@@ -98,9 +100,11 @@ def compute_maps(
         Compute every map independently on each slice along this axis (the 2D maps the
         paper's 2D nnU-Net trained with).  In the compact layout the maxima are then
         per class and per slice.
-    engine : {"edt", "scipy"}
+    engine : {"edt", "scipy", "torch"}
         ``edt``: one multi-label distance transform for all classes (fast);
-        ``scipy``: one ``scipy.ndimage.distance_transform_edt`` per class (reference).
+        ``scipy``: one ``scipy.ndimage.distance_transform_edt`` per class (reference);
+        ``torch``: the PyTorch engine's multi-label transform on ``device`` (a GPU), the
+        same maps within float32 rounding (needs ``rwmaps_cli[torch]``).
     dtype : float32 or float16 (:data:`MAP_DTYPES`)
         Output dtype.  Computation is in float32 either way.
     ignore_label : int, optional
@@ -117,6 +121,9 @@ def compute_maps(
         ``full``: one channel per class.  ``compact`` (``rrw`` only): one channel, each
         voxel's own-class value ``-EDT / max`` (``-1`` for a class filling the field,
         0 on the ignore label); :func:`expand_map` gives the full map back.
+    device : str
+        The ``torch`` engine's device: ``"auto"`` (a GPU when PyTorch sees one), ``"cpu"``,
+        ``"cuda"``, ``"cuda:1"``...
 
     Returns
     -------
@@ -138,7 +145,7 @@ def compute_maps(
     if out is not None and out.shape != request.map_shape(labels.shape):
         raise ValueError(f"out has shape {out.shape}; expected {request.map_shape(labels.shape)}")
     dtype = check_dtype(dtype if out is None else out.dtype)
-    return _compute(labels, _Job(request, DistanceTransform(engine, threads)), dtype, out)
+    return _compute(labels, _Job(request, DistanceTransform(engine, threads, device)), dtype, out)
 
 
 def compute_maps_batch(labels: np.ndarray, classes: Sequence[int], **kwargs) -> np.ndarray:
@@ -160,7 +167,7 @@ def compute_maps_batch(labels: np.ndarray, classes: Sequence[int], **kwargs) -> 
     request = MapRequest.checked(classes, labels.shape[1:], options["kind"], options["layout"], options["spacing"],
                                  options["slice_axis"], options["ignore_label"])
     check_engine(options["engine"])
-    job = _Job(request, DistanceTransform(options["engine"], options["threads"]))
+    job = _Job(request, DistanceTransform(options["engine"], options["threads"], options["device"]))
     out = np.empty((labels.shape[0], *request.map_shape(labels.shape[1:])), dtype=check_dtype(options["dtype"]))
     for item, item_out in zip(labels, out):
         _compute(item, job, out.dtype, item_out)
@@ -291,20 +298,27 @@ class DistanceTransform:
 
     Attributes
     ----------
-    engine : {"edt", "scipy"}
+    engine : {"edt", "scipy", "torch"}
         ``edt``: the ``edt`` package's multi-label transform (all classes in one pass);
-        ``scipy``: ``scipy.ndimage.distance_transform_edt`` once per class (the reference).
+        ``scipy``: ``scipy.ndimage.distance_transform_edt`` once per class (the reference);
+        ``torch``: the PyTorch engine's multi-label pass
+        (:func:`rwmaps_cli.torch_engine.inside_distance`) on ``device``.
     threads : int
-        Threads for the ``edt`` engine.
+        Threads for the ``edt`` engine, and for ``torch`` on the CPU.
+    device : str
+        The ``torch`` engine's device (:data:`~rwmaps_cli.contract.DEFAULT_DEVICE`).
     """
 
     engine: str = DEFAULT_ENGINE
     threads: int = 1
+    device: str = DEFAULT_DEVICE
 
     def inside(self, codes: np.ndarray, n_classes: int, spacing) -> np.ndarray:
         """Float32 array: each voxel's distance to the nearest voxel with another code."""
         if self.engine == "edt":
             return _edt(codes, spacing, self.threads)
+        if self.engine == "torch":
+            return self._torch(codes, spacing)
         inside = np.zeros(codes.shape, dtype=np.float32)
         for c in range(n_classes):  # the ignore label needs none: its values are 0
             mask = codes == Codes.of_class(c)
@@ -317,11 +331,18 @@ class DistanceTransform:
         (0 on False voxels)."""
         if self.engine == "edt":
             return _edt(mask, spacing, self.threads)
+        if self.engine == "torch":
+            return np.where(mask, self._torch(mask, spacing), np.float32(0))
         # Imported here: scipy.ndimage costs ~0.2 s to import, paid by every process and worker
         # of a run that does not use the scipy engine.
         import scipy.ndimage as ndi
 
         return ndi.distance_transform_edt(mask, sampling=spacing)
+
+    def _torch(self, codes: np.ndarray, spacing) -> np.ndarray:
+        from .torch_engine import numpy_inside_distance  # PyTorch is an optional extra
+
+        return numpy_inside_distance(codes, spacing, self.device, self.threads)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .contract import DEFAULT_ENGINE, DEFAULT_KIND
+from .contract import DEFAULT_DEVICE, DEFAULT_ENGINE, DEFAULT_KIND
 from .maps import compute_maps
 
 
@@ -182,6 +182,7 @@ def compute_region_maps(
     engine: str = DEFAULT_ENGINE,
     dtype: np.dtype | type = np.float32,
     threads: int = 1,
+    device: str = DEFAULT_DEVICE,
 ) -> np.ndarray:
     """One binary region-wise map per region: ``(R, *labels.shape)``, no background channel.
 
@@ -196,7 +197,7 @@ def compute_region_maps(
         Label values, not yet converted to regions.
     regions : sequence of (sequence of int or int), length R
         The label values of each region, e.g. ``[[1, 2, 3], [2, 3], [3]]``.
-    kind, spacing, slice_axis, engine, dtype, threads
+    kind, spacing, slice_axis, engine, dtype, threads, device
         As for :func:`rwmaps_cli.maps.compute_maps`.
     ignore_label : int, optional
         Voxels with this value get 0 in every channel, and count as outside every region
@@ -219,7 +220,8 @@ def compute_region_maps(
         raise ValueError("no regions given")
     ignored = None if ignore_label is None else labels == int(ignore_label)
     return compute_mask_maps(region_masks(labels, regions), kind=kind, spacing=spacing, slice_axis=slice_axis,
-                             ignored=ignored, engine=engine, dtype=dtype, threads=threads)
+                             ignored=ignored, engine=engine, dtype=dtype, threads=threads,
+                             device=device)
 
 
 def compute_mask_maps(
@@ -231,6 +233,7 @@ def compute_mask_maps(
     engine: str = DEFAULT_ENGINE,
     dtype: np.dtype | type = np.float32,
     threads: int = 1,
+    device: str = DEFAULT_DEVICE,
 ) -> np.ndarray:
     """One binary map per boolean mask: ``(R, *spatial)`` from masks ``(R, *spatial)``.
 
@@ -246,6 +249,7 @@ def compute_mask_maps(
         if ignored is not None:
             binary[ignored] = 2
         maps = compute_maps(binary, [0, 1], kind=kind, spacing=spacing, slice_axis=slice_axis, engine=engine,
-                            dtype=dtype, ignore_label=None if ignored is None else 2, threads=threads)
+                            dtype=dtype, ignore_label=None if ignored is None else 2, threads=threads,
+                            device=device)
         out[r] = maps[1]
     return out

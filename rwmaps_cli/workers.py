@@ -28,6 +28,7 @@ import multiprocessing
 import signal
 import sys
 import threading
+import warnings
 
 # What a worker needs to compute a case.
 WORKER_IMPORTS = ("rwmaps_cli.case", "nibabel", "edt", "isal.igzip")
@@ -43,6 +44,10 @@ def executor(jobs: int):
     from joblib.externals.loky import get_reusable_executor
 
     start_worker_server()
+    # loky replaces a worker whose memory grew by 300 MB after its first task (a first PyTorch
+    # import, a large case's freed arenas) and says so in a warning; no task is lost, and a
+    # library's words are not rwmaps' to print.
+    warnings.filterwarnings("ignore", message="A worker stopped while some jobs were given to the executor")
     _executor = get_reusable_executor(max_workers=jobs, initializer=_worker_start, context=_context())
     return _executor
 
