@@ -3,10 +3,12 @@
 Two ways to give a network the map of the patch it sees:
 
 - :class:`RegionWiseMapd` computes the map from the (augmented) label with
-  :func:`rwmaps_cli.compute_maps`: the paper's way, exact for any augmentation.
+  :func:`rwmaps_cli.compute_maps`: the paper's way, exact for any augmentation.  A label on
+  a GPU (after ``EnsureTyped(device="cuda")``, or MONAI's GPU transforms) gets its map
+  there, from the PyTorch engine.
 - :class:`ExpandRegionWiseMapd` turns a precomputed compact map, pushed through the same
   spatial transforms as the label, into the full ``(C, *spatial)`` map, using the
-  transformed label.
+  transformed label, on the compact map's device (a GPU included).
 
 A precomputed *full* map needs no transform of ours: MONAI's ``LoadImaged`` reads the 4D
 ``X × Y × Z × C`` NIfTI that ``rwmaps compute`` writes with its affine, and
@@ -39,6 +41,7 @@ from monai.transforms import MapTransform
 from .contract import DEFAULT_KIND, KINDS, resolve_spacing
 from .maps import compute_maps
 from .torch import Outside, expand_map
+from .torch import compute_maps as torch_compute_maps  # a label on a GPU gets its map there
 
 __all__ = ["ExpandRegionWiseMapd", "RegionWiseMapd"]
 
@@ -92,12 +95,21 @@ class RegionWiseMapd(MapTransform):
         return d
 
     def compute(self, label) -> MetaTensor | torch.Tensor:
-        """``(1, *spatial)`` label -> ``(C, *spatial)`` map (a MetaTensor when the label is one)."""
-        array = _single_channel(label, "label")
-        spacing = resolve_spacing(self.spacing, _pixdim(label, array.ndim) if self.spacing == "physical" else None)
+        """``(1, *spatial)`` label -> ``(C, *spatial)`` map (a MetaTensor when the label is one).
+
+        A label on a GPU gets its map there, from the PyTorch engine (the same maps within
+        float32 rounding); a label on the CPU, from the numpy kernel (the faster one there).
+        """
+        plain = _plain(label)
+        on_gpu = torch.is_tensor(plain) and plain.device.type != "cpu"
+        ndim = _check_single_channel(plain, "label")
+        spacing = resolve_spacing(self.spacing, _pixdim(label, ndim) if self.spacing == "physical" else None)
+        options = dict(kind=self.kind, spacing=spacing, slice_axis=self.slice_axis, ignore_label=self.ignore_label)
         try:
-            maps = compute_maps(array, self.classes, kind=self.kind, spacing=spacing, slice_axis=self.slice_axis,
-                                ignore_label=self.ignore_label, dtype=self.dtype)
+            if on_gpu:  # the label is a batch of one item for the PyTorch engine
+                dtype = torch.from_numpy(np.empty(0, self.dtype)).dtype
+                return _like(label, torch_compute_maps(plain, self.classes, dtype=dtype, **options)[0])
+            maps = compute_maps(_single_channel(label, "label"), self.classes, dtype=self.dtype, **options)
         except ValueError as error:
             raise ValueError(f"{error} (resample labels with mode='nearest')") from error
         return _like(label, torch.from_numpy(maps))
@@ -169,8 +181,8 @@ class ExpandRegionWiseMapd(MapTransform):
         if values.ndim == labels.ndim >= 2 and values.shape[0] > 1:  # channels first, as the label
             raise ValueError(f"the compact map has {values.shape[0]} channels: a compact map has one, and a full map "
                              "(every boundary, kervadec or sdf map) needs no expansion")
-        _single_channel(values, "compact map")
-        _single_channel(labels, "label")
+        _check_single_channel(values, "compact map")
+        _check_single_channel(labels, "label")
         try:
             full = expand_map(values, labels, self.classes, outside=self.outside, ignore_label=self.ignore_label,
                               renormalize=self.renormalize)[0]
@@ -208,11 +220,18 @@ def _plain(value):
 
 
 def _single_channel(value, what: str) -> np.ndarray:
-    """The spatial array of a ``(1, *spatial)`` channel-first value."""
-    array = np.asarray(_plain(value).detach().cpu() if torch.is_tensor(value) else value)
-    if array.ndim < 2 or array.shape[0] != 1:
-        raise ValueError(f"{what} has shape {array.shape}; expected (1, *spatial): use EnsureChannelFirstd first")
-    return array[0]
+    """The spatial array of a ``(1, *spatial)`` channel-first value (on the CPU)."""
+    _check_single_channel(value, what)
+    return np.asarray(_plain(value).detach().cpu() if torch.is_tensor(value) else value)[0]
+
+
+def _check_single_channel(value, what: str) -> int:
+    """The spatial dimensions of a ``(1, *spatial)`` channel-first value, wherever it is;
+    ValueError for another shape."""
+    shape = tuple(np.shape(value) if not torch.is_tensor(value) else value.shape)
+    if len(shape) < 2 or shape[0] != 1:
+        raise ValueError(f"{what} has shape {shape}; expected (1, *spatial): use EnsureChannelFirstd first")
+    return len(shape) - 1
 
 
 def _pixdim(label, ndim: int) -> tuple[float, ...]:

@@ -10,14 +10,21 @@ where ``p_own`` is the probability of the voxel's own class (one gather).  That 
 :func:`region_wise_loss` computes; it never builds the ``(B, C, *spatial)`` map.
 :func:`expand_map` builds that map when a user wants it (or for a test to compare).
 
+With ``compact=None``, :func:`region_wise_loss` computes the maps of the batch's labels
+itself, on the logits' device, with the PyTorch engine (:func:`compute_maps`): the paper's
+per-patch maps, exact after any augmentation, in the training step::
+
+    loss = region_wise_loss(logits, labels, None, classes)               # rrw, computed here
+    loss = region_wise_loss(logits, labels, None, classes, kind="sdf")   # the normalised Boundary loss
+
 Only ``rrw`` has a compact map, and ``ac`` needs none.  The other kinds (``boundary``,
 ``kervadec``, ``sdf``) exist only as full maps, whose loss is one line and needs nothing
 from here::
 
     loss = (torch.softmax(logits, dim=1) * full_map).mean()
 
-With an ``sdf`` map that is the normalised Boundary loss.  :func:`region_wise_loss` and
-:func:`expand_map` refuse those kinds with a ``ValueError`` that says so.
+With an ``sdf`` map that is the normalised Boundary loss.  :func:`expand_map`, and
+:func:`region_wise_loss` given a map, refuse those kinds with a ``ValueError`` that says so.
 
 This module needs the optional extra ``rwmaps_cli[torch]``.  ``import rwmaps_cli`` never
 imports it.
@@ -199,8 +206,11 @@ def region_wise_loss(
     renormalize: str | None = None,
     ignore_label: int | None = None,
     kind: str = DEFAULT_KIND,
+    spacing: Sequence[float] | None = None,
+    slice_axis: int | None = None,
 ) -> torch.Tensor:
-    """Region-wise loss ``mean(softmax(logits, dim=1) * full_map)`` from the compact map.
+    """Region-wise loss ``mean(softmax(logits, dim=1) * full_map)`` from the compact map, or
+    from maps computed here, on the logits' device, from the labels of the batch.
 
     The mean runs over the batch, the C channels and the voxels (ignored voxels count in
     the denominator with weight 0, as in the full map), so the value and its gradient
@@ -213,9 +223,13 @@ def region_wise_loss(
         Network output before the softmax; 1D to 3D spatial.
     labels : (B, *spatial) integer tensor (or (B, 1, *spatial), as MONAI batches them)
         The ground truth of the patch, transformed exactly as ``compact``.
-    compact : (B, *spatial) float tensor (or (B, 1, *spatial)), or None with ``kind="ac"``
+    compact : (B, *spatial) float tensor (or (B, 1, *spatial)), or None
         Each voxel's own-class value ``v`` (``compute_maps(..., layout="compact")``).
         Moved to the logits' device and cast to the softmax's dtype; no gradient flows into it.
+        None: the maps of ``labels`` are computed here, exactly, on the logits' device
+        (:func:`compute_maps`; each item normalised by its own maxima, the paper's per-patch
+        maps after any augmentation), for every kind: ``rrw`` through its compact channel,
+        ``boundary``, ``kervadec`` and ``sdf`` as full maps.
     classes : sequence of C ints
         The label value of each logit channel.
     outside : float or C floats
@@ -224,11 +238,17 @@ def region_wise_loss(
         ``"patch"``: per-patch normalisation, as the seed computed maps on each patch.
     ignore_label : int, optional
         Voxels with this label carry no weight.
-    kind : {"rrw", "ac"}
+    kind : {"rrw", "ac", "boundary", "kervadec", "sdf"}
         ``ac``: the Active-Contour RW loss, from the labels alone.  ``boundary``,
-        ``kervadec`` and ``sdf`` are refused (:func:`check_compact_kind`): with their full
-        map the loss is ``(torch.softmax(logits, dim=1) * full_map).mean()`` (for ``sdf``, the
-        normalised Boundary loss).
+        ``kervadec`` and ``sdf`` only with ``compact=None``: they have no compact form
+        (:func:`check_compact_kind`); with a full map of theirs the loss is
+        ``(torch.softmax(logits, dim=1) * full_map).mean()`` (for ``sdf``, the normalised
+        Boundary loss).
+    spacing : sequence of float, one per spatial axis, optional
+        Maps computed here only: voxel sizes; None measures in voxels, as the paper.
+    slice_axis : int, optional
+        Maps computed here only: a spatial axis (without the batch axis) whose slices are each
+        their own field (what a 2D network sees of a 3D batch).
 
     Returns
     -------
@@ -240,7 +260,11 @@ def region_wise_loss(
     ValueError
         Unknown label values, mismatched shapes, a bad ``outside``, ``kind`` or ``renormalize``.
     """
-    check_compact_kind(kind)  # before the shapes: a full map of another kind would fail them first
+    if compact is not None or kind not in KINDS:
+        check_compact_kind(kind)  # before the shapes: a full map of another kind would fail them first
+        if spacing is not None or slice_axis is not None:
+            raise ValueError("spacing and slice_axis are for maps computed here (compact=None); "
+                             "a compact map was made with its own")
     if logits.ndim < 2 or logits.shape[1] != len(classes):
         raise ValueError(f"logits have shape {tuple(logits.shape)}; expected (B, {len(classes)}, *spatial)")
     # Everything follows the softmax: the logits' device and dtype (under autocast, the dtype
@@ -248,6 +272,11 @@ def region_wise_loss(
     # made on the default device or in a fixed dtype.
     probs = torch.softmax(logits, dim=1)
     labels = _squeeze_channel(labels, logits.ndim).to(logits.device)
+    if compact is None and kind != "ac":
+        maps = _maps_here(labels, logits, classes, kind, spacing, slice_axis, ignore_label)
+        if kind != "rrw":  # a full map: the loss is its mean product with the softmax
+            return (probs * maps.to(probs.dtype)).mean()
+        compact = maps
     if compact is not None:
         compact = _squeeze_channel(compact, logits.ndim).to(device=logits.device, dtype=probs.dtype)
     compact, labels = _compact_for(compact, labels, kind, renormalize, dtype=probs.dtype, device=logits.device)
@@ -264,6 +293,17 @@ def region_wise_loss(
         outside_own = weights[index]
     per_voxel = torch.where(valid, outside_sum + own * (value - outside_own), 0)
     return per_voxel.sum() / probs.numel()
+
+
+def _maps_here(labels, logits, classes, kind, spacing, slice_axis, ignore_label) -> torch.Tensor:
+    """The maps of ``labels`` (B, *spatial) on the logits' device: the compact channel for
+    ``rrw``, the full map otherwise (float32; no gradient)."""
+    if labels.shape != logits.shape[:1] + logits.shape[2:]:
+        raise ValueError(f"labels have shape {tuple(labels.shape)}; logits {tuple(logits.shape)}")
+    layout = "compact" if kind == "rrw" else "full"
+    with torch.no_grad():
+        return compute_maps(labels, classes, kind=kind, spacing=spacing, slice_axis=slice_axis,
+                            ignore_label=ignore_label, layout=layout)
 
 
 def _own_value(compact, index, valid, n_classes, renormalize) -> torch.Tensor:

@@ -159,6 +159,26 @@ def test_region_wise_mapd_other_kinds_and_options(kwargs):
         assert out.min() == -1 and out.max() == 1  # DTC's normalised signed distance, negative inside
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (the CPU path is tested above)")
+@pytest.mark.parametrize("kwargs", OPTIONS, ids=lambda kwargs: "-".join(f"{k}={v}" for k, v in kwargs.items()))
+def test_a_label_on_the_gpu_gets_its_map_there(kwargs):
+    """RegionWiseMapd on a label moved to CUDA (EnsureTyped(device="cuda")): the PyTorch engine's
+    map, on that device, a MetaTensor with the label's meta, equal to the CPU map; and
+    ExpandRegionWiseMapd expands a compact map there."""
+    label = MetaTensor(torch.from_numpy(np.asarray(nib.load(DATASET / "labelsTr" / "toy_000.nii.gz").dataobj))[None])
+    label[0, :2] = 9 if "ignore_label" in kwargs else 0
+    want = RegionWiseMapd(keys="label", classes=CLASSES, map_keys="m", **kwargs)({"label": label})["m"]
+    got = RegionWiseMapd(keys="label", classes=CLASSES, map_keys="m", **kwargs)({"label": label.to("cuda")})["m"]
+    assert isinstance(got, MetaTensor) and got.device.type == "cuda"
+    np.testing.assert_allclose(got.cpu().numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+    if kwargs.get("kind", "rrw") == "rrw" and "slice_axis" not in kwargs:
+        compact = torch.from_numpy(compute_maps(label[0].numpy(), CLASSES, layout="compact", **kwargs))[None]
+        full = ExpandRegionWiseMapd(keys="c", label_key="label", classes=CLASSES, **{
+            k: v for k, v in kwargs.items() if k == "ignore_label"})({"c": compact.cuda(), "label": label.cuda()})["c"]
+        assert full.device.type == "cuda"
+        np.testing.assert_allclose(full.cpu().numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
 SDF_FLIPS_AND_ROTATIONS = {
     "flip0": [Flipd(keys=["label", "full"], spatial_axis=0)],
     "rot02": [Rotate90d(keys=["label", "full"], k=3, spatial_axes=(0, 2))],

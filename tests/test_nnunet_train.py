@@ -219,6 +219,13 @@ def test_each_trainer_trains(nnunet_root, trained_rw, trainer_name, variant):
         assert trainer.loss.epoch == 0 and trainer.loss.loss.schedule == "gradual"
     if trainer_name != "nnUNetTrainerRWOnTheFly":
         assert trainer._rw_maps_cache.kind == kind_of(variant)  # the kind comes from the maps folder
+    else:  # made in the train step on the training device: each item's map of its augmented target
+        assert trainer.rw_engine == "torch"
+        regions = VARIANTS[variant][0] == 902
+        for seg, rwmap in trainer.rw_record:
+            want = np.stack([compute_mask_maps(item.numpy().astype(bool)) if regions
+                             else compute_maps(item[0].numpy(), CLASSES) for item in seg])
+            np.testing.assert_allclose(rwmap.numpy(), want, rtol=1e-5, atol=1e-6)
     if variant.startswith("sdf") and trainer_name == "nnUNetTrainerRW":
         # the normalised Boundary loss alone: every scale's mean(p * sdf) is in [-1, 1], and so is their
         # weighted mean (nnU-Net's deep-supervision weights sum to 1)
@@ -244,6 +251,39 @@ def test_the_on_the_fly_map_target_is_compute_maps_of_the_patch_for_every_kind(k
     transform = MapTargetTransform(CLASSES, REGIONS if regions else None, "onthefly", kind)
     got = transform(image=torch.zeros(1, 20, 18, 16), segmentation=seg)["regression_target"]
     np.testing.assert_array_equal(got.numpy(), want)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("regions", [False, True], ids=["labels", "regions"])
+def test_maps_made_on_the_device_at_every_deep_supervision_scale(kind, regions):
+    """``nnUNetTrainerRWOnTheFly``'s maps (``rw_engine="torch"``): nnU-Net's nearest
+    downsampling of the seg to each deep-supervision scale, then each scale's map of each item,
+    on the target's device, equal the numpy kernel's map of that scale's seg; the ignore label
+    (a last mask channel for regions) is 0 in every channel."""
+    from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
+
+    from rwmaps_cli.nnunet.device_maps import target_maps
+
+    labels = np.stack([blobs((20, 18, 16), 4, seed=s) for s in (31, 32)])
+    labels[0, :3] = 9  # the ignore label
+    scales = [[1.0, 1.0, 1.0], [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]]
+    downsample = DownsampleSegForDSTransform(ds_scales=scales)
+    for device in ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]:
+        targets = None
+        for item in labels:
+            seg = np.concatenate([region_masks(item, REGIONS), (item == 9)[None]]) if regions else item[None]
+            per_scale = downsample(segmentation=torch.from_numpy(seg.astype(np.int16)))["segmentation"]
+            targets = [t[None] for t in per_scale] if targets is None else [
+                torch.cat([a, t[None]]) for a, t in zip(targets, per_scale)]
+        for target in targets:
+            got = target_maps(target.to(device), CLASSES, REGIONS if regions else None, kind, ignore_label=9)
+            if regions:
+                want = [compute_mask_maps(t[:3].numpy().astype(bool), kind=kind, ignored=t[3].numpy().astype(bool))
+                        for t in target]
+            else:
+                want = [compute_maps(t[0].numpy(), CLASSES, kind=kind, ignore_label=9) for t in target]
+            assert got.device.type == device
+            np.testing.assert_allclose(got.cpu().numpy(), np.stack(want), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", KINDS)

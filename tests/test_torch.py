@@ -281,7 +281,6 @@ def test_every_kind_has_the_compact_loss_or_a_one_line_error_naming_the_full_map
         return
     compact = torch.from_numpy(own_channel_batch(full, labels, classes))
     for call in (lambda: region_wise_loss(logits, labels_t, compact, classes, kind=kind),
-                 lambda: region_wise_loss(logits, labels_t, None, classes, kind=kind),
                  lambda: expand_map(compact, labels_t, classes, kind=kind),
                  lambda: region_wise_loss(logits, labels_t, full_t, classes, kind=kind)):  # a full map given: same
         with pytest.raises(ValueError) as raised:
@@ -394,3 +393,34 @@ def test_loss_and_expansion_follow_bfloat16_logits_under_autocast():
     # the expansion is exact up to the rounding of the map's values to bfloat16 (8 bits)
     np.testing.assert_allclose(expanded.float().numpy(), full, rtol=2 ** -8, atol=0)
     assert (expanded.float().numpy() != full).any()  # bfloat16 really rounded: the test sees the dtype
+
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("options", [{}, {"spacing": (1.0, 1.0, 2.5)}, {"slice_axis": 2, "ignore_label": 9}])
+def test_maps_computed_in_the_loss_equal_the_maps_of_each_item(device, kind, options):
+    """``region_wise_loss(logits, labels, None, classes, kind=...)`` computes the batch's maps on
+    the logits' device: its value and gradient equal the full-map loss with the numpy kernel's
+    maps of each item (the paper's per-patch maps), for every kind."""
+    classes = [0, 1, 2]
+    labels = np.stack([blobs((14, 12, 8), 3, seed=s) for s in (3, 4)]).astype(np.int64)
+    if "ignore_label" in options:
+        labels[1, :3] = 9
+    full = np.stack([compute_maps(item, classes, kind=kind, **options) for item in labels]).astype(np.float64)
+    logits = random_logits((2, 3, 14, 12, 8), seed=5).to(device)
+    labels_t, full_t = torch.from_numpy(labels).to(device), torch.from_numpy(full).to(device)
+    want, want_grad = value_and_grad(lambda x: full_loss(x, full_t), logits)
+    got, got_grad = value_and_grad(lambda x: region_wise_loss(x, labels_t, None, classes, kind=kind, **options),
+                                   logits)
+    assert got.device.type == device
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_spacing_is_for_maps_computed_in_the_loss():
+    labels = torch.zeros((1, 4, 4), dtype=torch.long)
+    with pytest.raises(ValueError, match="spacing and slice_axis are for maps computed here"):
+        region_wise_loss(torch.zeros((1, 2, 4, 4)), labels, torch.zeros((1, 4, 4)), [0, 1], spacing=(1.0, 2.0))

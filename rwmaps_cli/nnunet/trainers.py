@@ -34,6 +34,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
 from ..contract import DEFAULT_KIND
+from .device_maps import target_maps
 from .loader import nnUNetDataLoaderRW
 from .losses import RWCompoundLoss, RWDeepSupervisionLoss
 from ..inputs.nnunet_preprocessed import maps_folder_beside
@@ -54,8 +55,10 @@ class nnUNetTrainerRW(nnUNetTrainer):
     rw_on_the_fly: bool = False
     #: The maps folder; None: $RWMAPS_MAPS, else the sibling ``<preprocessed>_rwmaps``.
     rw_maps_folder: str | None = None
-    #: On the fly only: "edt" (rwmaps' multi-label EDT) or "scipy" (one EDT per class, as the paper's code).
-    rw_engine: str = "edt"
+    #: On the fly only: "torch" computes each scale's maps in the train step on the training device
+    #: (``device_maps.target_maps``); "edt" (rwmaps' multi-label EDT) or "scipy" (one EDT per class, as
+    #: the paper's code) compute them in the loader's CPU workers, then downsample them as the seg.
+    rw_engine: str = "torch"
     #: On the fly only: the kind of map computed from each patch (precomputed maps carry their own).
     rw_kind: str = DEFAULT_KIND
     #: Set to a list to record each loss call's full-resolution (target, map) (tests).
@@ -98,8 +101,16 @@ class nnUNetTrainerRW(nnUNetTrainer):
 
     # ---- transforms: nnU-Net's, then the map made consistent, then deep supervision ----
 
+    def _maps_on_device(self) -> bool:
+        """The maps are made in the train step, on the training device, from the targets."""
+        return self.rw_on_the_fly and self.rw_engine == "torch"
+
     def _with_maps(self, transforms: ComposeTransforms, deep_supervision_scales) -> ComposeTransforms:
         steps = list(transforms.transforms)
+        if self._maps_on_device():  # nnU-Net's own transforms; the maps come in the train step
+            if deep_supervision_scales is not None:
+                steps.append(DownsampleSegForDSTransform(ds_scales=deep_supervision_scales))
+            return ComposeTransforms(steps)
         steps.append(self._map_transform(self._rw_maps_cache))
         if deep_supervision_scales is not None:
             steps.append(DownsampleSegForDSTransform(ds_scales=deep_supervision_scales))
@@ -202,12 +213,23 @@ class nnUNetTrainerRW(nnUNetTrainer):
         self.loss.epoch = self.current_epoch
 
     def train_step(self, batch: dict) -> dict:
-        self.loss.set_maps(batch.pop('rwmap'), self.device)
+        self.loss.set_maps(self._batch_maps(batch), self.device)
         return super().train_step(batch)
 
     def validation_step(self, batch: dict) -> dict:
-        self.loss.set_maps(batch.pop('rwmap'), self.device)
+        self.loss.set_maps(self._batch_maps(batch), self.device)
         return super().validation_step(batch)
+
+    def _batch_maps(self, batch: dict):
+        """The batch's maps: the loader's, or (on the device) those of each scale's target."""
+        if not self._maps_on_device():
+            return batch.pop('rwmap')
+        targets = batch['target'] if isinstance(batch['target'], list) else [batch['target']]
+        targets = [t.to(self.device, non_blocking=True) for t in targets]  # nnU-Net's step reuses them
+        batch['target'] = targets if isinstance(batch['target'], list) else targets[0]
+        lm = self.label_manager
+        regions = [list(np.atleast_1d(r)) for r in lm.foreground_regions] if lm.has_regions else None
+        return [target_maps(t, lm.all_labels, regions, self.rw_kind, lm.ignore_label) for t in targets]
 
 
 class nnUNetTrainerCERW(nnUNetTrainerRW):
@@ -237,8 +259,10 @@ class nnUNetTrainerDiceRWGradual(nnUNetTrainerRW):
 
 
 class nnUNetTrainerRWOnTheFly(nnUNetTrainerRW):
-    """RW alone, maps computed in the loader from each augmented seg patch (normalised per
-    patch, as the paper's training code did): the comparison for precomputed maps."""
+    """RW alone, maps computed from each augmented patch (normalised per patch, as the paper's
+    training code did): in the train step on the training device, at every deep-supervision
+    scale from that scale's target (``rw_engine = "torch"``, the default), or in the loader's
+    CPU workers (``"edt"``, ``"scipy"``: the paper's way)."""
 
     rw_on_the_fly = True
 
