@@ -52,12 +52,17 @@ from .contract import (
     sorted_codes,
 )
 
-__all__ = ["BLOCK_ELEMENTS", "compute_maps", "inside_distance", "device_problem", "numpy_inside_distance",
+__all__ = ["BLOCK_ELEMENTS", "CLASS_CHUNK_VOXELS", "compute_maps", "inside_distance", "device_problem", "numpy_inside_distance",
            "resolve_device"]
 
 #: A pass takes its lines in blocks of ``BLOCK_ELEMENTS / 8`` voxels: a level's candidates
 #: and their int64 indices then stay within a few hundred MiB, whatever the volume.
 BLOCK_ELEMENTS = 1 << 25
+
+
+#: boundary, kervadec and sdf maps take their classes a few at a time: as many as keep a
+#: chunk's masks within this many voxels (one class at a time for a CT-sized batch).
+CLASS_CHUNK_VOXELS = 1 << 24
 
 
 def compute_maps(
@@ -385,30 +390,42 @@ def _expand(values: torch.Tensor, codes: torch.Tensor, n_classes: int) -> torch.
 
 
 def _distance_maps(codes: torch.Tensor, request: MapRequest, spacing) -> torch.Tensor:
-    """boundary, kervadec or sdf maps of each field: one two-code pass per class."""
-    n_classes, kind = len(request.classes), request.kind
-    fields = codes.shape[0]
-    masks = torch.stack([codes == Codes.of_class(c) for c in range(n_classes)], dim=1)  # (F, C, *field)
-    flat = masks.reshape(fields * n_classes, *codes.shape[1:])
-    distance = inside_distance(flat, spacing).reshape(masks.shape)  # to the other side
+    """boundary, kervadec or sdf maps of each field: one two-code pass per class, the classes
+    taken a few at a time (as many as :data:`CLASS_CHUNK_VOXELS` allows), written into the output."""
+    n_classes = len(request.classes)
+    out = torch.empty((codes.shape[0], n_classes, *codes.shape[1:]), dtype=torch.float32, device=codes.device)
+    # sdf, and kervadec in physical units, set the inner boundary to exactly 0 (contract)
+    zero_boundary = request.kind == "sdf" or (request.kind == "kervadec" and spacing is not None)
+    boundary = _label_change(codes).unsqueeze(1) if zero_boundary else None
+    ignored = (codes == Codes(n_classes).ignore).unsqueeze(1)
+    step = max(1, CLASS_CHUNK_VOXELS // max(1, codes.numel()))
+    for first in range(0, n_classes, step):
+        chunk = range(first, min(n_classes, first + step))
+        masks = torch.stack([codes == Codes.of_class(c) for c in chunk], dim=1)  # (F, chunk, *field)
+        maps = _signed_distances(masks, request.kind, spacing, boundary)
+        out[:, first:first + len(chunk)] = maps.masked_fill_(ignored, 0.0)
+    return out
+
+
+def _signed_distances(masks: torch.Tensor, kind: str, spacing, boundary: torch.Tensor | None) -> torch.Tensor:
+    """The ``kind`` map of each mask ``(F, K, *field)``, from the distance to its other side;
+    0 on ``boundary`` voxels inside a mask, when given."""
+    distance = inside_distance(masks.reshape(-1, *masks.shape[2:]), spacing).reshape(masks.shape)
     uniform = torch.isinf(distance)  # the class is empty or fills the field: 0 (contract)
-    distance = torch.where(uniform, 0.0, distance)
+    distance = distance.masked_fill_(uniform, 0.0)
     inside, outside = torch.where(masks, distance, 0.0), torch.where(masks, 0.0, distance)
     if kind == "boundary":
         maps = outside - inside
     elif kind == "kervadec":
-        unit = MapRequest.kervadec_unit(spacing)
-        maps = torch.where(masks, unit - inside, outside)
+        maps = torch.where(masks, MapRequest.kervadec_unit(spacing) - inside, outside)
     else:  # sdf
-        largest_inside = inside.flatten(2).amax(dim=2).clamp_min(1e-30)
-        largest_outside = outside.flatten(2).amax(dim=2).clamp_min(1e-30)
-        shape = (fields, n_classes, *([1] * (codes.ndim - 1)))
-        maps = outside / largest_outside.reshape(shape) - inside / largest_inside.reshape(shape)
-    if kind == "sdf" or (kind == "kervadec" and spacing is not None):
-        maps = torch.where(masks & _label_change(codes).unsqueeze(1), 0.0, maps)
-    maps = torch.where(uniform, 0.0, maps)
-    ignored = (codes == Codes(n_classes).ignore).unsqueeze(1)
-    return torch.where(ignored, 0.0, maps)
+        shape = (*masks.shape[:2], *([1] * (masks.ndim - 2)))
+        largest_inside = inside.flatten(2).amax(dim=2).clamp_min(1e-30).reshape(shape)
+        largest_outside = outside.flatten(2).amax(dim=2).clamp_min(1e-30).reshape(shape)
+        maps = outside / largest_outside - inside / largest_inside
+    if boundary is not None:
+        maps = maps.masked_fill_(masks & boundary, 0.0)
+    return maps.masked_fill_(uniform, 0.0)
 
 
 def _label_change(codes: torch.Tensor) -> torch.Tensor:

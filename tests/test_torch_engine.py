@@ -97,6 +97,20 @@ def test_long_lines_are_taken_in_blocks(monkeypatch):
     torch.testing.assert_close(torch_maps(labels, [0, 1, 2], kind="sdf", spacing=(2.0, 1.0, 0.5)), whole)
 
 
+def test_classes_are_taken_a_few_at_a_time(monkeypatch):
+    """boundary, kervadec and sdf maps take their classes in chunks: one class at a time gives
+    the same maps."""
+    import rwmaps_cli.torch_engine as engine
+
+    labels = torch.from_numpy(np.stack([blobs((7, 11, 9), 4, seed=s) for s in (1, 2)]))
+    for kind in ("boundary", "kervadec", "sdf"):
+        whole = torch_maps(labels, range(3), kind=kind, spacing=(1.5, 1.0, 0.8), ignore_label=3)
+        with monkeypatch.context() as patch:
+            patch.setattr(engine, "CLASS_CHUNK_VOXELS", 1)
+            torch.testing.assert_close(torch_maps(labels, range(3), kind=kind, spacing=(1.5, 1.0, 0.8),
+                                                  ignore_label=3), whole)
+
+
 def brute_force_pass(values: np.ndarray, codes: np.ndarray, step: float) -> np.ndarray:
     """One pass straight from its formula, along the last axis: for each voxel ``x`` of a line,
     ``min over y of ((x - y) step)^2 + (values[y] if codes[y] == codes[x] else 0)``."""
