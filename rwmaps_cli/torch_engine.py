@@ -313,23 +313,30 @@ def _envelope(values: torch.Tensor, codes: torch.Tensor, start: torch.Tensor, en
 
 
 def _ranged_min(values, codes, rows, lo, hi, step):
-    """The minimum and leftmost minimiser over ``y`` in ``[lo, hi]`` of each line's ``rows``."""
+    """The minimum and leftmost minimiser over ``y`` in ``[lo, hi]`` of each line's ``rows``.
+
+    The candidates of all (line, row) pairs lie end to end in one flat array; each is
+    addressed by its flat index into ``values`` (line * n + y), so that a candidate needs
+    three gathers of its row's quantities and two of its own.
+    """
     n_lines, n = values.shape
+    device = values.device
+    base = (torch.arange(n_lines, device=device) * n)[:, None]  # each line's first flat index
     counts = (hi - lo + 1).reshape(-1)
     segment = torch.repeat_interleave(counts)  # the (line, row) each candidate belongs to
-    first = counts.cumsum(0) - counts
-    y = lo.reshape(-1)[segment] + (torch.arange(segment.numel(), device=values.device) - first[segment])
-    line = torch.div(segment, rows.numel(), rounding_mode="floor")
-    x = rows[segment % rows.numel()]
-    at_y, at_x = line * n + y, line * n + x
-    same = codes.reshape(-1)[at_y] == codes.reshape(-1)[at_x]
-    candidate = torch.where(same, values.reshape(-1)[at_y], 0.0) + ((x - y).to(torch.float32) * step).square_()
-    best = torch.full(counts.shape, float("inf"), device=values.device)
+    first = counts.cumsum(0) - counts  # where each row's candidates begin
+    at_x = (base + rows).reshape(-1)
+    at_y = torch.arange(segment.numel(), device=device) + (base + lo).reshape(-1).sub_(first)[segment]
+    flat_values, flat_codes = values.reshape(-1), codes.reshape(-1)
+    same = flat_codes[at_y] == flat_codes[at_x][segment]
+    offset = (at_x[segment] - at_y).to(torch.float32).mul_(step).square_()
+    candidate = torch.where(same, flat_values[at_y], 0.0).add_(offset)
+    best = torch.full(counts.shape, float("inf"), device=device)
     best.scatter_reduce_(0, segment, candidate, reduce="amin")
-    leftmost = torch.full(counts.shape, n, dtype=torch.int64, device=values.device)
-    leftmost.scatter_reduce_(0, segment, torch.where(candidate == best[segment], y, n), reduce="amin")
-    leftmost = torch.minimum(leftmost, hi.reshape(-1))  # all-inf rows: any y; keep it in range
-    return best.view(n_lines, -1), leftmost.view(n_lines, -1)
+    leftmost = torch.full(counts.shape, n_lines * n, dtype=torch.int64, device=device)
+    leftmost.scatter_reduce_(0, segment, torch.where(candidate == best[segment], at_y, n_lines * n), reduce="amin")
+    leftmost = leftmost.view(n_lines, -1) - base
+    return best.view(n_lines, -1), torch.minimum(leftmost, hi)  # an all-inf row: lo, in range
 
 
 def _fields(codes: torch.Tensor, slice_axis: int | None):
