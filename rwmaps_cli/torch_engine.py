@@ -23,8 +23,8 @@ them, whose ``h`` is 0.  Within a run the candidates are the same for every
 voxel and ``(x - y)^2`` is a Monge array, so the minimiser never moves left as ``x`` moves
 right: the rows are taken coarse to fine (``log2 n`` levels), each searching only between its
 neighbours' minimisers.  Each level is a few gathers and a segmented minimum over all lines at
-once (``_envelope``); lines are taken in blocks of about :data:`BLOCK_ELEMENTS` voxels of work,
-so memory does not grow with the volume.  The first pass has no values yet: each voxel's
+once (``_envelope``); lines are taken in blocks of at most :data:`BLOCK_VOXELS` voxels, so
+memory does not grow with the volume.  The first pass has no values yet: each voxel's
 nearest voxel of another code on its line is two running maxima (``_nearest_other``).
 
 **Outside distances** (``boundary``, ``kervadec``, ``sdf``): each class's distance outside it is
@@ -52,17 +52,23 @@ from .contract import (
     sorted_codes,
 )
 
-__all__ = ["BLOCK_ELEMENTS", "CLASS_CHUNK_VOXELS", "compute_maps", "inside_distance", "device_problem", "numpy_inside_distance",
+__all__ = ["BLOCK_VOXELS", "compute_maps", "inside_distance", "device_problem", "numpy_inside_distance",
            "resolve_device"]
 
-#: A pass takes its lines in blocks of ``BLOCK_ELEMENTS / 8`` voxels: a level's candidates
-#: and their int64 indices then stay within a few hundred MiB, whatever the volume.
-BLOCK_ELEMENTS = 1 << 25
+#: How many voxels one step of the work holds at most: a pass's block of lines, or the masks of
+#: a few classes for boundary, kervadec and sdf.  None chooses by device: ``2^22`` on the CPU;
+#: on a GPU, what half its free memory holds (about 512 bytes a voxel at a pass's peak), between
+#: ``2^22`` and ``2^28``, so that a CT-sized volume is one block of a few hundred launches.
+BLOCK_VOXELS: int | None = None
 
 
-#: boundary, kervadec and sdf maps take their classes a few at a time: as many as keep a
-#: chunk's masks within this many voxels (one class at a time for a CT-sized batch).
-CLASS_CHUNK_VOXELS = 1 << 24
+def _block_voxels(device: torch.device) -> int:
+    if BLOCK_VOXELS is not None:
+        return BLOCK_VOXELS
+    if device.type != "cuda":
+        return 1 << 22
+    free, _ = torch.cuda.mem_get_info(device)
+    return min(max(free // 1024, 1 << 22), 1 << 28)
 
 
 def compute_maps(
@@ -245,7 +251,7 @@ def _pass(squared: torch.Tensor, codes: torch.Tensor, axis: int, step: float, fi
     values = values.reshape(-1, n)
     line_codes = codes.movedim(axis, -1).reshape(-1, n)
     out = torch.empty_like(values)
-    lines = max(1, BLOCK_ELEMENTS // (8 * n))  # a block's int64 work tensors stay near BLOCK_ELEMENTS
+    lines = max(1, _block_voxels(values.device) // n)
     for begin in range(0, values.shape[0], lines):
         block = slice(begin, begin + lines)
         start, end = _runs(line_codes[block])
@@ -296,20 +302,19 @@ def _envelope(values: torch.Tensor, codes: torch.Tensor, start: torch.Tensor, en
     low, high = (start - 1).clamp_min(0), (end + 1).clamp_max(n - 1)
     minimiser = torch.empty((n_lines, n), dtype=torch.int64, device=device)
     out = torch.empty_like(values)
-    stride = 1 << max(0, (n - 1).bit_length())
-    rows = torch.zeros(1, dtype=torch.int64, device=device)
-    while True:
+    coarsest = 1 << max(0, (n - 1).bit_length())  # a power of two >= n: row 0 alone
+    stride, rows = coarsest, torch.zeros(1, dtype=torch.int64, device=device)
+    while stride:
         lo, hi = low[:, rows], high[:, rows]
-        if stride < (1 << max(0, (n - 1).bit_length())):  # a finer level: use the coarser rows' minimisers
+        if stride < coarsest:  # the rows stride away were done a level before
             left, right = rows - stride, (rows + stride).clamp_max(n - 1)
             own_run = start[:, rows]
             lo = torch.where(start[:, left] == own_run, minimiser[:, left], lo)
             hi = torch.where((rows + stride < n) & (start[:, right] == own_run), minimiser[:, right], hi)
         out[:, rows], minimiser[:, rows] = _ranged_min(values, codes, rows, lo, hi, step)
         stride //= 2
-        if stride == 0:
-            return out
-        rows = torch.arange(stride, n, 2 * stride, device=device)
+        rows = torch.arange(stride, n, 2 * stride, device=device) if stride else rows
+    return out
 
 
 def _ranged_min(values, codes, rows, lo, hi, step):
@@ -398,14 +403,14 @@ def _expand(values: torch.Tensor, codes: torch.Tensor, n_classes: int) -> torch.
 
 def _distance_maps(codes: torch.Tensor, request: MapRequest, spacing) -> torch.Tensor:
     """boundary, kervadec or sdf maps of each field: one two-code pass per class, the classes
-    taken a few at a time (as many as :data:`CLASS_CHUNK_VOXELS` allows), written into the output."""
+    taken a few at a time (as many as :data:`BLOCK_VOXELS` allows), written into the output."""
     n_classes = len(request.classes)
     out = torch.empty((codes.shape[0], n_classes, *codes.shape[1:]), dtype=torch.float32, device=codes.device)
     # sdf, and kervadec in physical units, set the inner boundary to exactly 0 (contract)
     zero_boundary = request.kind == "sdf" or (request.kind == "kervadec" and spacing is not None)
     boundary = _label_change(codes).unsqueeze(1) if zero_boundary else None
     ignored = (codes == Codes(n_classes).ignore).unsqueeze(1)
-    step = max(1, CLASS_CHUNK_VOXELS // max(1, codes.numel()))
+    step = max(1, _block_voxels(codes.device) // max(1, codes.numel()))
     for first in range(0, n_classes, step):
         chunk = range(first, min(n_classes, first + step))
         masks = torch.stack([codes == Codes.of_class(c) for c in chunk], dim=1)  # (F, chunk, *field)

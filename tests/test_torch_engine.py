@@ -87,13 +87,13 @@ def test_per_slice_maps_and_the_compact_layout(device):
 
 
 def test_long_lines_are_taken_in_blocks(monkeypatch):
-    """A pass takes its lines in blocks of about BLOCK_ELEMENTS work: a tiny bound (a few
+    """A pass takes its lines in blocks of at most BLOCK_VOXELS voxels: a tiny bound (a few
     lines per block) gives the same maps."""
     import rwmaps_cli.torch_engine as engine
 
     labels = torch.from_numpy(blobs((5, 40, 37), 3, seed=6))[None]
     whole = torch_maps(labels, [0, 1, 2], kind="sdf", spacing=(2.0, 1.0, 0.5))
-    monkeypatch.setattr(engine, "BLOCK_ELEMENTS", 40 * 40 * 3)  # 15 lines at a time
+    monkeypatch.setattr(engine, "BLOCK_VOXELS", 40 * 15)  # 15 lines at a time
     torch.testing.assert_close(torch_maps(labels, [0, 1, 2], kind="sdf", spacing=(2.0, 1.0, 0.5)), whole)
 
 
@@ -106,7 +106,7 @@ def test_classes_are_taken_a_few_at_a_time(monkeypatch):
     for kind in ("boundary", "kervadec", "sdf"):
         whole = torch_maps(labels, range(3), kind=kind, spacing=(1.5, 1.0, 0.8), ignore_label=3)
         with monkeypatch.context() as patch:
-            patch.setattr(engine, "CLASS_CHUNK_VOXELS", 1)
+            patch.setattr(engine, "BLOCK_VOXELS", labels.numel())  # one class at a time
             torch.testing.assert_close(torch_maps(labels, range(3), kind=kind, spacing=(1.5, 1.0, 0.8),
                                                   ignore_label=3), whole)
 
