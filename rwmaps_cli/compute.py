@@ -63,6 +63,12 @@ class Outcome:
         return len(self.failures)
 
 
+#: Cases at once with ``engine=torch`` on a GPU when ``jobs`` is not given: each worker process
+#: holds its own CUDA context (about 0.5 GB of the GPU, and PyTorch's few GB of host memory), and a
+#: few keep the GPU busy while the others read and write.
+GPU_JOBS = 4
+
+
 @dataclass(frozen=True)
 class Request:
     """What ``rwmaps compute`` is asked to do: its options (``rwmaps compute --help`` says
@@ -177,7 +183,8 @@ def _open_run(input_dir: Path, output_dir, request: Request, progress, on_failur
     """The run's dataset, cases and output folder; usage errors first."""
     dataset, output_dir, request = _open_input(input_dir, output_dir, request)
     cases = _share(dataset.cases, request.part)
-    return _Run(request, dataset, cases, output_dir, _jobs(request.jobs, len(cases)),
+    jobs = request.jobs or (GPU_JOBS if _on_a_gpu(request) else None)
+    return _Run(request, dataset, cases, output_dir, _jobs(jobs, len(cases)),
                 progress or (lambda total, description: NoBar()), on_failure or (lambda path, result: None))
 
 
@@ -333,6 +340,14 @@ def _check_device(engine: str, device: str) -> None:
     problem = device_problem(device)
     if problem is not None:
         raise UsageError(f"`device={device}`: {problem}; use `device=cpu` or `device=auto`")
+
+
+def _on_a_gpu(request: Request) -> bool:
+    if request.engine != "torch":
+        return False
+    from .torch_engine import resolve_device
+
+    return resolve_device(request.device).type == "cuda"
 
 
 def _check_writable(output_dir: Path) -> None:
