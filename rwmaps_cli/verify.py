@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .contract import DEFAULT_DEVICE, DEFAULT_ENGINE
 from .case import case_maps, case_memory_need, case_voxels
 from .inputs.dataset import Case, Dataset, find_dataset
 from .errors import InputError, UsageError
@@ -174,7 +175,10 @@ def verify(
     chosen = {dataset.cases[i].name for i in sample_indices(len(dataset.cases), sample)}
     recompute, touched = _check_maps(dataset, parsed, chosen, report)
     report.problems += _stray_files(dataset, output_dir, settings.fmt)
-    _compare_recomputed(recompute, settings, jobs or usable_cores(), progress, touched, report)
+    # Recomputed by the default engine, whichever wrote the maps: every engine gives the same
+    # maps, so this checks one engine against another, and needs no GPU or PyTorch here.
+    _compare_recomputed(recompute, replace(settings, engine=DEFAULT_ENGINE, device=DEFAULT_DEVICE),
+                        jobs or usable_cores(), progress, touched, report)
     for case in touched.values():
         report.problems.append(f"{case.input}: modified after its map was computed (same size, other mtime) "
                                "and not recomputed here; check it with a `sample` covering it, or rerun compute")
