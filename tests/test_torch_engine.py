@@ -111,6 +111,29 @@ def test_classes_are_taken_a_few_at_a_time(monkeypatch):
                                                   ignore_label=3), whole)
 
 
+def test_the_work_does_not_grow_with_the_number_of_classes(monkeypatch):
+    """The cost of an rrw map does not depend on the number of classes: counted, not timed, as
+    the candidates the passes examine, on brain-like crops at 4 and at 83 classes (more classes
+    make shorter runs, so fewer candidates)."""
+    import rwmaps_cli.torch_engine as engine
+
+    examined = []
+    ranged_min = engine._ranged_min
+
+    def counting(values, codes, rows, lo, hi, step):
+        examined.append(int((hi - lo + 1).sum()))
+        return ranged_min(values, codes, rows, lo, hi, step)
+
+    monkeypatch.setattr(engine, "_ranged_min", counting)
+    work = {}
+    for n_classes in (4, 83):
+        labels = torch.from_numpy(np.stack([brain_like_labels((40, 44, 36), n_classes, seed=s) for s in (1, 2)]))
+        examined.clear()
+        torch_maps(labels.long(), range(n_classes), layout="compact")
+        work[n_classes] = sum(examined)
+    assert 0 < work[83] <= 1.5 * work[4], work
+
+
 def brute_force_pass(values: np.ndarray, codes: np.ndarray, step: float) -> np.ndarray:
     """One pass straight from its formula, along the last axis: for each voxel ``x`` of a line,
     ``min over y of ((x - y) step)^2 + (values[y] if codes[y] == codes[x] else 0)``."""
