@@ -46,8 +46,10 @@ class HeaderVoxels(dict):
 
 
 def case_memory_need(voxels: int, settings: Settings) -> int:
-    """Estimated peak bytes of a case of ``voxels`` voxels: its map plus input and four float32 volumes."""
-    return voxels * (settings.map_channels * np.dtype(settings.dtype).itemsize + 4 * 4 + 8)
+    """Estimated peak bytes of a case of ``voxels`` voxels: its map plus input and four float32
+    volumes; with the torch engine, its pass's work too (about 128 bytes a voxel, measured)."""
+    engine_work = 128 if settings.engine == "torch" else 0
+    return voxels * (settings.map_channels * np.dtype(settings.dtype).itemsize + 4 * 4 + 8 + engine_work)
 
 
 def case_maps(volume: LabelVolume, settings: Settings, threads: int = 1, dtype: str | None = None) -> np.ndarray:
@@ -138,11 +140,23 @@ def contained(name: str, body: Callable[[], dict]) -> CaseResult:
         return result(status=FAILED, error=str(error))
     except MemoryError:
         return result(status=FAILED, error="out of memory: this case needs more memory than is available")
+    except RuntimeError as error:  # PyTorch's allocators fail with a RuntimeError
+        if type(error).__name__ == "OutOfMemoryError":  # CUDA's
+            return result(status=FAILED, error="out of memory on the GPU: this case needs more GPU memory than is "
+                          "free; use fewer `jobs`, or `device=cpu`")
+        if "can't allocate memory" in str(error):  # the CPU's
+            return result(status=FAILED, error="out of memory: this case needs more memory than is available")
+        return _internal_error(result, error)
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):  # the map was not written (its temporary is gone)
             return result(status=FAILED, error="no space left on the output file system (map not written)",
                           disk_full=True)
         return result(status=FAILED, error=f"cannot write the map: {error.strerror or error}")
     except Exception as error:  # a bug: keep the traceback for --debug
-        return result(status=FAILED, error=f"internal error: {type(error).__name__}: {error}",
-                      traceback=traceback.format_exc())
+        return _internal_error(result, error)
+
+
+def _internal_error(result: Callable[..., CaseResult], error: Exception) -> CaseResult:
+    """A bug: one line, and the traceback for --debug."""
+    return result(status=FAILED, error=f"internal error: {type(error).__name__}: {error}",
+                  traceback=traceback.format_exc())

@@ -111,7 +111,7 @@ def _quiet_libraries() -> None:
 @click.option("--max-classes", type=click.IntRange(min=1), default=DEFAULT_MAX_CLASSES, show_default=True,
               help="Refuse an automatic class list longer than this (an image mistaken for labels).")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None,
-              help="Cases computed in parallel.  [default: all cores]")
+              help="Cases computed in parallel.  [default: all cores; 4 with --engine torch on a GPU]")
 @click.option("--scheduler", metavar="ADDRESS",
               help="Compute on a Dask cluster: its scheduler (tcp://HOST:PORT, or a scheduler file), or 'local' "
                    "for a LocalCluster of --jobs worker processes here. The workers must see the same files; "

@@ -240,7 +240,7 @@ def _open_input(input_dir: Path, output_dir, request: Request) -> tuple[Dataset,
     if preprocessed and (request.include or request.exclude):
         raise UsageError("`include` and `exclude` select label files; a preprocessed folder's cases are nnU-Net's")
     _check_options(request.kind, fmt, request.layout, request.dtype)
-    _check_device(request.engine, request.device)
+    _check_device(request.engine, request.device, request.scheduler)
     dataset = find_dataset(input_dir, output_dir, fmt, request.include, request.exclude)
     slice_axis = request.slice_axis
     if dataset.preprocessed is not None and dataset.preprocessed.is_2d and slice_axis is None:
@@ -326,12 +326,16 @@ def _check_options(kind: str, fmt: str, layout: str, dtype: str) -> None:
         raise UsageError(f"`layout={layout}` `kind={kind}`: {error}") from None
 
 
-def _check_device(engine: str, device: str) -> None:
-    """The torch engine's device, checked before any work (PyTorch is imported only for it)."""
+def _check_device(engine: str, device: str, scheduler: str | None) -> None:
+    """The torch engine's device, checked before any work (PyTorch is imported only for it).
+    With a Dask scheduler the workers, not this machine, have the device: each case that
+    cannot use it fails with the reason."""
     if engine != "torch":
         if device != DEFAULT_DEVICE:
             raise UsageError(f"`device={device}` chooses where `engine=torch` computes; "
                              f"this run uses `engine={engine}`")
+        return
+    if scheduler is not None:
         return
     try:
         from .torch_engine import device_problem
@@ -343,7 +347,8 @@ def _check_device(engine: str, device: str) -> None:
 
 
 def _on_a_gpu(request: Request) -> bool:
-    if request.engine != "torch":
+    """Local workers will compute on a GPU."""
+    if request.engine != "torch" or request.scheduler is not None:
         return False
     from .torch_engine import resolve_device
 

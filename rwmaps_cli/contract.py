@@ -1,6 +1,7 @@
 """What a map is, whichever engine computes it: the contract every kernel shares.
 
-An engine (the numpy kernel of :mod:`rwmaps_cli.maps`; a PyTorch one may follow) supplies
+An engine (the numpy kernel of :mod:`rwmaps_cli.maps`; the PyTorch one of
+:mod:`rwmaps_cli.torch_engine`) supplies
 what differs between engines: the distance transform, and where the arrays live.  Everything
 else is stated here once, in plain Python on small values, so that every engine uses the
 same definitions:

@@ -1,4 +1,4 @@
-"""Region-wise loss in PyTorch, from the compact (one channel) map.
+"""Region-wise loss in PyTorch, from the compact (one channel) map or from maps it computes.
 
 An ``rrw`` map has, at every voxel, its own class's value ``v = -EDT/max`` in the channel
 of that voxel's class and the outside value in every other channel (``docs/design.md``, "The
@@ -18,8 +18,8 @@ per-patch maps, exact after any augmentation, in the training step::
     loss = region_wise_loss(logits, labels, None, classes, kind="sdf")   # the normalised Boundary loss
 
 Only ``rrw`` has a compact map, and ``ac`` needs none.  The other kinds (``boundary``,
-``kervadec``, ``sdf``) exist only as full maps, whose loss is one line and needs nothing
-from here::
+``kervadec``, ``sdf``) exist only as full maps: computed here with ``compact=None``, or, given
+one, a loss of one line::
 
     loss = (torch.softmax(logits, dim=1) * full_map).mean()
 
@@ -51,7 +51,8 @@ __all__ = ["COMPACT_KINDS", "RENORMALIZE", "check_compact_kind", "class_index", 
 
 Outside = float | Sequence[float] | torch.Tensor
 
-#: The kinds this module takes: ``rrw`` (from its compact map) and ``ac`` (from the labels alone).
+#: The kinds with a compact form here: ``rrw`` (its compact map) and ``ac`` (from the labels alone).
+#: The others are full maps, which :func:`region_wise_loss` computes itself with ``compact=None``.
 COMPACT_KINDS = ("rrw", "ac")
 
 
@@ -215,7 +216,8 @@ def region_wise_loss(
     The mean runs over the batch, the C channels and the voxels (ignored voxels count in
     the denominator with weight 0, as in the full map), so the value and its gradient
     equal those of the full-map loss.  Memory: the softmax and a few ``(B, *spatial)``
-    tensors; never ``(B, C, *spatial)`` map channels.
+    tensors; never ``(B, C, *spatial)`` map channels, except the full maps of ``boundary``,
+    ``kervadec`` and ``sdf`` computed here.
 
     Parameters
     ----------
@@ -260,11 +262,7 @@ def region_wise_loss(
     ValueError
         Unknown label values, mismatched shapes, a bad ``outside``, ``kind`` or ``renormalize``.
     """
-    if compact is not None or kind not in KINDS:
-        check_compact_kind(kind)  # before the shapes: a full map of another kind would fail them first
-        if spacing is not None or slice_axis is not None:
-            raise ValueError("spacing and slice_axis are for maps computed here (compact=None); "
-                             "a compact map was made with its own")
+    _check_map_options(compact, kind, outside, renormalize, spacing, slice_axis)
     if logits.ndim < 2 or logits.shape[1] != len(classes):
         raise ValueError(f"logits have shape {tuple(logits.shape)}; expected (B, {len(classes)}, *spatial)")
     # Everything follows the softmax: the logits' device and dtype (under autocast, the dtype
@@ -293,6 +291,20 @@ def region_wise_loss(
         outside_own = weights[index]
     per_voxel = torch.where(valid, outside_sum + own * (value - outside_own), 0)
     return per_voxel.sum() / probs.numel()
+
+
+def _check_map_options(compact, kind, outside, renormalize, spacing, slice_axis) -> None:
+    """ValueError for an option the loss would not use with this map."""
+    if compact is not None or kind not in KINDS:
+        check_compact_kind(kind)  # before the shapes: a full map of another kind would fail them first
+    computed_here = compact is None and kind != "ac"
+    if not computed_here and (spacing is not None or slice_axis is not None):
+        raise ValueError("spacing and slice_axis are for maps computed here (compact=None, a kind with "
+                         "distances); " + ("an ac map has none" if kind == "ac" else "a compact map was made with its own"))
+    if computed_here and kind not in COMPACT_KINDS:
+        outside_given = not (isinstance(outside, (int, float)) and outside == 1.0)
+        if outside_given or renormalize is not None:
+            raise ValueError(f"outside and renormalize shape rrw maps; a {kind} map computed here is used as it is")
 
 
 def _maps_here(labels, logits, classes, kind, spacing, slice_axis, ignore_label) -> torch.Tensor:

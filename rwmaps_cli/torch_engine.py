@@ -23,7 +23,7 @@ them, whose ``h`` is 0.  Within a run the candidates are the same for every
 voxel and ``(x - y)^2`` is a Monge array, so the minimiser never moves left as ``x`` moves
 right: the rows are taken coarse to fine (``log2 n`` levels), each searching only between its
 neighbours' minimisers.  Each level is a few gathers and a segmented minimum over all lines at
-once (``_envelope``); lines are taken in blocks of at most :data:`BLOCK_VOXELS` voxels, so
+once (``_monotone_min``); lines are taken in blocks of at most :data:`BLOCK_VOXELS` voxels, so
 memory does not grow with the volume.  The first pass has no values yet: each voxel's
 nearest voxel of another code on its line is two running maxima (``_nearest_other``).
 
@@ -37,6 +37,8 @@ This module needs the optional extra ``rwmaps_cli[torch]``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import warnings
 
 import numpy as np
 import torch
@@ -52,13 +54,14 @@ from .contract import (
     sorted_codes,
 )
 
-__all__ = ["BLOCK_VOXELS", "compute_maps", "inside_distance", "device_problem", "numpy_inside_distance",
+__all__ = ["BLOCK_VOXELS", "compute_maps", "device_problem", "inside_distance", "numpy_inside_distance",
            "resolve_device"]
 
 #: How many voxels one step of the work holds at most: a pass's block of lines, or the masks of
 #: a few classes for boundary, kervadec and sdf.  None chooses by device: ``2^22`` on the CPU;
-#: on a GPU, what half its free memory holds (about 512 bytes a voxel at a pass's peak), between
-#: ``2^22`` and ``2^28``, so that a CT-sized volume is one block of a few hundred launches.
+#: on a GPU, what an eighth of its free memory holds (about 512 bytes a voxel at a pass's peak;
+#: an eighth, so that the 4 workers of ``rwmaps compute --engine torch`` fit together), between
+#: ``2^22`` and ``2^28``: a CT-sized volume is a few blocks of a few hundred launches each.
 BLOCK_VOXELS: int | None = None
 
 
@@ -68,7 +71,7 @@ def _block_voxels(device: torch.device) -> int:
     if device.type != "cuda":
         return 1 << 22
     free, _ = torch.cuda.mem_get_info(device)
-    return min(max(free // 1024, 1 << 22), 1 << 28)
+    return min(max(free // (8 * 512), 1 << 22), 1 << 28)
 
 
 def compute_maps(
@@ -119,6 +122,8 @@ def compute_maps(
         raise ValueError(f"labels must be (B, *spatial), got shape {tuple(labels.shape)}")
     request = MapRequest.checked(classes, tuple(labels.shape[1:]), kind, layout, spacing, slice_axis, ignore_label)
     codes = channel_codes(labels, request)
+    if codes.numel() == 0:  # an empty batch or axis: an empty map, as the numpy kernel gives
+        return torch.zeros((labels.shape[0], *request.map_shape(labels.shape[1:])), dtype=dtype, device=labels.device)
     codes, fold = _fields(codes, request.slice_axis)
     spacing = request.spacing if request.slice_axis is None else request.in_plane_spacing()
     maps = _maps(codes, request, spacing)
@@ -160,37 +165,66 @@ def label_codes(labels: torch.Tensor, known: Sequence[int], n_classes: int) -> t
 
 
 def resolve_device(device: str | torch.device | None = DEFAULT_DEVICE) -> torch.device:
-    """The device ``device`` names: ``"auto"`` (or None) is the first CUDA device when PyTorch
-    sees one, else the CPU.
+    """The device a name chooses.
+
+    Parameters
+    ----------
+    device : str, torch.device or None
+        ``"auto"`` (or None): the first CUDA device when PyTorch sees one, else the CPU;
+        ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Returns
+    -------
+    torch.device
 
     Raises
     ------
     ValueError
-        A name PyTorch does not know, or a CUDA device PyTorch cannot see (:func:`device_problem`).
+        Another name, or a CUDA device PyTorch cannot see (:func:`device_problem`).
     """
     problem = device_problem(device)
     if problem is not None:
         raise ValueError(f"device {device!r}: {problem}")
     if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if _cuda_devices() else "cpu")
     return torch.device(device)
 
 
 def device_problem(device: str | torch.device | None) -> str | None:
-    """Why ``device`` cannot compute here, in a few words; None when it can."""
+    """Why ``device`` cannot compute here, in a few words.
+
+    Parameters
+    ----------
+    device : str, torch.device or None
+        As :func:`resolve_device` takes it.
+
+    Returns
+    -------
+    str or None
+        None when it can compute here.
+    """
     if device is None or device == "auto":
         return None
     try:
         chosen = torch.device(device)
     except (RuntimeError, TypeError):
-        return "PyTorch knows no such device (expected auto, cpu, cuda or cuda:N)"
-    if chosen.type == "cuda" and (not torch.cuda.is_available() or (chosen.index or 0) >= torch.cuda.device_count()):
-        return f"PyTorch sees {torch.cuda.device_count()} CUDA device(s) here"
+        chosen = None
+    if chosen is None or chosen.type not in ("cpu", "cuda"):
+        return "not a device rwmaps computes on (expected auto, cpu, cuda or cuda:N)"
+    if chosen.type == "cuda" and (chosen.index or 0) >= _cuda_devices():
+        return f"PyTorch sees {_cuda_devices()} CUDA device(s) here"
     return None
 
 
+def _cuda_devices() -> int:
+    """The CUDA devices PyTorch sees; 0 without a driver (its warning saying so is not printed)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDA initialization: ..." on machines without a GPU
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def numpy_inside_distance(codes: np.ndarray, spacing: Sequence[float] | None = None,
-                          device: str | None = DEFAULT_DEVICE, threads: int = 1) -> np.ndarray:
+                          device: str | torch.device | None = DEFAULT_DEVICE, threads: int = 1) -> np.ndarray:
     """:func:`inside_distance` of one numpy field, computed on ``device``: what the numpy
     kernel's ``engine="torch"`` takes its distances from.
 
@@ -198,7 +232,7 @@ def numpy_inside_distance(codes: np.ndarray, spacing: Sequence[float] | None = N
     ----------
     codes : (*spatial) integer or bool array
     spacing : sequence of float, optional
-    device : str
+    device : str, torch.device or None
         See :func:`resolve_device`.
     threads : int
         PyTorch's threads while it computes on the CPU.
@@ -209,7 +243,7 @@ def numpy_inside_distance(codes: np.ndarray, spacing: Sequence[float] | None = N
         ``inf`` everywhere for a field of one code (as the ``edt`` package).
     """
     chosen = resolve_device(device)
-    field = torch.from_numpy(np.ascontiguousarray(codes).astype(np.int32, copy=False))[None].to(chosen)
+    field = torch.from_numpy(np.ascontiguousarray(codes))[None].to(chosen)
     if chosen.type != "cpu":
         return inside_distance(field, spacing)[0].cpu().numpy()
     previous = torch.get_num_threads()
@@ -235,12 +269,22 @@ def inside_distance(codes: torch.Tensor, spacing: Sequence[float] | None = None)
         ``inf`` in a field that holds one code only (no voxel of another code exists).
     """
     squared = torch.full(codes.shape, float("inf"), dtype=torch.float32, device=codes.device)
-    codes = codes.to(torch.int32)  # compared at every candidate: the narrowest type that holds any code
+    if codes.numel() == 0:
+        return squared
+    if _fits_int32(codes):  # compared at every candidate: the narrower the faster
+        codes = codes.to(torch.int32)
     spatial = codes.ndim - 1
     for axis in range(spatial):
         step = 1.0 if spacing is None else float(spacing[axis])
         squared = _pass(squared, codes, axis + 1, step, first=axis == 0)
     return squared.sqrt_()
+
+
+def _fits_int32(codes: torch.Tensor) -> bool:
+    if codes.dtype in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32):
+        return True
+    info = torch.iinfo(torch.int32)
+    return info.min <= int(codes.min()) and int(codes.max()) <= info.max
 
 
 def _pass(squared: torch.Tensor, codes: torch.Tensor, axis: int, step: float, first: bool) -> torch.Tensor:
@@ -258,7 +302,7 @@ def _pass(squared: torch.Tensor, codes: torch.Tensor, axis: int, step: float, fi
         if first:  # no value yet: only the nearest voxel of another code counts
             out[block] = _nearest_other(start, end, step)
         else:
-            out[block] = _envelope(values[block].contiguous(), line_codes[block].contiguous(), start, end, step)
+            out[block] = _monotone_min(values[block].contiguous(), line_codes[block].contiguous(), start, end, step)
     return out.reshape(shape).movedim(-1, axis)
 
 
@@ -286,15 +330,16 @@ def _nearest_other(start: torch.Tensor, end: torch.Tensor, step: float) -> torch
     return squared.masked_fill_(nearest > n, float("inf"))
 
 
-def _envelope(values: torch.Tensor, codes: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
+def _monotone_min(values: torch.Tensor, codes: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
               step: float) -> torch.Tensor:
     """Every voxel's minimum over its run and the run's two neighbours ``(L, n)``, by divide and conquer.
 
     Within a run, the candidates are the same for every voxel (the run's values, and 0 at the
     voxels just outside it), and ``(x - y)^2`` is a Monge array, so the leftmost minimising
-    ``y`` never decreases with ``x``.  The rows are taken coarse to fine (0; then ``n/2``;
-    then ``n/4, 3n/4``; ...): each row searches only between the minimisers of its two
-    neighbours of the level above when they are in its run, its run's whole range otherwise.
+    ``y`` never decreases with ``x``.  The rows are taken coarse to fine, by the powers of two
+    below ``n``: row 0; then the odd multiples of each smaller power (for ``n = 5``: 0, 4, 2,
+    1 and 3).  Each row searches only between the minimisers of its two neighbours a stride
+    away, done a level before, when they are in its run; its run's whole range otherwise.
     Each level costs O(n) per line; there are ``log2 n`` levels.
     """
     n_lines, n = values.shape
@@ -329,19 +374,18 @@ def _ranged_min(values, codes, rows, lo, hi, step):
     base = (torch.arange(n_lines, device=device) * n)[:, None]  # each line's first flat index
     counts = (hi - lo + 1).reshape(-1)
     segment = torch.repeat_interleave(counts)  # the (line, row) each candidate belongs to
-    first = counts.cumsum(0) - counts  # where each row's candidates begin
+    begins = counts.cumsum(0) - counts  # where each row's candidates begin
     at_x = (base + rows).reshape(-1)
-    at_y = torch.arange(segment.numel(), device=device) + (base + lo).reshape(-1).sub_(first)[segment]
+    at_y = torch.arange(segment.numel(), device=device) + (base + lo).reshape(-1).sub_(begins)[segment]
     flat_values, flat_codes = values.reshape(-1), codes.reshape(-1)
     same = flat_codes[at_y] == flat_codes[at_x][segment]
     offset = (at_x[segment] - at_y).to(torch.float32).mul_(step).square_()
     candidate = torch.where(same, flat_values[at_y], 0.0).add_(offset)
-    best = torch.full(counts.shape, float("inf"), device=device)
+    best = torch.full(counts.shape, float("inf"), dtype=candidate.dtype, device=device)
     best.scatter_reduce_(0, segment, candidate, reduce="amin")
     leftmost = torch.full(counts.shape, n_lines * n, dtype=torch.int64, device=device)
     leftmost.scatter_reduce_(0, segment, torch.where(candidate == best[segment], at_y, n_lines * n), reduce="amin")
-    leftmost = leftmost.view(n_lines, -1) - base
-    return best.view(n_lines, -1), torch.minimum(leftmost, hi)  # an all-inf row: lo, in range
+    return best.view(n_lines, -1), leftmost.view(n_lines, -1) - base  # an all-inf row: its lo
 
 
 def _fields(codes: torch.Tensor, slice_axis: int | None):
@@ -365,7 +409,7 @@ def _maps(codes: torch.Tensor, request: MapRequest, spacing) -> torch.Tensor:
     """The maps of F fields of codes ``(F, *field)``: ``(F, C, *field)``, or compact ``(F, *field)``."""
     n_classes = len(request.classes)
     if request.kind == "ac":
-        return _expand(torch.zeros(codes.shape, device=codes.device), codes, n_classes)
+        return _expand(torch.zeros(codes.shape, dtype=torch.float32, device=codes.device), codes, n_classes)
     if request.kind == "rrw":
         values = _own_class_values(codes, n_classes, spacing)
         return values if request.layout == "compact" else _expand(values, codes, n_classes)
@@ -410,12 +454,12 @@ def _distance_maps(codes: torch.Tensor, request: MapRequest, spacing) -> torch.T
     zero_boundary = request.kind == "sdf" or (request.kind == "kervadec" and spacing is not None)
     boundary = _label_change(codes).unsqueeze(1) if zero_boundary else None
     ignored = (codes == Codes(n_classes).ignore).unsqueeze(1)
-    step = max(1, _block_voxels(codes.device) // max(1, codes.numel()))
-    for first in range(0, n_classes, step):
-        chunk = range(first, min(n_classes, first + step))
+    per_chunk = max(1, _block_voxels(codes.device) // max(1, codes.numel()))
+    for first_class in range(0, n_classes, per_chunk):
+        chunk = range(first_class, min(n_classes, first_class + per_chunk))
         masks = torch.stack([codes == Codes.of_class(c) for c in chunk], dim=1)  # (F, chunk, *field)
         maps = _signed_distances(masks, request.kind, spacing, boundary)
-        out[:, first:first + len(chunk)] = maps.masked_fill_(ignored, 0.0)
+        out[:, first_class:first_class + len(chunk)] = maps.masked_fill_(ignored, 0.0)
     return out
 
 

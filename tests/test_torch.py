@@ -412,6 +412,10 @@ def test_maps_computed_in_the_loss_equal_the_maps_of_each_item(device, kind, opt
     full = np.stack([compute_maps(item, classes, kind=kind, **options) for item in labels]).astype(np.float64)
     logits = random_logits((2, 3, 14, 12, 8), seed=5).to(device)
     labels_t, full_t = torch.from_numpy(labels).to(device), torch.from_numpy(full).to(device)
+    if kind == "ac" and ("spacing" in options or "slice_axis" in options):  # an ac map has no distances
+        with pytest.raises(ValueError, match="an ac map has none"):
+            region_wise_loss(logits, labels_t, None, classes, kind=kind, **options)
+        options = {key: value for key, value in options.items() if key == "ignore_label"}
     want, want_grad = value_and_grad(lambda x: full_loss(x, full_t), logits)
     got, got_grad = value_and_grad(lambda x: region_wise_loss(x, labels_t, None, classes, kind=kind, **options),
                                    logits)
@@ -420,7 +424,10 @@ def test_maps_computed_in_the_loss_equal_the_maps_of_each_item(device, kind, opt
     torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-7)
 
 
-def test_spacing_is_for_maps_computed_in_the_loss():
-    labels = torch.zeros((1, 4, 4), dtype=torch.long)
+def test_options_the_loss_would_not_use_are_refused():
+    labels, logits = torch.zeros((1, 4, 4), dtype=torch.long), torch.zeros((1, 2, 4, 4))
     with pytest.raises(ValueError, match="spacing and slice_axis are for maps computed here"):
-        region_wise_loss(torch.zeros((1, 2, 4, 4)), labels, torch.zeros((1, 4, 4)), [0, 1], spacing=(1.0, 2.0))
+        region_wise_loss(logits, labels, torch.zeros((1, 4, 4)), [0, 1], spacing=(1.0, 2.0))
+    for option in (dict(outside=[1.0, 0.5]), dict(outside=0.5), dict(renormalize="patch")):
+        with pytest.raises(ValueError, match="outside and renormalize shape rrw maps; a sdf map computed here"):
+            region_wise_loss(logits, labels, None, [0, 1], kind="sdf", **option)

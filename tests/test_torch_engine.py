@@ -267,7 +267,7 @@ def test_rwmaps_compute_engine_torch_equals_the_default_engine_on_brains(tmp_pat
 def test_a_device_this_machine_lacks_is_one_line(tmp_path):
     from helpers import SAMPLE_DATA, run_rwmaps
 
-    lacking = "cuda:7" if torch.cuda.is_available() else "cuda"
+    lacking = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
     result = run_rwmaps("compute", "--input", SAMPLE_DATA, "--output", tmp_path / "m", "--engine", "torch",
                         "--device", lacking, check=2)
     assert f"rwmaps: --device {lacking}: PyTorch sees" in result.stderr
@@ -275,3 +275,22 @@ def test_a_device_this_machine_lacks_is_one_line(tmp_path):
     result = run_rwmaps("compute", "--input", SAMPLE_DATA, "--output", tmp_path / "m", "--device", "cpu", check=2)
     assert "--device cpu chooses where --engine torch computes; this run uses --engine edt" in result.stderr
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
+
+
+def test_pytorch_running_out_of_memory_is_one_line_not_a_bug():
+    """A case whose PyTorch allocation fails (here a real one, far beyond any machine) fails with
+    rwmaps' out-of-memory line, not as an internal error with PyTorch's words."""
+    from rwmaps_cli.case import contained
+
+    result = contained("case", lambda: {"size": torch.empty(1 << 45).numel()})
+    assert result.status == "failed" and result.error.startswith("out of memory: this case needs more memory")
+    assert "DefaultCPUAllocator" not in result.error and result.traceback is None
+
+
+def test_the_numpy_api_checks_the_device_first():
+    labels = np.zeros((3, 4), int)
+    with pytest.raises(ValueError, match="device 'cpu' chooses where engine 'torch' computes; this call uses 'edt'"):
+        compute_maps(labels, [0, 1], device="cpu")
+    for device in ("meta", "bogus", f"cuda:{torch.cuda.device_count()}"):
+        with pytest.raises(ValueError, match=f"device '{device}'"):
+            compute_maps(labels, [0, 1], engine="torch", device=device)

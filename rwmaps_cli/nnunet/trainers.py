@@ -229,7 +229,10 @@ class nnUNetTrainerRW(nnUNetTrainer):
         batch['target'] = targets if isinstance(batch['target'], list) else targets[0]
         lm = self.label_manager
         regions = [list(np.atleast_1d(r)) for r in lm.foreground_regions] if lm.has_regions else None
-        return [target_maps(t, lm.all_labels, regions, self.rw_kind, lm.ignore_label) for t in targets]
+        weights = self.loss.weights if self.loss.weights is not None and len(targets) > 1 else (1.0,) * len(targets)
+        # a scale of weight 0 (nnU-Net's lowest) is not in the loss: no map for it
+        return [target_maps(t, lm.all_labels, regions, self.rw_kind, lm.ignore_label) if w != 0
+                else torch.empty(0, device=self.device) for t, w in zip(targets, weights)]
 
 
 class nnUNetTrainerCERW(nnUNetTrainerRW):
