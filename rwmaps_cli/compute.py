@@ -32,7 +32,7 @@ from .contract import (DEFAULT_DEVICE, DEFAULT_DTYPE, DEFAULT_ENGINE, DEFAULT_KI
 from .disk_space import maps_too_big
 from .errors import UsageError
 from .formats import DEFAULT_FORMAT, OUTPUT_DTYPES, OUTPUT_STORES_CLASSES, clean_temporaries
-from .hints import run_hints
+from .hints import TORCH_ON_CPU_HINT, run_hints
 from .inputs.dataset import Case, Dataset, default_output, find_dataset
 from .inputs.nnunet_preprocessed import is_preprocessed_folder
 from .lock import folder_lock
@@ -219,6 +219,8 @@ def _concluded(run: _Run, outcome: Outcome, manifest: Manifest, voxels: HeaderVo
     given = request.classes is not None or run.dataset.dataset_json is not None
     outcome.hints += run_hints(run.dataset, manifest.settings, manifest, [result for _, result in outcome.failures],
                                given and not stop and request.part is None, voxels)
+    if request.engine == "torch" and request.scheduler is None and not _on_a_gpu(request):
+        outcome.hints.append(TORCH_ON_CPU_HINT)
     if defer and len(outcome.classes) > request.max_classes:
         raise UsageError(f"the inputs hold {len(outcome.classes)} distinct label values, more than "
                          f"`max_classes={request.max_classes}`: are some of them images? Their maps are written; "

@@ -50,3 +50,8 @@ def run_hints(dataset: Dataset, settings: Settings, manifest: Manifest, failures
         hints.append(f"the class list {shown} comes from {dataset.dataset_json}; "
                      "fix its 'labels' or pass `classes`")
     return hints
+
+
+#: After a run whose torch engine computed on the CPU: the default engine is the faster one there.
+TORCH_ON_CPU_HINT = ("`engine=torch` computed on the CPU (PyTorch sees no GPU here), where the default "
+                     "`engine=edt` is faster (15-20x, docs/performance.md) and gives the same maps")

@@ -264,6 +264,15 @@ def test_rwmaps_compute_engine_torch_equals_the_default_engine_on_brains(tmp_pat
     assert run_rwmaps("verify", "--input", root, "--output", tmp_path / "torch", check=0).returncode == 0
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the hint is for a run without a GPU")
+def test_a_torch_run_on_the_cpu_hints_at_the_faster_engine(tmp_path):
+    from helpers import SAMPLE_DATA, run_rwmaps
+
+    result = run_rwmaps("compute", "--input", SAMPLE_DATA, "--output", tmp_path / "m", "--engine", "torch", check=0)
+    assert ("rwmaps: hint: --engine torch computed on the CPU (PyTorch sees no GPU here), where the default "
+            "--engine edt is faster") in result.stderr
+
+
 def test_a_device_this_machine_lacks_is_one_line(tmp_path):
     from helpers import SAMPLE_DATA, run_rwmaps
 
