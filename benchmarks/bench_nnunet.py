@@ -9,7 +9,8 @@ and the time to crop one patch (cold: page cache dropped first; warm).
 
 For each class count: a synthetic dataset, nnU-Net's planning and preprocessing, the maps
 (timed), then the same RW loss with ``nnUNetTrainerRW`` (maps read from the maps folder)
-and ``nnUNetTrainerRWOnTheFly`` (maps computed in the loader from each augmented patch).
+and ``nnUNetTrainerRWOnTheFly`` (maps computed in the loader from each augmented patch, or with
+the torch engine in the train step, where the loader does no map work).
 Reported per iteration, in the main process (``nnUNet_n_proc_DA=0``, so nothing overlaps):
 the data loader's time (load, crop, augment, map) and the whole iteration (loader plus the
 network's forward and backward pass).  Interleaved runs, median of each.
@@ -54,6 +55,7 @@ VARIANTS = {  # label: (trainer, maps folder beside the data folder or None, on-
     "precomputed, full": ("nnUNetTrainerRW", None, None),
     "precomputed, compact": ("nnUNetTrainerRW", "compact", None),
     "on the fly, edt": ("nnUNetTrainerRWOnTheFly", None, "edt"),
+    "on the fly, torch engine in the train step": ("nnUNetTrainerRWOnTheFly", None, "torch"),
     "on the fly, scipy per class (paper)": ("nnUNetTrainerRWOnTheFly", None, "scipy"),
 }
 
