@@ -156,8 +156,10 @@ def check_device(engine: str, device: str) -> None:
         if device != DEFAULT_DEVICE:
             raise ValueError(f"device {device!r} chooses where engine 'torch' computes; this call uses {engine!r}")
         return
-    from .torch_engine import resolve_device  # PyTorch is an optional extra
-
+    try:
+        from .torch_engine import resolve_device  # PyTorch is an optional extra
+    except ImportError:
+        raise ImportError("engine 'torch' needs PyTorch: pip install -e '.[torch]' in the rwmaps clone") from None
     resolve_device(device)
 
 

@@ -42,6 +42,7 @@ from .contract import (
     RENORMALIZE,
     Codes,
     check_expansion,
+    check_kind,
     known_labels,
 )
 from .torch_engine import compute_maps, integer_labels as _integer_labels, label_codes  # the PyTorch engine
@@ -295,8 +296,9 @@ def region_wise_loss(
 
 def _check_map_options(compact, kind, outside, renormalize, spacing, slice_axis) -> None:
     """ValueError for an option the loss would not use with this map."""
-    if compact is not None or kind not in KINDS:
+    if compact is not None:
         check_compact_kind(kind)  # before the shapes: a full map of another kind would fail them first
+    check_kind(kind)
     computed_here = compact is None and kind != "ac"
     if not computed_here and (spacing is not None or slice_axis is not None):
         raise ValueError("spacing and slice_axis are for maps computed here (compact=None, a kind with "
