@@ -63,7 +63,7 @@ VARIANTS = {  # label: (trainer, maps folder beside the data folder or None, on-
 def _measure(name: str, variant: str, iterations: int) -> tuple[list[float], list[float]]:
     from nnunetv2.paths import nnUNet_preprocessed
 
-    from .train import build_trainer
+    from rwmaps_cli.nnunet.train import build_trainer
 
     trainer, maps, engine = VARIANTS[variant]
     maps = None if maps is None else Path(nnUNet_preprocessed.get()) / name / maps
