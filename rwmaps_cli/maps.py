@@ -141,14 +141,14 @@ def compute_maps(
     """
     labels = np.asarray(labels)
     request = MapRequest.checked(classes, labels.shape, kind, layout, spacing, slice_axis, ignore_label)
-    check_device(engine, device)
+    _check_engine_device(engine, device)
     if out is not None and out.shape != request.map_shape(labels.shape):
         raise ValueError(f"out has shape {out.shape}; expected {request.map_shape(labels.shape)}")
     dtype = check_dtype(dtype if out is None else out.dtype)
     return _compute(labels, _Job(request, DistanceTransform(engine, threads, device)), dtype, out)
 
 
-def check_device(engine: str, device: str) -> None:
+def _check_engine_device(engine: str, device: str) -> None:
     """ValueError unless ``engine`` is known and ``device`` is one it can compute on here
     (``device`` chooses only for the ``torch`` engine; PyTorch is imported only for it)."""
     check_engine(engine)
@@ -181,7 +181,7 @@ def compute_maps_batch(labels: np.ndarray, classes: Sequence[int], **kwargs) -> 
     options = _with_defaults(kwargs)
     request = MapRequest.checked(classes, labels.shape[1:], options["kind"], options["layout"], options["spacing"],
                                  options["slice_axis"], options["ignore_label"])
-    check_device(options["engine"], options["device"])
+    _check_engine_device(options["engine"], options["device"])
     job = _Job(request, DistanceTransform(options["engine"], options["threads"], options["device"]))
     out = np.empty((labels.shape[0], *request.map_shape(labels.shape[1:])), dtype=check_dtype(options["dtype"]))
     for item, item_out in zip(labels, out):

@@ -331,7 +331,7 @@ def _nearest_other(start: torch.Tensor, end: torch.Tensor, step: float) -> torch
 
 
 def _monotone_min(values: torch.Tensor, codes: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
-              step: float) -> torch.Tensor:
+                  step: float) -> torch.Tensor:
     """Every voxel's minimum over its run and the run's two neighbours ``(L, n)``, by divide and conquer.
 
     Within a run, the candidates are the same for every voxel (the run's values, and 0 at the
