@@ -243,7 +243,10 @@ def numpy_inside_distance(codes: np.ndarray, spacing: Sequence[float] | None = N
         ``inf`` everywhere for a field of one code (as the ``edt`` package).
     """
     chosen = resolve_device(device)
-    field = torch.from_numpy(np.ascontiguousarray(codes))[None].to(chosen)
+    array = np.ascontiguousarray(codes)
+    if array.dtype.kind == "u" and array.dtype.itemsize > 1:  # PyTorch has few operations on uint16 to uint64
+        array = array.astype(np.int32 if array.dtype.itemsize == 2 else np.int64)
+    field = torch.from_numpy(array)[None].to(chosen)
     if chosen.type != "cpu":
         return inside_distance(field, spacing)[0].cpu().numpy()
     previous = torch.get_num_threads()

@@ -225,6 +225,16 @@ def test_engine_torch_of_the_numpy_api_equals_edt_on_a_brain(device, order, kind
         np.testing.assert_allclose(actual, expected, **TOL)
 
 
+def test_engine_torch_with_more_classes_than_a_byte_holds():
+    """300 classes: the numpy kernel's codes are uint16, which PyTorch barely supports."""
+    labels = np.random.default_rng(0).integers(0, 300, (12, 13, 11))
+    for kind, layout in (("rrw", "compact"), ("sdf", "full")):
+        options = dict(kind=kind, layout=layout)
+        expected = compute_maps(labels, range(300), **options)
+        np.testing.assert_allclose(compute_maps(labels, range(300), engine="torch", device="cpu", **options),
+                                   expected, **TOL)
+
+
 def test_engine_torch_regions_and_slices():
     from rwmaps_cli.regions import compute_region_maps
 
